@@ -1,0 +1,34 @@
+"""The command line: every registered command exists and has help; errors are one clean line."""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+
+import pytest
+
+from parallel_r1.cli import COMMANDS, main
+
+
+def test_top_level_help_lists_every_command(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for name in COMMANDS:
+        assert name in out
+
+
+def test_unknown_command_is_a_clear_error(capsys):
+    assert main(["frobnicate"]) == 2
+    assert "unknown command 'frobnicate'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", list(COMMANDS))
+def test_each_command_module_has_the_command_interface(name):
+    module = importlib.import_module(COMMANDS[name][0])
+    assert callable(module.add_arguments) and callable(module.run)
+
+
+def test_console_script_runs():
+    out = subprocess.run([sys.executable, "-m", "parallel_r1.cli", "--help"], capture_output=True, text=True, check=True)
+    assert "parallel-r1" in out.stdout
