@@ -1,0 +1,255 @@
+"""``parallel-r1 rl``: GRPO with parallel-thinking rewards and schedules, on TRL's GRPOTrainer.
+
+``parallel-r1 rl --config recipes/rl_tiny_unseen.yaml [--field value ...]`` (command-line values
+override the recipe). Everything of GRPO itself (advantages, PPO-clip with clip-higher, token-mean
+loss, no KL, optimiser, accelerate/DeepSpeed/FSDP, vLLM) is TRL's; :class:`RLConfig` adds the
+Parallel-R1 fields below. Trainer pieces live in :mod:`parallel_r1.train.rl_trainer`.
+
+Run folder (``output_dir``): ``config.yaml``, ``rollouts.jsonl``, ``metrics.jsonl``,
+``checkpoint-N/`` (docs/INTERFACES.md). Re-running the same command resumes from the last
+checkpoint: the reward schedule continues at the same RL step, the data order is the same, and
+rows written after that checkpoint are dropped before new ones are appended.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from trl import GRPOConfig
+
+VARIANTS = ("unseen", "seen")
+BACKENDS = ("engine", "trl")
+
+
+@dataclass
+class RLConfig(GRPOConfig):
+    """GRPO settings (all of TRL's ``GRPOConfig``) plus the Parallel-R1 ones.
+
+    Batch arithmetic (TRL): completions per RL step = ``generation_batch_size`` =
+    prompts per step × ``num_generations``; completions per optimiser step =
+    ``per_device_train_batch_size`` × processes × ``gradient_accumulation_steps``. Their ratio
+    (× ``num_iterations``) is the number of optimiser steps per RL step (2 in the paper:
+    256 prompts × 8 = 2048 completions, mini-batch 128 prompts = 1024).
+    """
+
+    model: str = field(default="smollm2", metadata={"help": "Policy: local folder, hub id, or alias (`smollm2`). Must have the six tag tokens for the parallel variants."})
+    dataset: str = field(default="synthetic_easy", metadata={"help": "Training problems: a name known to parallel_r1.data.registry (gsm8k, dapo_math_17k, synthetic_easy, ...) or a file path."})
+    dataset_split: str | None = field(default=None, metadata={"help": "Split of `dataset` (registry default when unset)."})
+    dataset_limit: int | None = field(default=None, metadata={"help": "Use only the first N problems."})
+    template: str = field(default="parallel_v3", metadata={"help": "Prompt template (parallel_r1.prompts.TEMPLATES): parallel_v3, baseline, orz, ..."})
+    reward: str = field(default="accuracy", metadata={"help": "Reward schedule (rewards.SCHEDULES: accuracy = S1, alternating = S2, scaffold, ...) or any single reward name in rewards.REWARDS (e.g. boxed_pm1)."})
+    alternating_window: int = field(default=10, metadata={"help": "Alternating schedule: window length in RL steps (paper 10)."})
+    accuracy_steps: int = field(default=8, metadata={"help": "Alternating schedule: accuracy-only steps at the start of each window (paper 8); the rest use the parallel-aware reward."})
+    scaffold_steps: int = field(default=200, metadata={"help": "Scaffold schedule: RL steps of alternating reward before accuracy-only (paper 200)."})
+    step_offset: int = field(default=0, metadata={"help": "RL steps already done before this run's model (when continuing from another run's checkpoint, e.g. the scaffold's second stage); schedules see step_offset + local step."})
+    rl_steps: int = field(default=30, metadata={"help": "RL steps (generations) to run in this run; max_steps = rl_steps × optimiser steps per RL step."})
+    save_every: int = field(default=10, metadata={"help": "Checkpoint every N RL steps (paper save_freq 10)."})
+    auto_resume: bool = field(default=True, metadata={"help": "Resume from the last checkpoint-N in output_dir when there is one."})
+    variant: str = field(default="unseen", metadata={"help": "`unseen`: orchestrated rollouts, path-isolating mask and shared-start positions in the loss. `seen`: free generation, causal."})
+    rollout_backend: str = field(default="engine", metadata={"help": "`engine`: parallel_r1.decoding.ParallelEngine through TRL's rollout_func (exact log-probs, both variants). `trl`: TRL's own generation (transformers or vLLM with use_vllm), seen variant only."})
+    num_paths: int = field(default=2, metadata={"help": "Paths per parallel block (Unseen rollouts)."})
+    max_blocks: int = field(default=4, metadata={"help": "Max parallel blocks per completion; generation stops after the last block's summary (paper 4)."})
+    max_path_tokens: int = field(default=4096, metadata={"help": "Max tokens per path (paper max_path_response_length 4096)."})
+    path_temperature: float | None = field(default=1.0, metadata={"help": "Temperature forced on paths (paper 1.0); None = use `temperature`."})
+    max_response_schedule: dict | str | None = field(default=None, metadata={"help": "Staged max response length, RL step -> tokens, e.g. {0: 2048, 100: 4096, 160: 8192} (OctoThinker). Unset = max_completion_length throughout."})
+    train_injected: bool = field(default=True, metadata={"help": "Train on the tags the Unseen engine injects (<Path>, </Parallel>, <Summary>, ...), as the paper does (response_mask all 1)."})
+    rollout_seed: int | None = field(default=None, metadata={"help": "Seed of the rollout sampler (per RL step and rank); None = not seeded, as the paper."})
+
+    def __post_init__(self):
+        if isinstance(self.max_response_schedule, str):
+            self.max_response_schedule = json.loads(self.max_response_schedule)
+        super().__post_init__()
+
+
+def _check(cfg: RLConfig) -> None:
+    """Every recipe error that needs no model: raised before anything heavy is loaded."""
+    from .. import rewards
+
+    if cfg.reward not in rewards.SCHEDULES and cfg.reward not in rewards.REWARDS:
+        raise ValueError(
+            f"reward: unknown name {cfg.reward!r}; schedules: {', '.join(sorted(rewards.SCHEDULES))}; "
+            f"rewards: {', '.join(sorted(rewards.REWARDS))}"
+        )
+    for name in ("rl_steps", "save_every", "alternating_window"):
+        if getattr(cfg, name) <= 0:
+            raise ValueError(f"{name}: must be a positive number of RL steps, got {getattr(cfg, name)}")
+    for name in ("scaffold_steps", "step_offset", "accuracy_steps", "max_blocks", "max_path_tokens"):
+        if getattr(cfg, name) < 0:
+            raise ValueError(f"{name}: must be >= 0, got {getattr(cfg, name)}")
+    if cfg.accuracy_steps > cfg.alternating_window:
+        raise ValueError(f"accuracy_steps: {cfg.accuracy_steps} is more than alternating_window {cfg.alternating_window}")
+    if cfg.variant not in VARIANTS:
+        raise ValueError(f"variant: {cfg.variant!r} is not one of {', '.join(VARIANTS)}")
+    if cfg.rollout_backend not in BACKENDS:
+        raise ValueError(f"rollout_backend: {cfg.rollout_backend!r} is not one of {', '.join(BACKENDS)}")
+    if cfg.rollout_backend == "trl" and cfg.variant == "unseen":
+        raise ValueError("rollout_backend: `trl` generates freely; the unseen variant needs the orchestrated engine (rollout_backend: engine)")
+    if cfg.rollout_backend == "trl" and cfg.max_response_schedule:
+        raise ValueError("max_response_schedule: needs rollout_backend: engine")
+    if cfg.num_paths < 2:
+        raise ValueError(f"num_paths: a block needs at least 2 paths, got {cfg.num_paths}")
+    sched = length_schedule(cfg)
+    for k, v in sched.items():
+        if k < 0 or v <= 0:
+            raise ValueError(f"max_response_schedule: step {k} -> {v}: steps must be >= 0 and lengths > 0")
+    opt_steps_per_rl(cfg)
+    from ..prompts import get_template
+
+    get_template(cfg.template)
+
+
+def length_schedule(cfg: RLConfig) -> dict[int, int]:
+    sched = cfg.max_response_schedule or {0: cfg.max_completion_length}
+    return {int(k): int(v) for k, v in sched.items()}
+
+
+def opt_steps_per_rl(cfg: RLConfig) -> int:
+    """Optimiser steps per generation: steps_per_generation × num_iterations ÷ gradient_accumulation_steps."""
+    micro = cfg.steps_per_generation * cfg.num_iterations
+    if micro % cfg.gradient_accumulation_steps:
+        raise ValueError(
+            f"gradient_accumulation_steps: steps_per_generation ({cfg.steps_per_generation}) × num_iterations "
+            f"({cfg.num_iterations}) must be a multiple of it ({cfg.gradient_accumulation_steps}), so that an RL step "
+            "is a whole number of optimiser steps"
+        )
+    return micro // cfg.gradient_accumulation_steps
+
+
+def load_dataset_rows(cfg: RLConfig, tokenizer) -> list[dict]:
+    """Problems -> TRL rows {prompt (template + chat template applied), answer, prompt_id}."""
+    from ..data.registry import load_problems
+    from ..prompts import build_prompt
+
+    problems = load_problems(cfg.dataset, split=cfg.dataset_split, limit=cfg.dataset_limit)
+    if not problems:
+        raise ValueError(f"dataset {cfg.dataset!r}: no problems")
+    rows = []
+    for i, p in enumerate(problems):
+        if p.answer is None or str(p.answer).strip() == "":
+            raise ValueError(f"dataset {cfg.dataset!r}: row {i} (id {p.id}) has no 'answer' field; RL needs a gold answer per problem")
+        rows.append({"prompt": build_prompt(p.problem, tokenizer, cfg.template), "answer": str(p.answer), "prompt_id": str(p.id)})
+    return rows
+
+
+def make_schedule(cfg: RLConfig):
+    """The reward schedule object for ``cfg.reward`` (a schedule name, or a single reward held constant)."""
+    from .. import rewards
+
+    if cfg.reward in rewards.SCHEDULES:
+        return rewards.make_schedule(
+            cfg.reward, window=cfg.alternating_window, accuracy_steps=cfg.accuracy_steps, scaffold_steps=cfg.scaffold_steps
+        )
+    return rewards.constant_schedule(cfg.reward)
+
+
+def resume_point(cfg: RLConfig, opt_per_rl: int) -> tuple[str | None, int]:
+    """(checkpoint to resume from or None, last RL step whose rows are kept)."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    out = Path(cfg.output_dir)
+    ckpt = get_last_checkpoint(str(out)) if cfg.auto_resume and out.is_dir() else None
+    if cfg.resume_from_checkpoint:
+        ckpt = cfg.resume_from_checkpoint
+    if ckpt is None:
+        return None, cfg.step_offset
+    state = json.loads((Path(ckpt) / "trainer_state.json").read_text())
+    return ckpt, cfg.step_offset + int(state["global_step"]) // opt_per_rl
+
+
+def build_trainer(cfg: RLConfig):
+    """Validate, load, and wire up the trainer. Returns (trainer, checkpoint to resume from or None)."""
+    import torch
+    from datasets import Dataset
+
+    from ..io import atomic_write_text
+    from ..models import load_model, load_tokenizer
+    from ..structure import TagIds
+    from . import rl_trainer as T
+
+    _check(cfg)
+    opt_per_rl = opt_steps_per_rl(cfg)
+    schedule = make_schedule(cfg)
+    tok = load_tokenizer(cfg.model)
+    rows = load_dataset_rows(cfg, tok)
+    tags = TagIds.from_tokenizer(tok) if cfg.variant == "unseen" else _maybe_tags(tok)
+
+    cfg.max_steps = cfg.rl_steps * opt_per_rl
+    cfg.logging_steps = opt_per_rl  # one log (= one metrics.jsonl row) per RL step
+    cfg.save_strategy = "steps"
+    cfg.save_steps = cfg.save_every * opt_per_rl  # checkpoints only at RL-step boundaries
+    ckpt, done = resume_point(cfg, opt_per_rl)
+    run_dir = Path(cfg.output_dir)
+    if cfg.process_index == 0:
+        for name in ("rollouts.jsonl", "metrics.jsonl"):
+            T.truncate_after(run_dir / name, done)
+        import yaml
+
+        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(_plain(cfg), sort_keys=False))
+
+    model = load_model(cfg.model)  # float32 master weights; bf16 runs under TRL autocast (paper: fp32 actor)
+    step_fn = lambda global_step: T.rl_step_of(global_step, opt_per_rl, cfg.step_offset)  # noqa: E731
+    from ..grading import is_correct
+
+    extractor = "boxed" if cfg.template == "orz" else "final_answer"
+    reward = T.ScheduledReward(schedule, lambda c, g: is_correct(c, g, extractor=extractor), step_fn, tok,
+                               set(tags.as_tuple()) if tags else set())
+    rollout = None
+    if cfg.rollout_backend == "engine":
+        from ..decoding import DecodingConfig
+
+        engine_cfg = DecodingConfig(
+            variant=cfg.variant, num_paths=cfg.num_paths, max_blocks=cfg.max_blocks,
+            max_new_tokens=cfg.max_completion_length, max_path_tokens=cfg.max_path_tokens,
+            temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k or None,
+            path_temperature=cfg.path_temperature, seed=cfg.rollout_seed,
+        )
+        rollout = T.make_rollout_func(engine_cfg, tags, length_schedule(cfg), step_fn, cfg.train_injected)
+        cfg.max_completion_length = max(length_schedule(cfg).values())
+    trainer = T.ParallelGRPOTrainer(
+        model=model, reward_funcs=[reward], args=cfg, train_dataset=Dataset.from_list(rows), processing_class=tok,
+        rollout_func=rollout, callbacks=[T.MetricsWriter(run_dir / "metrics.jsonl")],
+        variant=cfg.variant, tag_ids=tags, scheduled_reward=reward, run_dir=run_dir,
+        opt_steps_per_rl=opt_per_rl, step_offset=cfg.step_offset,
+    )
+    return trainer, ckpt
+
+
+def _maybe_tags(tok):
+    from ..models import has_tag_tokens
+    from ..structure import TagIds
+
+    return TagIds.from_tokenizer(tok) if has_tag_tokens(tok) else None
+
+
+def _plain(cfg: RLConfig) -> dict:
+    """Every field as YAML-safe plain values (TrainingArguments.to_dict turns enums into strings)."""
+    return json.loads(json.dumps(cfg.to_dict(), default=str))
+
+
+def parse_config(argv: list[str]) -> RLConfig:
+    """``--config recipe.yaml`` plus ``--field value`` overrides, through trl.TrlParser."""
+    from trl import TrlParser
+
+    (cfg,) = TrlParser((RLConfig,)).parse_args_and_config(args=argv)
+    return cfg
+
+
+def add_arguments(parser) -> None:
+    import argparse
+
+    parser.add_argument("--config", required=True, help="recipe YAML (recipes/rl_*.yaml); any RLConfig / GRPOConfig field")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    parser.add_argument("overrides", nargs=argparse.REMAINDER, help="--field value pairs overriding the recipe")
+
+
+def run(args) -> int:
+    import os
+
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is the documented extension point
+    cfg = parse_config(["--config", args.config, *args.overrides])
+    trainer, ckpt = build_trainer(cfg)
+    trainer.train(resume_from_checkpoint=ckpt)
+    trainer.save_model(cfg.output_dir)
+    return 0

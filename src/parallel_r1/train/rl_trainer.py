@@ -1,0 +1,331 @@
+"""What ``parallel-r1 rl`` adds to TRL's ``GRPOTrainer`` (pinned: trl 1.16).
+
+* :class:`ParallelGRPOTrainer` — one subclass, four small overrides:
+  - ``_get_per_token_logps_and_entropies``: for the Unseen variant the policy forward gets the
+    path-isolating 4-D mask and shared-start ``position_ids`` of
+    :func:`parallel_r1.structure.build_unseen_layout` (only completion tokens count as tags, so
+    the tags quoted by the v3 prompt are ignored). TRL's own loss, clipping, token-mean
+    aggregation and importance ratios are used unchanged.
+  - ``_generate_and_score_completions``: after TRL scored a batch, append one row per completion
+    to ``rollouts.jsonl`` and compute the parallel-thinking metrics of the RL step.
+  - ``log``: put those metrics next to TRL's in every log (one log = one RL step).
+  - ``_get_train_sampler``: TRL's ``RepeatSampler`` with ``set_epoch``, so a run resumed in a
+    later epoch sees the same data order as an uninterrupted one.
+* :func:`make_rollout_func` — TRL's ``rollout_func`` backed by the decoding engine
+  (Unseen orchestrated or Seen free generation), with the staged response budget.
+* :class:`ScheduledReward` — the reward schedule as a TRL reward function, stepping by RL step
+  (one generation), not by optimiser step, and keeping per-completion details for the log.
+* :class:`MetricsWriter` — callback writing ``metrics.jsonl`` (one row per RL step).
+
+Step convention: RL step ``s`` (1-based, as the paper's ``global_steps``) is the s-th generation;
+it spans ``opt_steps_per_rl`` optimiser steps of the trainer (2 in the paper).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from accelerate.utils import gather_object
+from transformers import TrainerCallback
+from trl import GRPOTrainer
+from trl.trainer.utils import RepeatSampler
+
+from ..format import analyze
+from ..io import JsonlAppender, read_jsonl, write_jsonl
+
+# Numeric codes of the reward modes in metrics.jsonl (TRL logs floats only); names go alongside.
+MODE_CODES = {"accuracy": 0, "parallel": 1}
+
+
+def mode_code(mode: str) -> int:
+    """0 = accuracy only, 1 = parallel-aware, 2 = any other single reward."""
+    return MODE_CODES.get(mode, 2)
+
+
+def rl_step_of(global_step: int, opt_steps_per_rl: int, step_offset: int = 0) -> int:
+    """RL step (1-based) of the generation made when the trainer is at optimiser step ``global_step``."""
+    return step_offset + global_step // opt_steps_per_rl + 1
+
+
+def budget_at(schedule: dict[int, int], step: int) -> int:
+    """Staged max response length: the value of the largest key <= ``step`` (keys are RL steps)."""
+    keys = [k for k in sorted(schedule) if k <= step]
+    return schedule[keys[-1] if keys else min(schedule)]
+
+
+def decode_keep_tags(tokenizer, ids: list[int], keep: set[int]) -> str:
+    """Decode with the six tags kept and every other special token (EOS, pad, chat markers) dropped."""
+    special = set(tokenizer.all_special_ids) - keep
+    return tokenizer.decode([t for t in ids if t not in special], skip_special_tokens=False)
+
+
+class UnseenForward:
+    """Calls ``model`` with the Unseen layout built from the batch TRL hands to it.
+
+    TRL's log-prob routine calls ``model(input_ids=[B,P+C], attention_mask=[B,P+C], labels=..., ...)``
+    with prompts left-padded and completions right-padded; the last ``logits_to_keep`` columns are
+    the completion. The 2-D mask is replaced by the bool ``[B,1,L,L]`` layout and shared-start
+    positions; TRL's labels (built from the 2-D mask) are left as they are.
+    """
+
+    def __init__(self, model, tags, logits_to_keep: int):
+        self.model, self.tags, self.logits_to_keep = model, tags, logits_to_keep
+
+    def __call__(self, input_ids, attention_mask, **kwargs):
+        from ..structure import build_unseen_layout
+
+        structure = torch.zeros_like(attention_mask, dtype=torch.bool)
+        structure[:, -self.logits_to_keep:] = attention_mask[:, -self.logits_to_keep:].bool()
+        layout = build_unseen_layout(input_ids, self.tags, attention_mask=attention_mask, structure_mask=structure)
+        return self.model(
+            input_ids=input_ids, attention_mask=layout.attention_mask, position_ids=layout.position_ids, **kwargs
+        )
+
+
+class EpochRepeatSampler(RepeatSampler):
+    """TRL's ``RepeatSampler`` reseeded per epoch (seed + epoch): the order no longer depends on
+    how many epochs this process has iterated, so resuming reproduces it."""
+
+    def set_epoch(self, epoch: int) -> None:
+        if self.shuffle:
+            self.generator.manual_seed((self.seed or 0) + epoch)
+
+
+class ScheduledReward:
+    """A reward schedule as a TRL reward function.
+
+    ``schedule`` has ``.mode(step)`` and ``.reward(completion, gold, step)``; ``correct(completion,
+    gold)`` is the verifier of the reward's family. The completion text with tags comes from the
+    rollout's ``completion_text`` field (TRL decodes with special tokens skipped, which would drop
+    the tags), or is decoded from ``completion_ids``. The step is the RL step.
+    """
+
+    def __init__(self, schedule, correct: Callable[[str, str], bool], step_fn: Callable[[int], int], tokenizer, keep_ids: set[int], answer_key: str = "answer"):
+        self.schedule, self.correct, self.step_fn = schedule, correct, step_fn
+        self.tokenizer, self.keep_ids, self.answer_key = tokenizer, keep_ids, answer_key
+        self.__name__ = "parallel_r1"
+        self.last: list[dict] = []
+
+    def __call__(self, prompts, completions, completion_ids=None, **kwargs) -> list[float]:
+        step = self.step_fn(kwargs["trainer_state"].global_step)
+        mode = self.schedule.mode(step)
+        texts = kwargs.get("completion_text") or [decode_keep_tags(self.tokenizer, ids, self.keep_ids) for ids in completion_ids]
+        golds = kwargs[self.answer_key]
+        rewards, self.last = [], []
+        for text, gold, ids in zip(texts, golds, completion_ids, strict=True):
+            r = float(self.schedule.reward(text, str(gold), step))
+            rewards.append(r)
+            self.last.append(dict(step=step, reward_mode=mode, completion=text, answer=str(gold), reward=r,
+                                  correct=bool(self.correct(text, str(gold))), ids=list(ids)))
+        return rewards
+
+
+def make_rollout_func(engine_config, tag_ids, length_schedule: dict[int, int], step_fn: Callable[[int], int], train_injected: bool = True):
+    """TRL ``rollout_func``: the per-process prompt slice (each prompt repeated per rollout) -> engine samples.
+
+    Returns prompt/completion ids and the engine's per-token log-probs (TRL's required keys), and
+    extra per-completion fields that TRL forwards to the reward function: ``completion_text``
+    (tags kept), ``finish_reason``, ``budget``; with ``train_injected=False`` an ``env_mask`` that
+    keeps the injected tags out of the loss (the paper trains on them: response_mask all 1).
+    """
+    from dataclasses import replace
+
+    from ..decoding import ParallelEngine
+
+    keep = set(tag_ids.as_tuple()) if tag_ids else set()
+
+    def rollout(prompts: list[str], trainer) -> dict:
+        step = step_fn(trainer.state.global_step)
+        budget = budget_at(length_schedule, step)
+        cfg = replace(engine_config, max_new_tokens=budget, seed=None if engine_config.seed is None else engine_config.seed + step * 1000 + trainer.accelerator.process_index)
+        tok = trainer.processing_class
+        with _model_for_generation(trainer) as model:
+            samples = ParallelEngine(model, tok, cfg).generate(list(prompts), n=1)
+        samples = sorted(samples, key=lambda s: s.prompt_index)
+        out = {
+            "prompt_ids": [list(s.prompt_ids) for s in samples],
+            "completion_ids": [list(s.completion_ids) for s in samples],
+            "logprobs": [[float(x) for x in s.logprobs] for s in samples],
+            "completion_text": [decode_keep_tags(tok, list(s.completion_ids), keep) for s in samples],
+            "finish_reason": [s.finish_reason for s in samples],
+            "budget": [budget] * len(samples),
+        }
+        if not train_injected:
+            out["env_mask"] = [[0 if inj else 1 for inj in s.injected] for s in samples]
+        return out
+
+    return rollout
+
+
+@contextlib.contextmanager
+def _model_for_generation(trainer):
+    """The full, unwrapped policy in eval mode without grad (DDP/FSDP/DeepSpeed-3 aware, like TRL)."""
+    from trl.models.utils import unwrap_model_for_generation
+
+    with (
+        unwrap_model_for_generation(trainer.model_wrapped, trainer.accelerator,
+                                    gather_deepspeed3_params=trainer.args.ds3_gather_for_generation) as model,
+        torch.no_grad(),
+        trainer._dist.summon_full_params(trainer.model_wrapped, recurse=False),
+    ):
+        was_training = model.training
+        model.eval()
+        try:
+            yield model
+        finally:
+            model.train(was_training)
+
+
+class ParallelGRPOTrainer(GRPOTrainer):
+    """GRPOTrainer + Unseen log-prob layout + rollout log + parallel-thinking metrics (module doc)."""
+
+    def __init__(self, *args, variant: str, tag_ids, scheduled_reward: ScheduledReward, run_dir: str | os.PathLike,
+                 opt_steps_per_rl: int, step_offset: int = 0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.variant, self.tag_ids, self.scheduled_reward = variant, tag_ids, scheduled_reward
+        self.run_dir, self.opt_steps_per_rl, self.step_offset = Path(run_dir), opt_steps_per_rl, step_offset
+        self._gap_ref = None  # (sampling logps, mask) of the micro-batch whose loss is being computed
+        self._gap_max = 0.0
+        self._rl_metrics: dict[str, float] = {}
+        self._rollouts = JsonlAppender(self.run_dir / "rollouts.jsonl") if self.accelerator.is_main_process else None
+
+    def rl_step(self) -> int:
+        return rl_step_of(self.state.global_step, self.opt_steps_per_rl, self.step_offset)
+
+    # -- Unseen layout in the policy forward -------------------------------------------------
+    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs):
+        fwd = UnseenForward(model, self.tag_ids, logits_to_keep) if self.variant == "unseen" else model
+        out = super()._get_per_token_logps_and_entropies(fwd, input_ids, attention_mask, logits_to_keep, *args, **kwargs)
+        if self._gap_ref is not None:
+            self._note_gap(out[0].detach(), *self._gap_ref)
+            self._gap_ref = None
+        return out
+
+    def _compute_loss(self, model, inputs):
+        # Without stored old log-probs, every micro-batch of this generation is trained before the
+        # first optimiser step (TRL uses per_token_logps.detach() as "old"), so the loss forward
+        # itself is the trainer's log-prob under the rollout weights: measure the gap there for free.
+        if inputs.get("old_per_token_logps") is None and "sampling_per_token_logps" in inputs:
+            self._gap_ref = (inputs["sampling_per_token_logps"], _loss_mask(inputs))
+        return super()._compute_loss(model, inputs)
+
+    def _note_gap(self, trainer_logps, sampling_logps, mask) -> None:
+        delta = (trainer_logps.float() - sampling_logps.float()).abs()[mask.bool()]
+        delta = delta[~torch.isnan(delta)]
+        local = delta.max() if delta.numel() else torch.zeros((), device=trainer_logps.device)
+        self._gap_max = max(self._gap_max, float(self.accelerator.gather(local.reshape(1)).max()))
+
+    # -- rollout log and per-step metrics ---------------------------------------------------
+    def _generate_and_score_completions(self, inputs):
+        output = super()._generate_and_score_completions(inputs)
+        if not self.model.training:
+            return output
+        if output.get("old_per_token_logps") is not None and "sampling_per_token_logps" in output:
+            self._note_gap(output["old_per_token_logps"], output["sampling_per_token_logps"], _loss_mask(output))
+        rows = [
+            dict(d, prompt=x["prompt"], prompt_id=x.get("prompt_id"), length=len(d["ids"]), clipped=_clipped(x, len(d["ids"])))
+            for x, d in zip(inputs, self.scheduled_reward.last, strict=True)
+        ]
+        rows = gather_object(rows)
+        self._record(rows)
+        return output
+
+    def _record(self, rows: list[dict]) -> None:
+        """Parse every completion, write its rollout row (rank 0) and set the step's metrics."""
+        seen: dict = {}
+        out = []
+        positions_all = []
+        for r in rows:
+            rep = analyze(r["completion"], *((r["ids"], self.tag_ids.parallel_open) if self.tag_ids else ()))
+            k = seen[r["prompt_id"]] = seen.get(r["prompt_id"], -1) + 1
+            positions_all += rep.positions
+            out.append({
+                "step": r["step"], "prompt_id": r["prompt_id"], "sample_index": k, "prompt": r["prompt"],
+                "completion": r["completion"], "answer": r["answer"], "reward": r["reward"], "correct": r["correct"],
+                "reward_mode": r["reward_mode"], "uses_parallel": rep.uses_parallel, "format_ok": rep.format_ok,
+                "num_blocks": rep.num_blocks, "paths_per_block": rep.paths_per_block, "positions": rep.positions,
+                "length": r["length"], "clipped": r["clipped"],
+            })
+        if self._rollouts is not None:
+            self._rollouts.write_many(out)
+        n = max(len(out), 1)
+        mode = out[0]["reward_mode"] if out else "accuracy"
+        self._rl_metrics = {
+            "parallel_ratio": sum(o["num_blocks"] >= 1 for o in out) / n,
+            "mean_blocks": sum(o["num_blocks"] for o in out) / n,
+            "mean_parallel_position": sum(positions_all) / len(positions_all) if positions_all else math.nan,
+            "format_error_rate": sum(not o["format_ok"] for o in out) / n,
+            "accuracy": sum(o["correct"] for o in out) / n,
+            "mean_length": sum(o["length"] for o in out) / n,
+            "max_length": max((o["length"] for o in out), default=0),
+            "clipped_ratio": sum(o["clipped"] for o in out) / n,
+            "reward_mode": mode_code(mode),
+            "rl_step": out[0]["step"] if out else self.rl_step(),
+        }
+        self._rl_mode_name = mode
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if self.model.training and self._rl_metrics:
+            logs.update(self._rl_metrics)
+            logs["logprob_gap_max"] = self._gap_max
+            logs["reward_mode_name"] = self._rl_mode_name
+            self._rl_metrics, self._gap_max = {}, 0.0
+        super().log(logs, start_time)
+
+    def _get_train_sampler(self, dataset=None):
+        dataset = self.train_dataset if dataset is None else dataset
+        return EpochRepeatSampler(
+            data_source=dataset,
+            mini_repeat_count=self.num_generations,
+            batch_size=self.args.generation_batch_size // self.num_generations,
+            repeat_count=self.num_iterations * self.args.steps_per_generation,
+            shuffle=self.shuffle_dataset,
+            seed=self.args.seed,
+        )
+
+
+def _loss_mask(inputs) -> torch.Tensor:
+    mask = inputs["completion_mask"]
+    return mask if "tool_mask" not in inputs else mask * inputs["tool_mask"]
+
+
+def _clipped(x: dict, length: int) -> bool:
+    """Hit the length budget (engine's finish_reason when known)."""
+    if "finish_reason" in x:
+        return x["finish_reason"] == "length"
+    return "budget" in x and length >= x["budget"]
+
+
+class MetricsWriter(TrainerCallback):
+    """Append one ``metrics.jsonl`` row per RL step (rank 0): TRL's logged metrics + ours."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs or "rl_step" not in logs:
+            return
+        row = {"step": int(logs["rl_step"]), "global_step": state.global_step}
+        for k, v in logs.items():
+            if k == "rl_step":
+                continue
+            row[k] = None if isinstance(v, float) and math.isnan(v) else v
+        with JsonlAppender(self.path) as f:
+            f.write(row)
+
+
+def truncate_after(path: str | os.PathLike, step: int) -> int:
+    """Drop rows with ``step`` > ``step`` (written after the checkpoint we resume from). Returns how many."""
+    path = Path(path)
+    if not path.exists():
+        return 0
+    rows = list(read_jsonl(path, skip_bad=True))
+    keep = [r for r in rows if int(r.get("step", 0)) <= step]
+    if len(keep) != len(rows):
+        write_jsonl(path, keep)
+    return len(rows) - len(keep)
