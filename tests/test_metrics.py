@@ -1,0 +1,116 @@
+"""Metrics against brute force and hand-made cases."""
+
+from __future__ import annotations
+
+import itertools
+from collections import defaultdict
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from parallel_r1 import metrics as M
+
+
+def brute_pass_at_k(row: list[bool], k: int) -> float:
+    """Share of all k-subsets of the samples that hold at least one correct sample."""
+    subsets = list(itertools.combinations(range(len(row)), k))
+    return sum(any(row[i] for i in s) for s in subsets) / len(subsets)
+
+
+@given(st.lists(st.booleans(), min_size=1, max_size=9), st.data())
+@settings(max_examples=150, deadline=None)
+def test_pass_at_k_equals_enumeration_over_all_subsets(row, data):
+    k = data.draw(st.integers(1, len(row)))
+    assert M.pass_at_k(len(row), sum(row), k) == pytest.approx(brute_pass_at_k(row, k), abs=1e-12)
+
+
+def test_pass_at_k_mean_over_problems_and_edge_cases():
+    rows = [[True, False, False, False], [False] * 4, [True] * 4, [False, True, True, False]]
+    want = np.mean([brute_pass_at_k(r, 2) for r in rows])
+    assert M.pass_at_k_mean(rows, 2) == pytest.approx(want)
+    assert M.pass_at_k(16, 0, 16) == 0.0 and M.pass_at_k(16, 1, 16) == 1.0
+    assert M.pass_at_k(1000, 3, 1) == pytest.approx(0.003)  # pass@1 is plain accuracy
+    assert M.pass_at_k(200, 100, 50) == pytest.approx(brute_formula(200, 100, 50), rel=1e-9)
+
+
+def brute_formula(n, c, k):
+    from math import comb
+
+    return 1 - comb(n - c, k) / comb(n, k)
+
+
+def test_k_larger_than_samples_is_a_clear_error():
+    with pytest.raises(ValueError, match="k=5 is larger than the 4 samples"):
+        M.pass_at_k_mean([[True] * 4], 5)
+    with pytest.raises(ValueError, match="larger than"):
+        M.best_at_k([[True, False]], 3)
+    with pytest.raises(ValueError, match="larger than"):
+        M.maj_at_k([["1"]], [[True]], 2)
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        M.pass_at_k(4, 1, 0)
+
+
+def test_mean_at_k_averages_per_problem_first():
+    # 2 problems with different sample counts: per-problem means 0.75 and 0.0 -> 0.375,
+    # not the pooled 3/6 = 0.5.
+    assert M.mean_at_k([[True, True, True, False], [False, False]]) == 0.375
+    assert M.mean_at_k([[True, False, False, False]], k=1) == 1.0
+    assert M.mean_at_k([[False, True, True, True]], k=2) == 0.5
+
+
+def verl_bootstrap_best(values, n, seed=42, n_bootstrap=1000):
+    """verl's metric_utils.bootstrap_metric with reduce_fn=np.max, written out as it does it."""
+    np.random.seed(seed)
+    out = []
+    for _ in range(n_bootstrap):
+        idx = np.random.choice(len(values), size=n, replace=True)
+        out.append(np.max([values[i] for i in idx]))
+    return np.mean(out)
+
+
+def test_best_at_k_matches_verl_and_is_near_its_expectation():
+    row = [True, False, False, False, False, False, False, False]
+    got = M.bootstrap_best_at_k(row, 4)
+    assert got == verl_bootstrap_best([float(x) for x in row], 4)
+    # Resampling with replacement: E[max] = 1 - (1 - c/n)^k, below the unbiased pass@k.
+    assert got == pytest.approx(1 - (7 / 8) ** 4, abs=0.05)
+    assert got < M.pass_at_k(8, 1, 4)
+    assert M.best_at_k([[True] * 3, [False] * 3], 3) == 0.5
+
+
+def test_majority_vote_hand_made():
+    assert M.majority_correct(["5", "7", "5"], [True, False, True])
+    assert not M.majority_correct(["5", "7", "7"], [True, False, False])
+    assert M.majority_correct(["5", "7"], [True, False])  # tie -> first seen
+    assert not M.majority_correct([None, None, "3"], [False, False, False])
+    assert M.majority_correct([None, None, " 3"], [False, False, True])  # missing answers do not vote
+    assert not M.majority_correct([None, ""], [False, False])
+    preds = [["1", "2", "2", "1"], ["9", "9", "4", "4"]]
+    corr = [[True, False, False, True], [False, False, True, True]]
+    assert M.maj_at_k(preds, corr, 3) == 0.0  # "2" wins on the first 3; "9" wins
+    assert M.maj_at_k(preds, corr, 1) == 0.5
+
+
+def test_behaviour_metrics():
+    assert M.parallel_ratio([True, False, False, True]) == 0.5
+    assert M.mean_blocks([0, 1, 2, 3]) == 1.5
+    assert M.mean_length([10, 20]) == 15
+    assert M.format_error_rate([True, True, False, True]) == 0.25
+    assert M.clipped_ratio([True, False]) == 0.5
+    # Over all blocks, not per response: (0.1 + 0.5 + 0.9) / 3, with the empty row ignored.
+    assert M.mean_parallel_position([[0.1], [], [0.5, 0.9]]) == pytest.approx(0.5)
+    assert M.mean_parallel_position([[], []]) is None
+    assert M.parallel_ratio([]) is None
+
+
+def test_verl_maj_reference_agrees_on_full_sample():
+    """maj@k on all n samples equals verl's calc_maj_val on the same samples (no resampling)."""
+    preds = ["a", "b", "b", "c", "a", "b"]
+    vals = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    vote2vals = defaultdict(list)
+    for p, v in zip(preds, vals):
+        vote2vals[p].append(v)
+    maj = max({k: len(v) for k, v in vote2vals.items()}, key=lambda k: len(vote2vals[k]))
+    assert M.majority_correct(preds, [bool(v) for v in vals]) == bool(vote2vals[maj][0])
