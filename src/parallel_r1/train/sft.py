@@ -1,0 +1,464 @@
+"""``parallel-r1 sft``: cold-start SFT on parallel traces, Seen or Unseen (spec §3.1-3.4, §5.1).
+
+Built on TRL's ``SFTTrainer``. The prompt is the final v3 parallel prompt, through the chat
+template when the model has one (:func:`parallel_r1.prompts.build_prompt`); the completion is
+the whitespace-normalised trace, to which TRL appends EOS. TRL tokenizes the prompt/completion
+pairs and sets prompt labels to -100, so the loss is the token-mean cross-entropy over response
+tokens only, as in the paper (its "last token masked" is the usual shift).
+
+Variants: ``seen`` trains with TRL's own causal batch; ``unseen`` swaps the padding mask for the
+path-isolating 4-D mask and the shared-start ``position_ids`` (:mod:`parallel_r1.train.collators`).
+SFTTrainer's forward hands ``attention_mask`` and ``position_ids`` straight to the backbone, so
+a 4-D bool mask goes through with ``attn_implementation="sdpa"`` (or ``"eager"``); flash-attention
+and padding-free / packing would drop it and are refused for ``unseen``.
+
+Run as ``parallel-r1 sft --config recipes/sft_smollm2_cpu.yaml [--field value ...]`` or, for
+several processes, ``accelerate launch -m parallel_r1.train.sft --config ...``. Every field of
+:class:`ParallelSFTConfig` (and of TRL's ``SFTConfig`` / transformers' ``TrainingArguments``) is
+a YAML key and a ``--field`` override (``trl.TrlParser``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+from trl import SFTConfig, SFTTrainer, TrlParser
+
+from ..format import normalize, parse
+from ..io import JsonlAppender, atomic_write_json, read_jsonl
+from ..prompts import build_prompt
+from ..structure import TagIds
+from .collators import VARIANTS, ParallelSFTCollator
+
+SYNTHETIC = ("synthetic_easy", "synthetic_hard")
+
+
+@dataclass
+class ParallelSFTConfig(SFTConfig):
+    """Cold-start SFT settings: ours below, plus every ``SFTConfig`` / ``TrainingArguments`` field.
+
+    Defaults that differ from TRL's: ``bf16`` is on only when a CUDA device supports it (TRL
+    turns it on everywhere), ``activation_checkpointing`` is off (on a CPU it costs a third more
+    time for memory we do not need; the GPU recipes turn it on), ``report_to`` is ``none``.
+    """
+
+    model_name_or_path: str = field(
+        default="smollm2",
+        metadata={"help": "Model to fine-tune: a local folder, a hub id, or an alias (`smollm2`)."},
+    )
+    variant: str = field(
+        default="unseen",
+        metadata={"help": "`unseen`: paths cannot see each other (4-D mask + shared-start positions); `seen`: causal."},
+    )
+    train_data: list[str] = field(
+        default_factory=lambda: ["synthetic_easy"],
+        metadata={
+            "help": "Training traces, one or more sources: an SFT jsonl from `coldstart filter` (fields problem, "
+            "response), a generate jsonl or the pilot parquet (read like `coldstart filter` does), or "
+            "`synthetic_easy` / `synthetic_hard` (programmatic teacher traces)."
+        },
+    )
+    train_size: int | None = field(
+        default=None,
+        metadata={"help": "Rows taken from each source (synthetic sources: how many problems to make; default 1000)."},
+    )
+    eval_data: list[str] | None = field(
+        default=None, metadata={"help": "Held-out traces for eval loss (same kinds of source as train_data)."}
+    )
+    eval_size: int | None = field(default=None, metadata={"help": "Rows taken from each eval source."})
+    prompt_template: str = field(
+        default="parallel_v3", metadata={"help": "Prompt template name (parallel_r1.prompts.TEMPLATES)."}
+    )
+    use_chat_template: bool | None = field(
+        default=None, metadata={"help": "Wrap the prompt in the chat template; None = when the tokenizer has one."}
+    )
+    add_tags: bool = field(
+        default=True,
+        metadata={"help": "Add the six tag tokens (and grow the embeddings) when the tokenizer lacks them."},
+    )
+    attn_implementation: str = field(
+        default="sdpa", metadata={"help": "Attention kernel; must accept a 4-D mask for unseen (`sdpa` or `eager`)."}
+    )
+    use_peft: bool = field(default=False, metadata={"help": "Train LoRA adapters (PEFT) instead of all weights."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA branch."})
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: ["all-linear"], metadata={"help": "Modules that get adapters (PEFT names)."}
+    )
+    format_check_size: int = field(
+        default=0,
+        metadata={
+            "help": "After training, sample this many held-out GSM8K test problems with the prompt and report the "
+            "share of completions with valid parallel blocks (format_check.json). 0 = skip."
+        },
+    )
+    format_check_max_new_tokens: int = field(default=384, metadata={"help": "Token budget of each format-check sample."})
+    format_check_temperature: float = field(default=0.7, metadata={"help": "Sampling temperature of the format check."})
+    format_check_batch_size: int = field(default=16, metadata={"help": "Prompts per generate call in the format check."})
+    activation_checkpointing: bool | None = field(default=False, metadata={"help": "Recompute activations in backward."})
+    gradient_checkpointing: bool | None = field(default=None, metadata={"help": "Deprecated alias of activation_checkpointing."})
+    bf16: bool | None = field(default=None, metadata={"help": "bf16 autocast; None = on when CUDA supports bf16."})
+    report_to: str | list[str] = field(
+        default="none", metadata={"help": "Where to log: `none`, `tensorboard`, `wandb`, ... (transformers)."}
+    )
+
+    def __post_init__(self):
+        if self.variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {self.variant!r}")
+        if self.bf16 is None:
+            self.bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+        if isinstance(self.train_data, str):
+            self.train_data = [self.train_data]
+        if isinstance(self.eval_data, str):
+            self.eval_data = [self.eval_data]
+        super().__post_init__()
+        if self.variant == "unseen":
+            if self.packing or self.padding_free:
+                raise ValueError("unseen SFT needs padded batches with a 4-D mask: set packing and padding_free to false")
+            if self.attn_implementation not in ("sdpa", "eager"):
+                raise ValueError(f"attn_implementation {self.attn_implementation!r} ignores 4-D masks; use sdpa or eager")
+
+
+# --------------------------------------------------------------------------------------------- data
+
+
+def load_traces(source: str, size: int | None = None, data_dir: str | None = None) -> list[dict]:
+    """Rows ``{id, source, problem, response}`` from one training source (see ``train_data``)."""
+    if source in SYNTHETIC:
+        from ..data.synthetic import make_problems, teacher_trace
+
+        problems = make_problems(size or 1000, source.split("_")[1], seed=0)
+        return [dict(id=p.id, source=source, problem=p.problem, response=teacher_trace(p)) for p in problems]
+    path = Path(source)
+    if not path.exists():
+        raise FileNotFoundError(f"training data not found: {source} (a file, or one of {', '.join(SYNTHETIC)})")
+    if path.suffix == ".jsonl":
+        rows = []
+        for n, r in enumerate(read_jsonl(path), 1):
+            if "status" in r or "problem_id" in r:  # a `coldstart generate` file: filter it first
+                raise ValueError(f"{path}:{n}: looks like `coldstart generate` output; run `coldstart filter` on it first")
+            for key in ("problem", "response"):
+                if not isinstance(r.get(key), str) or not r[key].strip():
+                    raise ValueError(f"{path}:{n}: missing or empty field {key!r}")
+            rows.append(dict(id=r.get("id", f"{path.stem}-{n}"), source=r.get("source", path.stem), problem=r["problem"], response=r["response"]))
+            if size is not None and len(rows) >= size:
+                break
+        return rows
+    from ..coldstart.filter import read_traces
+
+    rows = [r for r in read_traces(path) if r.get("response")]
+    return rows[:size] if size is not None else rows
+
+
+def build_dataset(rows: list[dict], tokenizer, cfg: ParallelSFTConfig):
+    """A prompt/completion ``datasets.Dataset``; rows over ``max_length`` tokens are dropped.
+
+    Dropping (not truncating) follows the paper (truncation="error"): a cut trace would end inside
+    a block, which the Unseen layout can only treat as malformed.
+    """
+    from datasets import Dataset
+
+    prompts = [build_prompt(r["problem"], tokenizer, cfg.prompt_template, cfg.use_chat_template) for r in rows]
+    completions = [normalize(r["response"]) for r in rows]
+    keep = list(range(len(rows)))
+    if cfg.max_length is not None and rows:
+        texts = [p + c + tokenizer.eos_token for p, c in zip(prompts, completions)]
+        lengths = [len(x) for x in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        keep = [i for i, n in enumerate(lengths) if n <= cfg.max_length]
+        if len(keep) < len(rows):
+            print(f"sft: dropped {len(rows) - len(keep)} of {len(rows)} rows longer than max_length={cfg.max_length}")
+    if not keep:
+        raise ValueError("no training row fits max_length (or the training data is empty)")
+    return Dataset.from_dict(
+        {"prompt": [prompts[i] for i in keep], "completion": [completions[i] for i in keep], "id": [str(rows[i]["id"]) for i in keep]}
+    )
+
+
+# ------------------------------------------------------------------------------------------ trainer
+
+
+class ParallelSFTTrainer(SFTTrainer):
+    """SFTTrainer whose token count survives a 4-D ``attention_mask``.
+
+    SFTTrainer counts trained tokens as ``attention_mask.sum()``, which for a ``[B,1,L,L]`` mask
+    counts visible pairs, not tokens; the collator's ``token_mask`` carries the real count.
+    Everything else (fused LM head, token-mean loss over ``num_items_in_batch``, metrics) is TRL's.
+    """
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        token_mask = inputs.pop("token_mask", None)
+        before = self._total_train_tokens
+        out = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        if token_mask is not None and self.model.training:
+            self._total_train_tokens = before + self.accelerator.gather_for_metrics(token_mask.sum()).sum().item()
+            self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
+        return out
+
+
+class MetricsLogger(TrainerCallback):
+    """Every log line (loss, lr, grad norm, ...) appended to ``output_dir/metrics.jsonl`` as it comes."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            with JsonlAppender(self.path) as f:
+                f.write({"step": state.global_step, "epoch": state.epoch, "time": time.time(), **logs})
+
+
+def prepare_model_and_tokenizer(cfg: ParallelSFTConfig):
+    """Load the model in float32 (bf16 is autocast, as the paper's fp32 master weights), add tags if asked."""
+    from ..models import add_tag_tokens, has_tag_tokens, load_model, load_tokenizer
+
+    tok = load_tokenizer(cfg.model_name_or_path)
+    model = load_model(cfg.model_name_or_path, dtype=torch.float32, attn_implementation=cfg.attn_implementation)
+    if not has_tag_tokens(tok):
+        if not cfg.add_tags:
+            raise ValueError(f"{cfg.model_name_or_path}: the tokenizer lacks the tag tokens and add_tags is false")
+        n = add_tag_tokens(model, tok)
+        print(f"sft: added {n} tag tokens to {cfg.model_name_or_path}")
+    return model, tok
+
+
+def build_trainer(cfg: ParallelSFTConfig, model=None, tokenizer=None, train_rows=None, eval_rows=None) -> ParallelSFTTrainer:
+    """Everything ready to ``.train()``; pass ``model``/``tokenizer``/rows to skip loading them."""
+    if model is None or tokenizer is None:
+        model, tokenizer = prepare_model_and_tokenizer(cfg)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tags = TagIds.from_tokenizer(tokenizer)
+    if train_rows is None:
+        train_rows = [r for s in cfg.train_data for r in load_traces(s, cfg.train_size)]
+    if eval_rows is None and cfg.eval_data:
+        eval_rows = [r for s in cfg.eval_data for r in load_traces(s, cfg.eval_size)]
+    train_ds = build_dataset(train_rows, tokenizer, cfg)
+    eval_ds = build_dataset(eval_rows, tokenizer, cfg) if eval_rows else None
+    collator = ParallelSFTCollator(
+        pad_token_id=tokenizer.pad_token_id,
+        variant=cfg.variant,
+        tags=tags if cfg.variant == "unseen" else None,
+        pad_to_multiple_of=cfg.pad_to_multiple_of,
+    )
+    peft_config = None
+    if cfg.use_peft:
+        from peft import LoraConfig
+
+        target = cfg.lora_target_modules
+        peft_config = LoraConfig(
+            r=cfg.lora_r,
+            lora_alpha=cfg.lora_alpha,
+            lora_dropout=cfg.lora_dropout,
+            target_modules=target[0] if target == ["all-linear"] else target,
+            task_type="CAUSAL_LM",
+            # The six new tag rows must learn even though the embeddings are frozen under LoRA.
+            trainable_token_indices=list(tags.as_tuple()),
+        )
+    trainer = ParallelSFTTrainer(
+        model=model,
+        args=cfg,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        processing_class=tokenizer,
+        data_collator=collator,
+        peft_config=peft_config,
+    )
+    trainer.add_callback(MetricsLogger(Path(cfg.output_dir) / "metrics.jsonl"))
+    return trainer
+
+
+# ------------------------------------------------------------------------------------- format check
+
+
+@torch.no_grad()
+def format_check(model, tokenizer, cfg: ParallelSFTConfig, out_dir: Path) -> dict:
+    """Sample held-out GSM8K test problems with the prompt; measure how often the format holds.
+
+    Free-running ``generate`` (the Seen decoding: later paths see earlier ones); a completion
+    counts as "valid parallel" when it has at least one block and passes the format checker.
+    """
+    from ..data.registry import load_problems
+    from ..grading import is_correct
+
+    problems = load_problems("gsm8k", split="test", limit=cfg.format_check_size)
+    model.eval()
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    stop_ids = {tokenizer.eos_token_id, tokenizer.pad_token_id}
+    rows = []
+    torch.manual_seed(cfg.seed)
+    try:
+        for i in range(0, len(problems), cfg.format_check_batch_size):
+            chunk = problems[i : i + cfg.format_check_batch_size]
+            prompts = [build_prompt(p.problem, tokenizer, cfg.prompt_template, cfg.use_chat_template) for p in chunk]
+            enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+            out = model.generate(
+                **enc,
+                do_sample=cfg.format_check_temperature > 0,
+                temperature=cfg.format_check_temperature if cfg.format_check_temperature > 0 else None,
+                top_p=1.0,
+                top_k=0,
+                max_new_tokens=cfg.format_check_max_new_tokens,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )
+            for p, ids in zip(chunk, out[:, enc["input_ids"].shape[1] :].tolist()):
+                cut = next((k for k, t in enumerate(ids) if t in stop_ids), len(ids))
+                text = tokenizer.decode(ids[:cut], skip_special_tokens=False)
+                parsed = parse(text)
+                rows.append(
+                    dict(
+                        problem_id=p.id,
+                        completion=text,
+                        answer=p.answer,
+                        finished=cut < len(ids),
+                        uses_parallel=parsed.uses_parallel,
+                        format_ok=parsed.format_ok,
+                        num_blocks=parsed.num_blocks,
+                        valid_parallel=parsed.format_ok and parsed.num_blocks > 0,
+                        correct=is_correct(text, p.answer),
+                    )
+                )
+    finally:
+        tokenizer.padding_side = side
+    n = max(len(rows), 1)
+    summary = dict(
+        n=len(rows),
+        valid_parallel_ratio=sum(r["valid_parallel"] for r in rows) / n,
+        uses_parallel_ratio=sum(r["uses_parallel"] for r in rows) / n,
+        format_ok_ratio=sum(r["format_ok"] for r in rows) / n,
+        accuracy=sum(r["correct"] for r in rows) / n,
+        finished_ratio=sum(r["finished"] for r in rows) / n,
+        mean_blocks=sum(r["num_blocks"] for r in rows) / n,
+        temperature=cfg.format_check_temperature,
+        max_new_tokens=cfg.format_check_max_new_tokens,
+    )
+    atomic_write_json(out_dir / "format_check.json", summary)
+    with JsonlAppender(out_dir / "format_check.jsonl", fsync=False) as f:
+        f.write_many(rows)
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------- run
+
+
+def resolve_resume(cfg: ParallelSFTConfig):
+    """``resume_from_checkpoint``: a path, or ``true``/``last`` for the newest checkpoint in output_dir."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    value = cfg.resume_from_checkpoint
+    if value is None or str(value).lower() in ("false", "none", ""):
+        return None
+    if str(value).lower() in ("true", "last", "auto"):
+        out = Path(cfg.output_dir)
+        return get_last_checkpoint(str(out)) if out.is_dir() else None
+    if not Path(value).exists():
+        raise FileNotFoundError(f"resume_from_checkpoint: no such checkpoint {value}")
+    return value
+
+
+def save_loss_curve(trainer, out_dir: Path) -> None:
+    """``loss_curve.json`` (step, loss) and ``loss_curve.png`` from the trainer's log history."""
+    points = [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h]
+    atomic_write_json(out_dir / "loss_curve.json", [{"step": s, "loss": l} for s, l in points])
+    if not points:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.plot(*zip(*points), marker=".")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("train loss (response tokens)")
+    ax.set_title(Path(trainer.args.output_dir).name)
+    fig.tight_layout()
+    fig.savefig(out_dir / "loss_curve.png", dpi=100)
+    plt.close(fig)
+
+
+def train(cfg: ParallelSFTConfig) -> dict:
+    """Train, save the final model + tokenizer, the loss curve and (optionally) the format check."""
+    trainer = build_trainer(cfg)
+    out_dir = Path(cfg.output_dir)
+    result = trainer.train(resume_from_checkpoint=resolve_resume(cfg))
+    trainer.save_model(cfg.output_dir)
+    summary = {"train": result.metrics, "num_train_rows": len(trainer.train_dataset)}
+    if trainer.is_world_process_zero():
+        save_loss_curve(trainer, out_dir)
+        if cfg.format_check_size > 0:
+            model = trainer.model.merge_and_unload() if cfg.use_peft else trainer.model
+            summary["format_check"] = format_check(model, trainer.processing_class, cfg, out_dir)
+        atomic_write_json(out_dir / "sft_summary.json", summary)
+    return summary
+
+
+def parse_config(argv: list[str]) -> ParallelSFTConfig:
+    """``--config recipe.yaml`` plus ``--field value`` overrides, the TRL way."""
+    (cfg,) = TrlParser((ParallelSFTConfig,)).parse_args_and_config(argv)
+    return cfg
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML recipe (recipes/sft_*.yaml); any field below overrides it")
+    p.epilog = "Every ParallelSFTConfig / SFTConfig field is accepted as --field value (see docs/coldstart.md)."
+    for f in dataclasses.fields(ParallelSFTConfig):
+        if not f.init:
+            continue
+        kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        kwargs = dict(default=argparse.SUPPRESS, help=f.metadata.get("help", argparse.SUPPRESS) if f.name in _OURS else argparse.SUPPRESS)
+        if "bool" in kind:
+            kwargs.update(nargs="?", const="true")
+        elif kind.startswith("list"):
+            kwargs.update(nargs="+")
+        p.add_argument(f"--{f.name}", **kwargs)
+
+
+_OURS = {f.name for f in dataclasses.fields(ParallelSFTConfig)} - {f.name for f in dataclasses.fields(SFTConfig)} | {
+    "output_dir",
+    "learning_rate",
+    "num_train_epochs",
+    "max_steps",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "max_length",
+    "resume_from_checkpoint",
+    "report_to",
+    "bf16",
+}
+
+
+def run(args: argparse.Namespace) -> int:
+    argv = ["--config", args.config] if args.config else []
+    for key, value in vars(args).items():
+        if key == "config":
+            continue
+        argv.append(f"--{key}")
+        argv.extend(value if isinstance(value, list) else [str(value)])
+    summary = train(parse_config(argv))
+    print(json.dumps(summary, indent=2, default=str))
+    fc = summary.get("format_check")
+    if fc:
+        print(f"format check: {fc['valid_parallel_ratio']:.1%} of {fc['n']} held-out completions have valid parallel blocks")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point for ``accelerate launch -m parallel_r1.train.sft --config ...``."""
+    summary = train(parse_config(sys.argv[1:] if argv is None else argv))
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
