@@ -17,6 +17,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
 from trl import GRPOConfig
 
 VARIANTS = ("unseen", "seen")
@@ -40,6 +41,7 @@ class RLConfig(GRPOConfig):
     dataset_limit: int | None = field(default=None, metadata={"help": "Use only the first N problems."})
     template: str = field(default="parallel_v3", metadata={"help": "Prompt template (parallel_r1.prompts.TEMPLATES): parallel_v3, baseline, orz, ..."})
     reward: str = field(default="accuracy", metadata={"help": "Reward schedule (rewards.SCHEDULES: accuracy = S1, alternating = S2, scaffold, ...) or any single reward name in rewards.REWARDS (e.g. boxed_pm1)."})
+    grader: str | None = field(default=None, metadata={"help": "Correctness judge (parallel_r1.grading.GRADERS); None = the reward's own (the paper's minerva_exact; math_verify for boxed_pm1)."})
     alternating_window: int = field(default=10, metadata={"help": "Alternating schedule: window length in RL steps (paper 10)."})
     accuracy_steps: int = field(default=8, metadata={"help": "Alternating schedule: accuracy-only steps at the start of each window (paper 8); the rest use the parallel-aware reward."})
     scaffold_steps: int = field(default=200, metadata={"help": "Scaffold schedule: RL steps of alternating reward before accuracy-only (paper 200)."})
@@ -54,19 +56,23 @@ class RLConfig(GRPOConfig):
     max_path_tokens: int = field(default=4096, metadata={"help": "Max tokens per path (paper max_path_response_length 4096)."})
     path_temperature: float | None = field(default=1.0, metadata={"help": "Temperature forced on paths (paper 1.0); None = use `temperature`."})
     max_response_schedule: dict | str | None = field(default=None, metadata={"help": "Staged max response length, RL step -> tokens, e.g. {0: 2048, 100: 4096, 160: 8192} (OctoThinker). Unset = max_completion_length throughout."})
+    clip_ratio_high_schedule: dict | str | None = field(default=None, metadata={"help": "epsilon_high (clip-higher) by RL step, e.g. {0: 0.28, 201: 0.2} for the scaffold run that keeps going after its alternating stage (paper: 0.28 in S2, back to 0.2 for the accuracy stage). Unset = epsilon_high throughout."})
     train_injected: bool = field(default=True, metadata={"help": "Train on the tags the Unseen engine injects (<Path>, </Parallel>, <Summary>, ...), as the paper does (response_mask all 1)."})
     rollout_seed: int | None = field(default=None, metadata={"help": "Seed of the rollout sampler (per RL step and rank); None = not seeded, as the paper."})
 
     def __post_init__(self):
-        if isinstance(self.max_response_schedule, str):
-            self.max_response_schedule = json.loads(self.max_response_schedule)
+        for name in ("max_response_schedule", "clip_ratio_high_schedule"):
+            if isinstance(getattr(self, name), str):
+                setattr(self, name, yaml.safe_load(getattr(self, name)))
         super().__post_init__()
 
 
 def _check(cfg: RLConfig) -> None:
     """Every recipe error that needs no model: raised before anything heavy is loaded."""
-    from .. import rewards
+    from .. import grading, rewards
 
+    if cfg.grader is not None and cfg.grader not in grading.GRADERS:
+        raise ValueError(f"grader: unknown {cfg.grader!r}; known: {', '.join(grading.GRADERS)}")
     if cfg.reward not in rewards.SCHEDULES and cfg.reward not in rewards.REWARDS:
         raise ValueError(
             f"reward: unknown name {cfg.reward!r}; schedules: {', '.join(sorted(rewards.SCHEDULES))}; "
@@ -94,6 +100,9 @@ def _check(cfg: RLConfig) -> None:
     for k, v in sched.items():
         if k < 0 or v <= 0:
             raise ValueError(f"max_response_schedule: step {k} -> {v}: steps must be >= 0 and lengths > 0")
+    for k, v in (cfg.clip_ratio_high_schedule or {}).items():
+        if int(k) < 0 or not 0 <= float(v) < 10:
+            raise ValueError(f"clip_ratio_high_schedule: step {k} -> {v}: steps must be >= 0 and values in [0, 10)")
     opt_steps_per_rl(cfg)
     from ..prompts import get_template
 
@@ -134,14 +143,11 @@ def load_dataset_rows(cfg: RLConfig, tokenizer) -> list[dict]:
 
 
 def make_schedule(cfg: RLConfig):
-    """The reward schedule object for ``cfg.reward`` (a schedule name, or a single reward held constant)."""
-    from .. import rewards
+    """The reward schedule for ``cfg.reward`` (a schedule name, or a single reward held constant)."""
+    from ..rewards import get_schedule
 
-    if cfg.reward in rewards.SCHEDULES:
-        return rewards.make_schedule(
-            cfg.reward, window=cfg.alternating_window, accuracy_steps=cfg.accuracy_steps, scaffold_steps=cfg.scaffold_steps
-        )
-    return rewards.constant_schedule(cfg.reward)
+    return get_schedule(cfg.reward, window=cfg.alternating_window, accuracy_steps=cfg.accuracy_steps,
+                        switch_step=cfg.scaffold_steps if cfg.reward == "scaffold" else None)
 
 
 def resume_point(cfg: RLConfig, opt_per_rl: int) -> tuple[str | None, int]:
@@ -184,17 +190,11 @@ def build_trainer(cfg: RLConfig):
     if cfg.process_index == 0:
         for name in ("rollouts.jsonl", "metrics.jsonl"):
             T.truncate_after(run_dir / name, done)
-        import yaml
-
         atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(_plain(cfg), sort_keys=False))
 
     model = load_model(cfg.model)  # float32 master weights; bf16 runs under TRL autocast (paper: fp32 actor)
     step_fn = lambda global_step: T.rl_step_of(global_step, opt_per_rl, cfg.step_offset)  # noqa: E731
-    from ..grading import is_correct
-
-    extractor = "boxed" if cfg.template == "orz" else "final_answer"
-    reward = T.ScheduledReward(schedule, lambda c, g: is_correct(c, g, extractor=extractor), step_fn, tok,
-                               set(tags.as_tuple()) if tags else set())
+    reward = T.ScheduledReward(schedule, step_fn, tok, set(tags.as_tuple()) if tags else set(), grader=cfg.grader)
     rollout = None
     if cfg.rollout_backend == "engine":
         from ..decoding import DecodingConfig
@@ -212,6 +212,7 @@ def build_trainer(cfg: RLConfig):
         rollout_func=rollout, callbacks=[T.MetricsWriter(run_dir / "metrics.jsonl")],
         variant=cfg.variant, tag_ids=tags, scheduled_reward=reward, run_dir=run_dir,
         opt_steps_per_rl=opt_per_rl, step_offset=cfg.step_offset,
+        clip_high_schedule={int(k): float(v) for k, v in (cfg.clip_ratio_high_schedule or {}).items()} or None,
     )
     return trainer, ckpt
 

@@ -52,8 +52,9 @@ def rl_step_of(global_step: int, opt_steps_per_rl: int, step_offset: int = 0) ->
     return step_offset + global_step // opt_steps_per_rl + 1
 
 
-def budget_at(schedule: dict[int, int], step: int) -> int:
-    """Staged max response length: the value of the largest key <= ``step`` (keys are RL steps)."""
+def budget_at(schedule: dict, step: int):
+    """A step schedule's value at RL step ``step``: that of the largest key <= ``step``
+    (staged max response length, clip-high by stage)."""
     keys = [k for k in sorted(schedule) if k <= step]
     return schedule[keys[-1] if keys else min(schedule)]
 
@@ -97,32 +98,33 @@ class EpochRepeatSampler(RepeatSampler):
 
 
 class ScheduledReward:
-    """A reward schedule as a TRL reward function.
+    """A :class:`parallel_r1.rewards.RewardSchedule` as a TRL reward function.
 
-    ``schedule`` has ``.mode(step)`` and ``.reward(completion, gold, step)``; ``correct(completion,
-    gold)`` is the verifier of the reward's family. The completion text with tags comes from the
-    rollout's ``completion_text`` field (TRL decodes with special tokens skipped, which would drop
-    the tags), or is decoded from ``completion_ids``. The step is the RL step.
+    Differs from :func:`parallel_r1.rewards.make_trl_reward` in two ways the trainer needs: the
+    step is the RL step (TRL's ``global_step`` counts optimiser steps, 2 per RL step in the
+    paper), and the completion keeps its tags (TRL decodes with special tokens skipped; the
+    rollout's ``completion_text`` field, or ``completion_ids`` decoded here, keeps them).
+    ``.last`` holds the last call's per-completion details for the rollout log.
     """
 
-    def __init__(self, schedule, correct: Callable[[str, str], bool], step_fn: Callable[[int], int], tokenizer, keep_ids: set[int], answer_key: str = "answer"):
-        self.schedule, self.correct, self.step_fn = schedule, correct, step_fn
-        self.tokenizer, self.keep_ids, self.answer_key = tokenizer, keep_ids, answer_key
-        self.__name__ = "parallel_r1"
+    def __init__(self, schedule, step_fn: Callable[[int], int], tokenizer, keep_ids: set[int],
+                 answer_key: str = "answer", grader: str | None = None):
+        self.schedule, self.step_fn, self.tokenizer, self.keep_ids = schedule, step_fn, tokenizer, keep_ids
+        self.answer_key, self.grader = answer_key, grader
+        self.__name__ = schedule.name
         self.last: list[dict] = []
 
     def __call__(self, prompts, completions, completion_ids=None, **kwargs) -> list[float]:
         step = self.step_fn(kwargs["trainer_state"].global_step)
-        mode = self.schedule.mode(step)
         texts = kwargs.get("completion_text") or [decode_keep_tags(self.tokenizer, ids, self.keep_ids) for ids in completion_ids]
-        golds = kwargs[self.answer_key]
-        rewards, self.last = [], []
-        for text, gold, ids in zip(texts, golds, completion_ids, strict=True):
-            r = float(self.schedule.reward(text, str(gold), step))
-            rewards.append(r)
-            self.last.append(dict(step=step, reward_mode=mode, completion=text, answer=str(gold), reward=r,
-                                  correct=bool(self.correct(text, str(gold))), ids=list(ids)))
-        return rewards
+        golds = [str(g) for g in kwargs[self.answer_key]]
+        details = self.schedule.details(texts, golds, step, self.grader)
+        self.last = [
+            dict(step=step, reward_mode=d["mode"], completion=t, answer=g, reward=float(d["reward"]),
+                 correct=bool(d["correct"]), ids=list(ids))
+            for d, t, g, ids in zip(details, texts, golds, completion_ids, strict=True)
+        ]
+        return [x["reward"] for x in self.last]
 
 
 def make_rollout_func(engine_config, tag_ids, length_schedule: dict[int, int], step_fn: Callable[[int], int], train_injected: bool = True):
@@ -185,10 +187,11 @@ class ParallelGRPOTrainer(GRPOTrainer):
     """GRPOTrainer + Unseen log-prob layout + rollout log + parallel-thinking metrics (module doc)."""
 
     def __init__(self, *args, variant: str, tag_ids, scheduled_reward: ScheduledReward, run_dir: str | os.PathLike,
-                 opt_steps_per_rl: int, step_offset: int = 0, **kwargs):
+                 opt_steps_per_rl: int, step_offset: int = 0, clip_high_schedule: dict[int, float] | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.variant, self.tag_ids, self.scheduled_reward = variant, tag_ids, scheduled_reward
         self.run_dir, self.opt_steps_per_rl, self.step_offset = Path(run_dir), opt_steps_per_rl, step_offset
+        self.clip_high_schedule = clip_high_schedule
         self._gap_ref = None  # (sampling logps, mask) of the micro-batch whose loss is being computed
         self._gap_max = 0.0
         self._rl_metrics: dict[str, float] = {}
@@ -222,6 +225,9 @@ class ParallelGRPOTrainer(GRPOTrainer):
 
     # -- rollout log and per-step metrics ---------------------------------------------------
     def _generate_and_score_completions(self, inputs):
+        if self.model.training and self.clip_high_schedule:
+            # TRL reads self.epsilon_high in the loss; the batch generated now is trained with this value
+            self.epsilon_high = budget_at(self.clip_high_schedule, self.rl_step())
         output = super()._generate_and_score_completions(inputs)
         if not self.model.training:
             return output
