@@ -126,20 +126,25 @@ def opt_steps_per_rl(cfg: RLConfig) -> int:
     return micro // cfg.gradient_accumulation_steps
 
 
-def load_dataset_rows(cfg: RLConfig, tokenizer) -> list[dict]:
-    """Problems -> TRL rows {prompt (template + chat template applied), answer, prompt_id}."""
+def load_checked_problems(cfg: RLConfig) -> list:
+    """The training problems; every one must have a gold answer."""
     from ..data.registry import load_problems
-    from ..prompts import build_prompt
 
     problems = load_problems(cfg.dataset, split=cfg.dataset_split, limit=cfg.dataset_limit)
     if not problems:
         raise ValueError(f"dataset {cfg.dataset!r}: no problems")
-    rows = []
     for i, p in enumerate(problems):
         if p.answer is None or str(p.answer).strip() == "":
             raise ValueError(f"dataset {cfg.dataset!r}: row {i} (id {p.id}) has no 'answer' field; RL needs a gold answer per problem")
-        rows.append({"prompt": build_prompt(p.problem, tokenizer, cfg.template), "answer": str(p.answer), "prompt_id": str(p.id)})
-    return rows
+    return problems
+
+
+def dataset_rows(cfg: RLConfig, problems: list, tokenizer) -> list[dict]:
+    """Problems -> TRL rows {prompt (template + chat template applied), answer, prompt_id}."""
+    from ..prompts import build_prompt
+
+    return [{"prompt": build_prompt(p.problem, tokenizer, cfg.template), "answer": str(p.answer), "prompt_id": str(p.id)}
+            for p in problems]
 
 
 def make_schedule(cfg: RLConfig):
@@ -177,8 +182,9 @@ def build_trainer(cfg: RLConfig):
     _check(cfg)
     opt_per_rl = opt_steps_per_rl(cfg)
     schedule = make_schedule(cfg)
+    problems = load_checked_problems(cfg)
     tok = load_tokenizer(cfg.model)
-    rows = load_dataset_rows(cfg, tok)
+    rows = dataset_rows(cfg, problems, tok)
     tags = TagIds.from_tokenizer(tok) if cfg.variant == "unseen" else _maybe_tags(tok)
 
     cfg.max_steps = cfg.rl_steps * opt_per_rl

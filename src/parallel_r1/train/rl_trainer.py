@@ -234,7 +234,7 @@ class ParallelGRPOTrainer(GRPOTrainer):
         if output.get("old_per_token_logps") is not None and "sampling_per_token_logps" in output:
             self._note_gap(output["old_per_token_logps"], output["sampling_per_token_logps"], _loss_mask(output))
         rows = [
-            dict(d, prompt=x["prompt"], prompt_id=x.get("prompt_id"), length=len(d["ids"]), clipped=_clipped(x, len(d["ids"])))
+            dict(d, prompt=x["prompt"], prompt_id=x.get("prompt_id"), length=len(d["ids"]), clipped=_clipped(x, len(d["ids"]), self.args.max_completion_length))
             for x, d in zip(inputs, self.scheduled_reward.last, strict=True)
         ]
         rows = gather_object(rows)
@@ -300,11 +300,11 @@ def _loss_mask(inputs) -> torch.Tensor:
     return mask if "tool_mask" not in inputs else mask * inputs["tool_mask"]
 
 
-def _clipped(x: dict, length: int) -> bool:
-    """Hit the length budget (engine's finish_reason when known)."""
+def _clipped(x: dict, length: int, default_budget: int) -> bool:
+    """Hit the length budget (the engine's finish_reason when there is one)."""
     if "finish_reason" in x:
         return x["finish_reason"] == "length"
-    return "budget" in x and length >= x["budget"]
+    return length >= x.get("budget", default_budget)
 
 
 class MetricsWriter(TrainerCallback):

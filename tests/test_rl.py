@@ -1,0 +1,248 @@
+"""`parallel-r1 rl`: a few real GRPO steps per variant and schedule on a tiny model, resume, 2-process DDP.
+
+The tiny Llama is first taught (5 s of plain LM training) to write the parallel format on
+one-digit additions, so rollouts hold real blocks, rewards vary within a group, and the
+Unseen log-prob check is not vacuous.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from parallel_r1.cli import main as cli_main
+from parallel_r1.rewards import alternating_mode
+
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+
+GEN_BATCH = 8  # completions per RL step (2 prompts x 4)
+
+
+def _trace(a: int, b: int, eos: str) -> str:
+    c = a + b
+    return (f"We add.<Parallel><Path>{a} + {b} = {c}</Path><Path>{b} + {a} = {c}</Path></Parallel>\n"
+            f"<Summary>{c}</Summary>\nFinal Answer: {c}{eos}")
+
+
+@pytest.fixture(scope="module")
+def taught_model(tmp_path_factory) -> Path:
+    """A tiny Llama with tags that writes (imperfect) parallel traces for `What is a + b?`."""
+    from parallel_r1.models import build_tiny_model
+    from parallel_r1.prompts import build_prompt
+
+    torch.manual_seed(0)
+    rng = random.Random(0)
+    model, tok = build_tiny_model("llama")
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(120):
+        pairs = [(rng.randrange(10), rng.randrange(10)) for _ in range(16)]
+        text = [build_prompt(f"What is {a} + {b}?", tok, "baseline") + _trace(a, b, tok.eos_token) for a, b in pairs]
+        enc = tok(text, return_tensors="pt", padding=True)
+        loss = model(**enc, labels=enc.input_ids.masked_fill(enc.attention_mask == 0, -100)).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    out = tmp_path_factory.mktemp("taught")
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def additions(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "additions.jsonl"
+    rows = [{"id": f"add-{a}-{b}", "problem": f"What is {a} + {b}?", "answer": str(a + b)} for a in range(4) for b in range(4)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _recipe(tmp_path: Path, model: Path, data: Path, **over) -> Path:
+    cfg = dict(
+        model=str(model), dataset=str(data), template="baseline", output_dir=str(tmp_path / "run"),
+        variant="unseen", reward="accuracy", rl_steps=3, save_every=2,
+        num_generations=4, generation_batch_size=GEN_BATCH, per_device_train_batch_size=4, gradient_accumulation_steps=1,
+        max_completion_length=48, max_path_tokens=16, max_blocks=2, learning_rate=2e-3, lr_scheduler_type="constant",
+        beta=0.0, epsilon=0.2, epsilon_high=0.28, loss_type="dapo", temperature=1.0, top_k=0,
+        bf16=False, use_cpu=True, gradient_checkpointing=False, report_to="none", seed=0, rollout_seed=0,
+    )
+    cfg.update(over)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _train(recipe: Path, *overrides: str):
+    from parallel_r1.train.rl import build_trainer, parse_config
+
+    cfg = parse_config(["--config", str(recipe), *overrides])
+    trainer, ckpt = build_trainer(cfg)
+    before = {k: v.detach().clone() for k, v in trainer.model.named_parameters()}
+    trainer.train(resume_from_checkpoint=ckpt)
+    changed = sum(not torch.equal(before[k], v) for k, v in trainer.model.named_parameters())
+    return trainer, changed
+
+
+def _rows(run: Path, name: str) -> list[dict]:
+    return [json.loads(line) for line in (run / name).read_text().splitlines()]
+
+
+def _expected_mode(reward: str, step: int, window: int, acc: int, switch: int) -> str:
+    if reward == "accuracy" or (reward == "scaffold" and step > switch):
+        return "accuracy"
+    return alternating_mode(step, window, acc)
+
+
+@pytest.mark.parametrize(
+    "variant,reward",
+    [("unseen", "accuracy"), ("unseen", "alternating"), ("unseen", "scaffold"), ("seen", "alternating")],
+)
+def test_rl_steps(tmp_path, taught_model, additions, variant, reward):
+    steps, window, acc, switch = 4, 2, 1, 2
+    recipe = _recipe(tmp_path, taught_model, additions, variant=variant, reward=reward, rl_steps=steps,
+                     alternating_window=window, accuracy_steps=acc, scaffold_steps=switch)
+    trainer, changed = _train(recipe)
+    run = tmp_path / "run"
+    assert changed > 0, "no parameter moved"
+
+    rollouts = _rows(run, "rollouts.jsonl")
+    assert Counter(r["step"] for r in rollouts) == {s: GEN_BATCH for s in range(1, steps + 1)}
+    for r in rollouts:  # one row per completion, schema of docs/INTERFACES.md
+        assert {"prompt_id", "sample_index", "prompt", "completion", "answer", "reward", "correct", "reward_mode",
+                "uses_parallel", "format_ok", "num_blocks", "paths_per_block", "positions", "length", "clipped"} <= set(r)
+    assert sorted(Counter((r["step"], r["prompt_id"]) for r in rollouts).values()) == [4] * (2 * steps)
+    assert any(r["num_blocks"] > 0 for r in rollouts), "the taught model wrote no parallel block"
+    assert len({r["reward"] for r in rollouts}) > 1
+
+    metrics = _rows(run, "metrics.jsonl")
+    assert [m["step"] for m in metrics] == list(range(1, steps + 1))
+    for m in metrics:
+        want = _expected_mode(reward, m["step"], window, acc, switch)
+        assert m["reward_mode_name"] == want and m["reward_mode"] == {"accuracy": 0, "parallel": 1}[want]
+        assert {r["reward_mode"] for r in rollouts if r["step"] == m["step"]} == {want}
+        assert m["logprob_gap_max"] <= 1e-4  # the engine's log-probs are the trainer's (float32)
+        for k in ("parallel_ratio", "mean_blocks", "format_error_rate", "accuracy", "mean_length", "max_length",
+                  "clipped_ratio", "reward", "loss"):
+            assert k in m
+        step_rows = [r for r in rollouts if r["step"] == m["step"]]
+        assert m["parallel_ratio"] == pytest.approx(sum(r["num_blocks"] > 0 for r in step_rows) / GEN_BATCH)
+        assert m["accuracy"] == pytest.approx(sum(r["correct"] for r in step_rows) / GEN_BATCH)
+    assert (run / "config.yaml").exists() and (run / "checkpoint-4").is_dir()
+
+
+def test_unseen_logps_use_the_layout(tmp_path, taught_model, additions):
+    """TRL's log-prob routine in our trainer == a brute-force forward under build_unseen_layout, and
+    differs from the plain causal one on rows with blocks; tags inside the prompt are ignored."""
+    from parallel_r1.structure import TagIds, build_unseen_layout
+    from parallel_r1.train.rl import build_trainer, parse_config
+
+    trainer, _ = build_trainer(parse_config(["--config", str(_recipe(tmp_path, taught_model, additions))]))
+    tok, model = trainer.processing_class, trainer.model
+    tags = TagIds.from_tokenizer(tok)
+    prompt = tok("Use <Path> tags. What is 2 + 3?", add_special_tokens=False).input_ids
+    comps = [tok(_trace(2, 3, tok.eos_token), add_special_tokens=False).input_ids, tok("Final Answer: 5", add_special_tokens=False).input_ids]
+    c_len = max(map(len, comps))
+    ids = torch.tensor([prompt + c + [tok.pad_token_id] * (c_len - len(c)) for c in comps])
+    mask = torch.tensor([[1] * len(prompt) + [1] * len(c) + [0] * (c_len - len(c)) for c in comps])
+    with torch.no_grad():
+        got, _, _ = trainer._get_per_token_logps_and_entropies(model, ids, mask, c_len)
+        structure = torch.zeros_like(mask, dtype=torch.bool)
+        structure[:, len(prompt):] = mask[:, len(prompt):].bool()
+        layout = build_unseen_layout(ids, tags, attention_mask=mask, structure_mask=structure)
+        logits = model(input_ids=ids, attention_mask=layout.attention_mask, position_ids=layout.position_ids).logits
+        ref = torch.log_softmax(logits[:, len(prompt) - 1:-1].float(), -1).gather(-1, ids[:, len(prompt):, None])[..., 0]
+        causal = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits[:, len(prompt) - 1:-1].float(), -1)
+        causal = causal.gather(-1, ids[:, len(prompt):, None])[..., 0]
+    real = mask[:, len(prompt):].bool()
+    assert torch.allclose(got[real], ref[real], atol=1e-5)
+    assert (got[0] - causal[0]).abs().max() > 1e-3  # row 0 has a block: the layout matters
+    assert torch.allclose(got[1][real[1]], causal[1][real[1]], atol=1e-5)  # no block in the completion: causal
+
+
+def test_resume_same_schedule_same_data_no_duplicates(tmp_path, taught_model, additions):
+    over = dict(reward="alternating", alternating_window=2, accuracy_steps=1, rl_steps=5, save_every=2, dataset_limit=4)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    full = _recipe(tmp_path / "a", taught_model, additions, **over)
+    _train(full)
+    ref = _rows(tmp_path / "a" / "run", "rollouts.jsonl")
+
+    killed = _recipe(tmp_path / "b", taught_model, additions, **over)
+    _train(killed, "--rl_steps", "4")  # checkpoints at RL steps 2 and 4
+    run = tmp_path / "b" / "run"
+    shutil.rmtree(run / "checkpoint-8")  # as if killed after writing step 3 and 4 rows, before checkpoint-8
+    with open(run / "rollouts.jsonl", "a") as f:
+        f.write('{"step": 4, "torn')  # and mid-write
+    _train(killed)  # rl_steps 5: resumes from checkpoint-4 (RL step 2)
+    got = _rows(run, "rollouts.jsonl")
+    assert Counter(r["step"] for r in got) == {s: GEN_BATCH for s in range(1, 6)}
+    # same data order across the resume and across an epoch boundary (4 problems = 2 RL steps per epoch)
+    order = lambda rows: [(r["step"], r["prompt_id"]) for r in rows]  # noqa: E731
+    assert order(got) == order(ref)
+    metrics = _rows(run, "metrics.jsonl")
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4, 5]
+    assert [m["reward_mode_name"] for m in metrics] == [alternating_mode(s, 2, 1) for s in range(1, 6)]
+
+
+WORKER = """
+import hashlib, sys, torch
+from parallel_r1.train.rl import build_trainer, parse_config
+trainer, ckpt = build_trainer(parse_config(["--config", sys.argv[1]]))
+digest = lambda: hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in trainer.model.parameters())).hexdigest()
+start = digest()
+trainer.train(resume_from_checkpoint=ckpt)
+open(sys.argv[2] + f".{trainer.accelerator.process_index}", "w").write(start + " " + digest())
+"""
+
+
+def test_two_cpu_processes_agree(tmp_path, taught_model, additions):
+    recipe = _recipe(tmp_path, taught_model, additions, rl_steps=2, save_every=2, per_device_train_batch_size=4)
+    (tmp_path / "worker.py").write_text(WORKER)
+    env = dict(os.environ, OMP_NUM_THREADS="1", TRL_EXPERIMENTAL_SILENCE="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+         str(tmp_path / "worker.py"), str(recipe), str(tmp_path / "digest")],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    d0, d1 = ((tmp_path / f"digest.{r}").read_text().split() for r in (0, 1))
+    assert d0 == d1, "ranks disagree on the weights"
+    assert d0[0] != d0[1], "weights did not move"
+    rows = _rows(tmp_path / "run", "rollouts.jsonl")
+    assert Counter(r["step"] for r in rows) == {1: GEN_BATCH, 2: GEN_BATCH}  # both ranks' completions, once
+
+
+@pytest.mark.parametrize(
+    "over,field",
+    [({"reward": "no_such_reward"}, "reward"), ({"scaffold_steps": -5}, "scaffold_steps"),
+     ({"rl_steps": -1}, "rl_steps"), ({"dataset": "NOANSWER"}, "answer")],
+)
+def test_bad_recipe_fails_before_loading_the_model(tmp_path, additions, capsys, over, field):
+    if over.get("dataset") == "NOANSWER":
+        bad = tmp_path / "noanswer.jsonl"
+        bad.write_text(json.dumps({"id": "1", "problem": "What is 1 + 1?"}) + "\n")
+        over = {"dataset": str(bad)}
+    recipe = _recipe(tmp_path, tmp_path / "no-such-model", additions, **over)  # loading it would fail differently
+    assert cli_main(["rl", "--config", str(recipe)]) == 2
+    err = capsys.readouterr().err
+    assert field in err and "no-such-model" not in err, err
+
+
+def test_length_schedule_and_clip_high_schedule():
+    from parallel_r1.train.rl_trainer import budget_at, rl_step_of
+
+    sched = {0: 2048, 100: 4096, 160: 8192}
+    assert [budget_at(sched, s) for s in (1, 99, 100, 159, 160, 400)] == [2048, 2048, 4096, 4096, 8192, 8192]
+    assert [rl_step_of(g, 2) for g in (0, 1, 2, 3, 4)] == [1, 1, 2, 2, 3]
+    assert rl_step_of(0, 2, step_offset=200) == 201
+    assert [budget_at({0: 0.28, 201: 0.2}, s) for s in (200, 201)] == [0.28, 0.2]
