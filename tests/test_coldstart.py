@@ -1,0 +1,268 @@
+"""Cold-start pipeline: teacher against a real loopback HTTP server with injected faults, resume, filter."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from parallel_r1.coldstart.filter import filter_traces, read_traces, run_filter
+from parallel_r1.coldstart.teacher import DEFAULT_TEACHER_PROMPT, OpenAITeacher, generate
+from parallel_r1.format import parse
+from parallel_r1.io import read_jsonl
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def trace_for(a: int, b: int) -> str:
+    return (
+        f"We add {a} and {b}.<Parallel><Path>{a} + {b} = {a + b}</Path><Path>{b} + {a} = {a + b}</Path></Parallel>\n"
+        f"<Summary>Both give {a + b}.</Summary>\nFinal Answer: {a + b}"
+    )
+
+
+class FakeOpenAI:
+    """An OpenAI-compatible /v1/chat/completions on 127.0.0.1 that misbehaves on a schedule.
+
+    ``schedule`` is consumed one entry per request (then "ok" forever): ok, timeout (sleeps past
+    the client's timeout), 500, 503, 429, malformed (truncated JSON), nonutf8 (invalid bytes in
+    the body), empty (an empty choice list), 401. ``fail_always`` maps a problem's "a" number to
+    a fault served on every request for it.
+    """
+
+    def __init__(self, schedule=(), sleep=1.0, fail_always=None):
+        self.schedule = list(schedule)
+        self.sleep = sleep
+        self.fail_always = fail_always or {}
+        self.served = Counter()
+        self.lock = threading.Lock()
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                prompt = body["messages"][0]["content"]
+                a, b = map(int, re.search(r"What is (\d+) plus (\d+)\?", prompt).groups())
+                with fake.lock:
+                    kind = fake.schedule.pop(0) if fake.schedule else "ok"
+                    kind = fake.fail_always.get(a, kind)
+                    fake.served[kind] += 1
+                if kind == "timeout":
+                    time.sleep(fake.sleep)
+                    kind = "ok"
+                if kind in ("500", "503", "429", "401"):
+                    return self._send(int(kind), b'{"error": {"message": "injected"}}')
+                choices = [
+                    {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": trace_for(a, b)}}
+                ]
+                payload = json.dumps(
+                    {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+                     "choices": [] if kind == "empty" else choices}
+                ).encode()  # fmt: skip
+                if kind == "malformed":
+                    payload = payload[: len(payload) // 2]
+                if kind == "nonutf8":
+                    payload = payload.replace(b'"assistant"', b'"assis\xff\xfetant"')
+                self._send(200, payload)
+
+            def _send(self, code, payload):
+                try:
+                    self.send_response(code)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    if code == 429:
+                        self.send_header("Retry-After", "0")
+                    self.end_headers()
+                    self.wfile.write(payload)
+                except (BrokenPipeError, ConnectionResetError):  # the client timed out and left
+                    pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def fake_server():
+    servers = []
+
+    def make(**kw):
+        servers.append(FakeOpenAI(**kw))
+        return servers[-1]
+
+    yield make
+    for s in servers:
+        s.close()
+
+
+def problems(n):
+    return [
+        SimpleNamespace(id=f"p{i}", problem=f"What is {i} plus {2 * i + 1}?", answer=str(3 * i + 1), source="toy")
+        for i in range(n)
+    ]
+
+
+def teacher(url, **kw):
+    kw = dict(timeout=0.5, max_retries=8, backoff=0.01, max_backoff=0.05) | kw
+    return OpenAITeacher(url, "teacher-model", api_key_env="PARALLEL_R1_TEST_NO_KEY", **kw)
+
+
+def keys(path):
+    return Counter((r["problem_id"], r["sample_index"]) for r in read_jsonl(path))
+
+
+def test_default_prompt_shows_the_canonical_layout():
+    text = DEFAULT_TEACHER_PROMPT.format(Problem="What is 1 plus 2?")
+    assert text.endswith("Problem: What is 1 plus 2?")
+    assert "Final Answer:" in text
+    skeleton = re.search(r"<Parallel><Path>.*?</Summary>", text, re.S).group(0)
+    parsed = parse(skeleton)
+    assert parsed.format_ok and parsed.num_blocks == 1 and parsed.paths_per_block == [2]
+
+
+def test_every_row_exactly_once_after_injected_faults(fake_server, tmp_path):
+    faults = ["timeout", "500", "429", "malformed", "nonutf8", "empty", "503", "ok"] * 3
+    server = fake_server(schedule=faults, sleep=1.0)
+    out = tmp_path / "raw.jsonl"
+    # One request can meet every fault in a row while the others sleep: allow that many retries.
+    stats = generate(problems(10), teacher(server.url, max_retries=len(faults)), out, n=2, concurrency=4, progress=False)
+    got = keys(out)
+    assert set(got) == {(f"p{i}", k) for i in range(10) for k in range(2)}
+    assert set(got.values()) == {1}
+    assert stats.written == 20 and stats.failed == 0 and stats.successes == 20
+    for kind in ("timeout", "500", "429", "malformed", "nonutf8", "empty", "503"):
+        assert server.served[kind] >= 3, kind
+    rows = list(read_jsonl(out))
+    assert all(r["correct"] and r["format_ok"] and r["num_blocks"] == 1 for r in rows)
+    # A second run finds everything done and writes nothing.
+    again = generate(problems(10), teacher(server.url), out, n=2, concurrency=4, progress=False)
+    assert again.written == 0 and again.skipped == 20 and keys(out) == got
+
+
+def test_request_that_keeps_failing_is_left_for_the_next_run(fake_server, tmp_path):
+    server = fake_server(fail_always={3: "empty"})
+    out = tmp_path / "raw.jsonl"
+    stats = generate(problems(5), teacher(server.url, max_retries=2), out, n=1, concurrency=2, progress=False)
+    assert stats.failed == 1 and stats.written == 4
+    assert ("p3", 0) not in keys(out)
+    errors = list(read_jsonl(out.with_name(out.name + ".errors")))
+    assert errors[0]["problem_id"] == "p3" and "empty choice list" in errors[0]["error"]
+    server.fail_always.clear()
+    stats = generate(problems(5), teacher(server.url), out, n=1, concurrency=2, progress=False)
+    assert stats.written == 1 and set(keys(out).values()) == {1} and len(keys(out)) == 5
+
+
+def test_unfixable_error_stops_the_run_cleanly(fake_server, tmp_path):
+    server = fake_server(schedule=["ok", "ok", "401"])
+    out = tmp_path / "raw.jsonl"
+    with pytest.raises(ValueError, match="AuthenticationError"):
+        generate(problems(4), teacher(server.url), out, n=1, concurrency=1, progress=False)
+    assert len(keys(out)) == 2  # the rows written before the error are kept
+
+
+def test_interrupt_then_resume(fake_server, tmp_path):
+    """SIGINT a real run mid-way, tear its last line as a crash would, re-run: every row exactly once."""
+    server = fake_server(schedule=["timeout"] * 400, sleep=0.3)  # slow: about 0.3 s per answer
+    out = tmp_path / "raw.jsonl"
+    script = textwrap.dedent(
+        f"""
+        import sys
+        from types import SimpleNamespace
+        from parallel_r1.coldstart.teacher import OpenAITeacher, generate
+        ps = [SimpleNamespace(id=f"p{{i}}", problem=f"What is {{i}} plus {{2 * i + 1}}?", answer=str(3 * i + 1), source="toy")
+              for i in range(30)]
+        t = OpenAITeacher({server.url!r}, "m", api_key_env="PARALLEL_R1_TEST_NO_KEY", timeout=5, backoff=0.01)
+        generate(ps, t, {str(out)!r}, n=1, concurrency=2, progress=False)
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE)
+    deadline = time.time() + 60
+    while time.time() < deadline and (not out.exists() or out.read_text().count("\n") < 4):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode != 0 and b"KeyboardInterrupt" in err
+    first = keys(out)
+    assert 4 <= len(first) < 30 and set(first.values()) == {1}
+    with open(out, "a") as f:  # a crash in the middle of a write
+        f.write('{"problem_id": "p29", "sample_ind')
+    server.schedule.clear()
+    stats = generate(problems(30), teacher(server.url), out, n=1, concurrency=4, progress=False)
+    final = keys(out)
+    assert set(final) == {(f"p{i}", 0) for i in range(30)} and set(final.values()) == {1}
+    assert stats.skipped == len(first) and stats.written == 30 - len(first)
+
+
+# ------------------------------------------------------------------------------------------- filter
+
+
+def test_filter_keeps_the_pilot_and_reports(data_dir, tmp_path):
+    out = tmp_path / "sft.jsonl"
+    report = run_filter(data_dir / "parallel_gsm8k_pilot" / "train.parquet", out, tokenizer_name="smollm2")
+    assert report["total"] == 341 and report["kept"] == 341
+    assert sum(report["dropped"].values()) == 0
+    assert report["kept_blocks"] == {1: 261, 2: 59, 3: 12, 4: 6, 0: 3}
+    rows = list(read_jsonl(out))
+    assert len(rows) == 341 and {"id", "source", "problem", "prompt", "response", "answer"} <= set(rows[0])
+    assert rows[0]["prompt"].startswith("Solve the following problem") and rows[0]["prompt"].endswith(rows[0]["problem"])
+    assert json.loads(Path(str(out) + ".report.json").read_text())["kept"] == 341
+
+
+def test_filter_drop_reasons(tiny_tokenizer, tmp_path):
+    good = trace_for(2, 3)
+    rows = [
+        dict(id="ok", source="a", problem="What is 2 plus 3?", response=good.replace("</Path><Path>", "</Path>\n  <Path>"), answer="5"),
+        dict(id="none", source="a", problem="What is 2 plus 3?", response=None, answer="5"),
+        dict(id="fmt", source="b", problem="What is 2 plus 3?", response=good.replace("</Parallel>", ""), answer="5"),
+        dict(id="noans", source="b", problem="What is 2 plus 3?", response=good.replace("Final Answer: 5", "so 5"), answer="5"),
+        dict(id="wrong", source="b", problem="What is 2 plus 3?", response=good, answer="6"),
+        dict(id="long", source="b", problem="What is 2 plus 3?", response=good.replace("We add", "We add " + "very " * 500), answer="5"),
+    ]
+    for r in rows:
+        r["where"] = r["id"]
+    kept, report = filter_traces(rows, tiny_tokenizer, max_tokens=600)
+    assert [k["id"] for k in kept] == ["ok"]
+    assert "</Path><Path>" in kept[0]["response"]  # whitespace between tags normalised
+    assert report["dropped"] == dict(no_response=1, format=1, no_answer=1, wrong_answer=1, too_long=1)
+    assert report["per_source"]["a"] == dict(total=2, kept=1, no_response=1)
+    assert report["per_source"]["b"]["kept"] == 0 and report["per_source"]["b"]["total"] == 4
+
+
+def test_filter_bad_inputs(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    bad = tmp_path / "bad.parquet"
+    pq.write_table(pa.table({"prompt": ["x"], "extra_info": [{"answer": "y"}]}), bad)
+    with pytest.raises(ValueError, match="missing column.*reward_model"):
+        read_traces(bad)
+    torn = tmp_path / "torn.jsonl"
+    torn.write_text('{"id": 1, "problem": "p", "response": "r"}\n{"id": 2, "pro\n{"id": 3}\n')
+    with pytest.raises(ValueError, match="torn.jsonl:2"):
+        read_traces(torn)
+    rows = read_traces(_write(tmp_path / "ok.jsonl", [{"id": 1, "problem": "p"}, {"id": 2, "problem": "p", "response": "  "}]))
+    assert [r["response"] for r in rows] == [None, None]
+
+
+def _write(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
