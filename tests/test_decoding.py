@@ -1,0 +1,225 @@
+"""The decoding engine: exact log-probs under the training layout, forced-token layout, budgets, bad input."""
+
+import types
+
+import pytest
+import torch
+
+from parallel_r1.decoding import DecodingConfig, ParallelEngine
+from parallel_r1.decoding.sampling import sample_tokens
+from parallel_r1.format import parse
+from parallel_r1.models import build_tiny_model
+from parallel_r1.structure import TagIds, build_unseen_layout, causal_layout
+
+
+def with_tag_bias(model, tags, bias=None):
+    """The same model with a bias on its output layer, so a random model writes blocks."""
+    bias = bias or {tags.parallel_open: 4.0, tags.path_close: 3.0, tags.summary_close: 3.0}
+    old = model.lm_head
+    head = torch.nn.Linear(old.in_features, old.out_features, bias=True)
+    head.weight.data = old.weight.data.clone()
+    head.bias.data.zero_()
+    for t, b in bias.items():
+        head.bias.data[t] = b
+    model.lm_head = head
+    return model.eval()
+
+
+def training_logprobs(model, tags, sample, variant, temperature=1.0):
+    """One training-style forward over prompt + completion (the trainer's view)."""
+    ids = torch.tensor([sample.prompt_ids + sample.completion_ids])
+    if variant == "unseen":
+        struct = torch.zeros_like(ids, dtype=torch.bool)
+        struct[:, len(sample.prompt_ids):] = True
+        layout = build_unseen_layout(ids, tags, structure_mask=struct)
+        assert layout.malformed == [[]] or parse(sample.text).num_blocks == sample.num_blocks
+        mask, pos = layout.attention_mask, layout.position_ids
+    else:
+        mask, pos = causal_layout(ids, torch.ones_like(ids))
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits[0].float()
+    lp = torch.log_softmax(logits / temperature, -1)
+    p = len(sample.prompt_ids)
+    return torch.tensor([lp[p + i - 1, t].item() for i, t in enumerate(sample.completion_ids)])
+
+
+def max_gap(model, tags, samples, variant, temperature=1.0):
+    return max((training_logprobs(model, tags, s, variant, temperature) - torch.tensor(s.logprobs)).abs().max().item() for s in samples)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("num_paths", [2, 3])
+def test_unseen_logprobs_equal_a_training_forward(arch, num_paths):
+    model, tok = build_tiny_model(arch)
+    tags = TagIds.from_tokenizer(tok)
+    model = with_tag_bias(model, tags)
+    cfg = DecodingConfig(num_paths=num_paths, max_new_tokens=90, max_path_tokens=14, max_blocks=3, seed=0, batch_size=5)
+    samples = ParallelEngine(model, tok, cfg).generate(["hello there", "a b c d e f g h i", "x"], n=3)
+    assert [s.prompt_index for s in samples] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    blocks = sum(s.num_blocks for s in samples)
+    assert blocks >= 5, "the biased model should open blocks"
+    for s in samples:
+        assert len(s.completion_ids) == len(s.logprobs) == len(s.injected) <= 90
+        report = parse(s.text)
+        assert report.num_blocks >= s.num_blocks
+        assert all(n == num_paths for n in report.paths_per_block)
+    assert max_gap(model, tags, samples, "unseen") <= 1e-4
+
+
+def test_unseen_exact_at_another_temperature_and_with_top_p():
+    model, tok = build_tiny_model("llama")
+    tags = TagIds.from_tokenizer(tok)
+    model = with_tag_bias(model, tags)
+    cfg = DecodingConfig(max_new_tokens=60, temperature=0.7, top_p=0.9, path_temperature=None, seed=3)
+    samples = ParallelEngine(model, tok, cfg).generate(["one two", "three"], n=2)
+    assert max_gap(model, tags, samples, "unseen", temperature=0.7) <= 1e-4
+
+
+def test_seen_is_causal_sampling_with_the_same_return_shape():
+    model, tok = build_tiny_model("qwen2")
+    tags = TagIds.from_tokenizer(tok)
+    model = with_tag_bias(model, tags)
+    samples = ParallelEngine(model, tok, DecodingConfig(variant="seen", max_new_tokens=40, seed=0)).generate(["hi", "a longer prompt here"], n=2)
+    assert len(samples) == 4 and not any(any(s.injected) for s in samples)
+    assert max_gap(model, tags, samples, "seen") <= 1e-4
+
+
+def test_seed_makes_generation_reproducible():
+    model, tok = build_tiny_model("llama")
+    model = with_tag_bias(model, TagIds.from_tokenizer(tok))
+    cfg = DecodingConfig(max_new_tokens=40, seed=7)
+    a = ParallelEngine(model, tok, cfg).generate(["abc"], n=3)
+    b = ParallelEngine(model, tok, cfg).generate(["abc"], n=3)
+    assert [s.completion_ids for s in a] == [s.completion_ids for s in b]
+    assert len({tuple(s.completion_ids) for s in a}) > 1
+
+
+class Scripted(torch.nn.Module):
+    """A real tiny model whose next token is dictated by a script of (last input token, position).
+
+    The wrapped model still runs, so the engine's cache surgery is exercised; only the logits are replaced.
+    """
+
+    def __init__(self, model, script):
+        super().__init__()
+        self.inner, self.script = model, script
+        self.config, self.generation_config = model.config, model.generation_config
+
+    def get_input_embeddings(self):
+        return self.inner.get_input_embeddings()
+
+    def forward(self, input_ids, position_ids, logits_to_keep=0, **kw):
+        out = self.inner(input_ids=input_ids, position_ids=position_ids, **kw)
+        logits = torch.full_like(out.logits, -30.0)
+        ids, pos = input_ids[:, -logits.shape[1]:], position_ids[:, -logits.shape[1]:]
+        for b in range(ids.shape[0]):
+            for t in range(ids.shape[1]):
+                logits[b, t, self.script(int(ids[b, t]), int(pos[b, t]))] = 30.0
+        return types.SimpleNamespace(logits=logits)
+
+
+def scripted_setup(path_len=3):
+    model, tok = build_tiny_model("llama")
+    tags = TagIds.from_tokenizer(tok)
+    a, s = tok.convert_tokens_to_ids("a"), tok.convert_tokens_to_ids("s")
+    state = {}
+
+    def script(last, pos):
+        # trunk: "a" until position 5, then <Parallel>; a path writes "a" for path_len tokens then </Path>;
+        # a summary writes "s s" then </Summary>; after a summary the trunk opens the next block.
+        if last == tags.parallel_open or last == tags.path_close:
+            return a
+        if last == tags.path_open:
+            state["path_start"] = pos
+            return a
+        if last == tags.summary_open:
+            state["summary_start"] = pos
+            return s
+        if last == tags.summary_close:
+            return tags.parallel_open
+        if last == s:
+            return tags.summary_close if pos >= state["summary_start"] + 2 else s
+        if "path_start" in state and pos >= state.get("path_start", 0) and pos < state["path_start"] + path_len:
+            return tags.path_close if pos == state["path_start"] + path_len - 1 else a
+        return tags.parallel_open if pos >= 5 else a
+
+    return Scripted(model, script), tok, tags, a, s
+
+
+def test_forced_tokens_give_the_canonical_layout_and_respect_max_blocks():
+    model, tok, tags, a, s = scripted_setup()
+    prompt = [a, a, a]  # positions 0-2
+    cfg = DecodingConfig(num_paths=2, max_blocks=2, max_new_tokens=200, temperature=0)
+    (sample,) = ParallelEngine(model, tok, cfg).generate([prompt])
+    nl = tok.encode("\n", add_special_tokens=False)
+    block = [tags.parallel_open] + 2 * [tags.path_open, a, a, tags.path_close] + [tags.parallel_close, *nl, tags.summary_open, s, s, tags.summary_close]
+    assert sample.completion_ids == [a, a, a] + block + block
+    assert sample.finish_reason == "max_blocks" and sample.num_blocks == 2
+    injected = [t for t, inj in zip(sample.completion_ids, sample.injected) if inj]
+    assert injected == 2 * ([tags.path_open, tags.path_open, tags.parallel_close, *nl, tags.summary_open])
+    assert parse(sample.text, strict=True).format_ok
+
+
+def test_budgets_close_paths_and_never_overrun():
+    model, tok, tags, a, s = scripted_setup(path_len=50)
+    prompt = [a, a, a]
+    cfg = DecodingConfig(num_paths=3, max_new_tokens=200, max_path_tokens=6, temperature=0)
+    (sample,) = ParallelEngine(model, tok, cfg).generate([prompt])
+    report = parse(sample.text)
+    assert report.num_blocks >= 1
+    first = sample.completion_ids.index(tags.parallel_open)
+    path = sample.completion_ids[first + 1 : first + 7]
+    assert path == [tags.path_open, a, a, a, a, tags.path_close] and sample.injected[first + 6]
+    for budget in (20, 27, 31, 40):
+        cfg = DecodingConfig(num_paths=3, max_new_tokens=budget, max_path_tokens=50, temperature=0)
+        (sample,) = ParallelEngine(model, tok, cfg).generate([prompt])
+        assert len(sample.completion_ids) <= budget and sample.finish_reason == "length"
+        blocks = parse(sample.text).blocks
+        assert all(len(b.paths) == 3 for b in blocks)
+
+
+def test_bad_input_is_refused_before_decoding():
+    model, tok = build_tiny_model("llama")
+    engine = ParallelEngine(model, tok, DecodingConfig(max_new_tokens=5))
+    with pytest.raises(ValueError, match="prompt 1 is empty"):
+        engine.generate(["ok", ""])
+    with pytest.raises(ValueError, match="context"):
+        engine.generate(["ok", [5] * 5000])
+    with pytest.raises(ValueError, match="num_paths"):
+        DecodingConfig(num_paths=1)
+    bare, bare_tok = build_tiny_model("llama", with_tags=False)
+    with pytest.raises(ValueError, match="no single token for <Parallel>"):
+        ParallelEngine(bare, bare_tok, DecodingConfig())
+    _, tagged_tok = build_tiny_model("llama")
+    with pytest.raises(ValueError, match="embedding has only"):
+        ParallelEngine(bare, tagged_tok, DecodingConfig())
+
+
+def test_sampler_against_a_brute_force_distribution():
+    logits = torch.tensor([[2.0, 1.0, 0.5, 0.0, -1.0]]).repeat(4, 1)
+    gen = torch.Generator().manual_seed(0)
+    draws = torch.tensor([sample_tokens(logits, [1.0] * 4, top_p=0.8, generator=gen) for _ in range(3000)]).flatten()
+    p = torch.softmax(logits[0], -1)
+    keep = [i for i in range(5) if p[:i].sum() < 0.8]  # brute force: tokens whose higher-ranked mass < top_p
+    expected = torch.zeros(5)
+    expected[keep] = p[keep] / p[keep].sum()
+    freq = torch.bincount(draws, minlength=5).float() / len(draws)
+    assert (freq - expected).abs().max() < 0.03
+    assert set(sample_tokens(logits, [1.0, 1.0, 0.0, 1.0], top_k=1, generator=gen)) == {0}
+    assert 0 not in sample_tokens(logits, [0.0] * 4, banned=[[0]] * 4)
+
+
+def test_unseen_logprobs_exact_on_smollm2(smollm2_path):
+    from parallel_r1.models import add_tag_tokens, load_model, load_tokenizer
+    from parallel_r1.prompts import build_prompt
+
+    tok = load_tokenizer(smollm2_path)
+    model = load_model(smollm2_path, dtype=torch.float32)
+    add_tag_tokens(model, tok)
+    tags = TagIds.from_tokenizer(tok)
+    model = with_tag_bias(model, tags, {tags.parallel_open: 12.0, tags.path_close: 6.0, tags.summary_close: 8.0})
+    prompts = [build_prompt(q, tok, "parallel_v3") for q in ("What is 2 + 3?", "Tom has 4 apples and eats one. How many are left?")]
+    cfg = DecodingConfig(max_new_tokens=40, max_path_tokens=10, seed=0)
+    samples = ParallelEngine(model, tok, cfg).generate(prompts, n=2)
+    assert sum(s.num_blocks for s in samples) >= 2
+    assert max_gap(model, tags, samples, "unseen") <= 1e-4
