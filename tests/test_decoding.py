@@ -223,3 +223,17 @@ def test_unseen_logprobs_exact_on_smollm2(smollm2_path):
     samples = ParallelEngine(model, tok, cfg).generate(prompts, n=2)
     assert sum(s.num_blocks for s in samples) >= 2
     assert max_gap(model, tags, samples, "unseen") <= 1e-4
+
+
+def test_generate_command_appends_samples(tiny_checkpoint, tmp_path):
+    from parallel_r1.cli import main
+    from parallel_r1.io import read_jsonl
+
+    out = tmp_path / "s.jsonl"
+    argv = ["generate", "--model", str(tiny_checkpoint), "--problem", "1+1?", "--problem", "2+2?", "--n", "2",
+            "--max-new-tokens", "12", "--seed", "0", "--out", str(out)]
+    assert main(argv) == 0
+    rows = list(read_jsonl(out))
+    assert [r["problem_id"] for r in rows] == ["problem-0"] * 2 + ["problem-1"] * 2
+    assert all(0 < r["length"] <= 12 for r in rows)
+    assert main(["generate", "--model", str(tmp_path / "nope"), "--problem", "x"]) == 2
