@@ -1,12 +1,11 @@
 """The decoding engine: exact log-probs under the training layout, forced-token layout, budgets, bad input."""
 
-import types
-
 import pytest
 import torch
 
 from parallel_r1.decoding import DecodingConfig, ParallelEngine
 from parallel_r1.decoding.sampling import sample_tokens
+from parallel_r1.decoding.scripted import ScriptedLM
 from parallel_r1.format import parse
 from parallel_r1.models import build_tiny_model
 from parallel_r1.structure import TagIds, build_unseen_layout, causal_layout
@@ -94,30 +93,6 @@ def test_seed_makes_generation_reproducible():
     assert len({tuple(s.completion_ids) for s in a}) > 1
 
 
-class Scripted(torch.nn.Module):
-    """A real tiny model whose next token is dictated by a script of (last input token, position).
-
-    The wrapped model still runs, so the engine's cache surgery is exercised; only the logits are replaced.
-    """
-
-    def __init__(self, model, script):
-        super().__init__()
-        self.inner, self.script = model, script
-        self.config, self.generation_config = model.config, model.generation_config
-
-    def get_input_embeddings(self):
-        return self.inner.get_input_embeddings()
-
-    def forward(self, input_ids, position_ids, logits_to_keep=0, **kw):
-        out = self.inner(input_ids=input_ids, position_ids=position_ids, **kw)
-        logits = torch.full_like(out.logits, -30.0)
-        ids, pos = input_ids[:, -logits.shape[1]:], position_ids[:, -logits.shape[1]:]
-        for b in range(ids.shape[0]):
-            for t in range(ids.shape[1]):
-                logits[b, t, self.script(int(ids[b, t]), int(pos[b, t]))] = 30.0
-        return types.SimpleNamespace(logits=logits)
-
-
 def scripted_setup(path_len=3):
     model, tok = build_tiny_model("llama")
     tags = TagIds.from_tokenizer(tok)
@@ -143,7 +118,7 @@ def scripted_setup(path_len=3):
             return tags.path_close if pos == state["path_start"] + path_len - 1 else a
         return tags.parallel_open if pos >= 5 else a
 
-    return Scripted(model, script), tok, tags, a, s
+    return ScriptedLM(model, script), tok, tags, a, s
 
 
 def test_forced_tokens_give_the_canonical_layout_and_respect_max_blocks():
