@@ -1,0 +1,138 @@
+"""Our Unseen RL step vs a plain TRL GRPO step: same model, same prompts, same batch, one run.
+
+    .venv/bin/python bench/rl_step.py [--model PATH|smollm2|tiny] [--steps 3] [--max-new-tokens 64]
+
+"ours" = ``parallel-r1 rl`` (ParallelGRPOTrainer, Unseen engine rollouts through rollout_func,
+path-isolating layout in the loss, rollout/metrics logging). "plain" = ``trl.GRPOTrainer`` with
+its own transformers generation and a causal forward. Both run the same number of RL steps from
+the same weights; the first step is a warm-up and is not timed. Prints the step-time ratio
+ours / plain (goal <= 1.15), the share of each step spent generating, and the ratio of the
+non-generation part. Completion lengths differ between the two samplers, so time per
+completion token is printed too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+
+
+class Timer:
+    """Wraps ``trainer._generate`` and times every RL step (one generation each)."""
+
+    def __init__(self, trainer):
+        self.gen, self.steps, self.tokens = [], [], []
+        self._t0 = None
+        inner = trainer._generate
+
+        def timed(prompts):
+            now = time.perf_counter()
+            if self._t0 is not None:
+                self.steps.append(now - self._t0)
+            self._t0 = now
+            out = inner(prompts)
+            self.gen.append(time.perf_counter() - now)
+            self.tokens.append(sum(len(c) for c in out[1]))
+            return out
+
+        trainer._generate = timed
+
+    def close(self):
+        self.steps.append(time.perf_counter() - self._t0)
+
+
+def prepare(model: str, out: Path) -> str:
+    from parallel_r1.models import add_tag_tokens, load_model, load_tokenizer, save_tiny_model
+
+    if model == "tiny":
+        return str(save_tiny_model(out / "tiny"))
+    tok = load_tokenizer(model)
+    m = load_model(model)
+    if add_tag_tokens(m, tok):
+        m.save_pretrained(out / "model")
+        tok.save_pretrained(out / "model")
+        return str(out / "model")
+    return model
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="tiny", help="tiny (random, seconds), smollm2, or a checkpoint folder")
+    ap.add_argument("--steps", type=int, default=3, help="timed RL steps (after one warm-up step)")
+    ap.add_argument("--prompts", type=int, default=2)
+    ap.add_argument("--num-generations", type=int, default=4)
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--template", default="parallel_v3")
+    a = ap.parse_args()
+
+    import torch
+    from trl import GRPOConfig, GRPOTrainer
+
+    from parallel_r1.models import load_model
+    from parallel_r1.train.rl import build_trainer, parse_config
+
+    torch.manual_seed(0)
+    tmp = Path(tempfile.mkdtemp(prefix="rl_bench_"))
+    model_path = prepare(a.model, tmp)
+    data = tmp / "problems.jsonl"
+    data.write_text("".join(json.dumps({"id": f"p{i}", "problem": f"Tom has {i} apples and buys {i + 3} more. How many apples does he have?", "answer": str(2 * i + 3)}) + "\n" for i in range(64)))
+    n = a.prompts * a.num_generations
+    common = dict(
+        num_generations=a.num_generations, generation_batch_size=n, per_device_train_batch_size=n,
+        gradient_accumulation_steps=1, max_completion_length=a.max_new_tokens, learning_rate=1e-6,
+        lr_scheduler_type="constant", beta=0.0, loss_type="dapo", temperature=1.0, top_k=0, bf16=False,
+        use_cpu=True, gradient_checkpointing=False, report_to="none", seed=0, save_strategy="no",
+    )
+    recipe = tmp / "recipe.yaml"
+    import yaml
+
+    recipe.write_text(yaml.safe_dump(dict(common, model=model_path, dataset=str(data), template=a.template,
+                                          variant="unseen", reward="accuracy", rl_steps=a.steps + 1, save_every=1000,
+                                          output_dir=str(tmp / "ours"), max_path_tokens=a.max_new_tokens // 2)))
+    ours, _ = build_trainer(parse_config(["--config", str(recipe)]))
+    rows = [ours.train_dataset[i] for i in range(len(ours.train_dataset))]
+    t_ours = Timer(ours)
+    ours.train()
+    t_ours.close()
+
+    from datasets import Dataset
+
+    def accuracy(prompts, completions, answer, **kw):
+        from parallel_r1.rewards import compute_reward
+
+        return [compute_reward("accuracy_reward", c, g) for c, g in zip(completions, answer)]
+
+    plain = GRPOTrainer(
+        model=load_model(model_path), reward_funcs=[accuracy], train_dataset=Dataset.from_list(rows),
+        processing_class=ours.processing_class,
+        args=GRPOConfig(output_dir=str(tmp / "plain"), max_steps=a.steps + 1, logging_steps=1, **common),
+    )
+    t_plain = Timer(plain)
+    plain.train()
+    t_plain.close()
+
+    def summary(t: Timer) -> tuple[float, float, float]:
+        step = sum(t.steps[1:]) / len(t.steps[1:])
+        gen = sum(t.gen[1:]) / len(t.gen[1:])
+        tokens = sum(t.tokens[1:]) / len(t.tokens[1:])
+        return step, gen, tokens
+
+    (so, go, ko), (sp, gp, kp) = summary(t_ours), summary(t_plain)
+    print(f"model {a.model}: {a.prompts} prompts x {a.num_generations} rollouts, max {a.max_new_tokens} new tokens, {a.steps} timed RL steps")
+    print(f"{'':8}{'step s':>9}{'gen s':>9}{'gen share':>11}{'tokens/step':>13}{'ms/token':>10}")
+    for name, s, g, k in (("ours", so, go, ko), ("plain", sp, gp, kp)):
+        print(f"{name:8}{s:9.3f}{g:9.3f}{g / s:11.1%}{k:13.0f}{1000 * s / max(k, 1):10.2f}")
+    print(f"step time ratio ours/plain: {so / sp:.3f}  (goal <= 1.15)")
+    print(f"per completion token:       {(so / max(ko, 1)) / (sp / max(kp, 1)):.3f}")
+    print(f"non-generation part ratio:  {(so - go) / (sp - gp):.3f}")
+    print(f"share of our step spent in generation: {go / so:.1%}")
+
+
+if __name__ == "__main__":
+    main()
