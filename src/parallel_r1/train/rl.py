@@ -208,7 +208,7 @@ def build_trainer(cfg: RLConfig):
         engine_cfg = DecodingConfig(
             variant=cfg.variant, num_paths=cfg.num_paths, max_blocks=cfg.max_blocks,
             max_new_tokens=cfg.max_completion_length, max_path_tokens=cfg.max_path_tokens,
-            temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k or None,
+            temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k or 0,
             path_temperature=cfg.path_temperature, seed=cfg.rollout_seed,
         )
         rollout = T.make_rollout_func(engine_cfg, tags, length_schedule(cfg), step_fn, cfg.train_injected)
