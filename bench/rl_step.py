@@ -5,7 +5,8 @@
 "ours" = ``parallel-r1 rl`` (ParallelGRPOTrainer, Unseen engine rollouts through rollout_func,
 path-isolating layout in the loss, rollout/metrics logging). "plain" = ``trl.GRPOTrainer`` with
 its own transformers generation and a causal forward. Both run the same number of RL steps from
-the same weights; the first step is a warm-up and is not timed. Prints the step-time ratio
+the same weights, in alternating rounds; the first step of each trainer is a warm-up and is not
+timed. Prints the step-time ratio
 ours / plain (goal <= 1.15), the share of each step spent generating, and the ratio of the
 non-generation part. Completion lengths differ between the two samplers, so time per
 completion token is printed too.
@@ -44,7 +45,20 @@ class Timer:
         trainer._generate = timed
 
     def close(self):
+        """End of training: time the last step, drop the warm-up step."""
         self.steps.append(time.perf_counter() - self._t0)
+        self.steps, self.gen, self.tokens = self.steps[1:], self.gen[1:], self.tokens[1:]
+
+    @classmethod
+    def empty(cls) -> Timer:
+        t = cls.__new__(cls)
+        t.gen, t.steps, t.tokens = [], [], []
+        return t
+
+    def extend(self, other: Timer) -> None:
+        self.gen += other.gen
+        self.steps += other.steps
+        self.tokens += other.tokens
 
 
 def prepare(model: str, out: Path) -> str:
@@ -64,7 +78,8 @@ def prepare(model: str, out: Path) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="tiny", help="tiny (random, seconds), smollm2, or a checkpoint folder")
-    ap.add_argument("--steps", type=int, default=3, help="timed RL steps (after one warm-up step)")
+    ap.add_argument("--steps", type=int, default=3, help="timed RL steps per round (after one warm-up step)")
+    ap.add_argument("--rounds", type=int, default=2, help="rounds of (ours, plain), each on fresh trainers")
     ap.add_argument("--prompts", type=int, default=2)
     ap.add_argument("--num-generations", type=int, default=4)
     ap.add_argument("--max-new-tokens", type=int, default=64)
@@ -74,33 +89,27 @@ def main() -> None:
     import torch
     from trl import GRPOConfig, GRPOTrainer
 
-    from parallel_r1.models import load_model
+    from parallel_r1.models import load_model, load_tokenizer
+    from parallel_r1.prompts import build_prompt
     from parallel_r1.train.rl import build_trainer, parse_config
 
     torch.manual_seed(0)
     tmp = Path(tempfile.mkdtemp(prefix="rl_bench_"))
     model_path = prepare(a.model, tmp)
+    problems = [{"id": f"p{i}", "problem": f"Tom has {i} apples and buys {i + 3} more. How many apples does he have?",
+                 "answer": str(2 * i + 3)} for i in range(64)]
     data = tmp / "problems.jsonl"
-    data.write_text("".join(json.dumps({"id": f"p{i}", "problem": f"Tom has {i} apples and buys {i + 3} more. How many apples does he have?", "answer": str(2 * i + 3)}) + "\n" for i in range(64)))
+    data.write_text("".join(json.dumps(p) + "\n" for p in problems))
+    tok = load_tokenizer(model_path)
+    rows = [{"prompt": build_prompt(p["problem"], tok, a.template), "answer": p["answer"]} for p in problems]  # as ours
     n = a.prompts * a.num_generations
     common = dict(
         num_generations=a.num_generations, generation_batch_size=n, per_device_train_batch_size=n,
         gradient_accumulation_steps=1, max_completion_length=a.max_new_tokens, learning_rate=1e-6,
         lr_scheduler_type="constant", beta=0.0, loss_type="dapo", temperature=1.0, top_k=0, bf16=False,
-        use_cpu=True, gradient_checkpointing=False, report_to="none", seed=0, save_strategy="no",
+        use_cpu=True, activation_checkpointing=False, report_to="none", seed=0, save_strategy="no",
     )
-    recipe = tmp / "recipe.yaml"
     import yaml
-
-    recipe.write_text(yaml.safe_dump(dict(common, model=model_path, dataset=str(data), template=a.template,
-                                          variant="unseen", reward="accuracy", rl_steps=a.steps + 1, save_every=1000,
-                                          output_dir=str(tmp / "ours"), max_path_tokens=a.max_new_tokens // 2)))
-    ours, _ = build_trainer(parse_config(["--config", str(recipe)]))
-    rows = [ours.train_dataset[i] for i in range(len(ours.train_dataset))]
-    t_ours = Timer(ours)
-    ours.train()
-    t_ours.close()
-
     from datasets import Dataset
 
     def accuracy(prompts, completions, answer, **kw):
@@ -108,23 +117,39 @@ def main() -> None:
 
         return [compute_reward("accuracy_reward", c, g) for c, g in zip(completions, answer)]
 
-    plain = GRPOTrainer(
-        model=load_model(model_path), reward_funcs=[accuracy], train_dataset=Dataset.from_list(rows),
-        processing_class=ours.processing_class,
-        args=GRPOConfig(output_dir=str(tmp / "plain"), max_steps=a.steps + 1, logging_steps=1, **common),
-    )
-    t_plain = Timer(plain)
-    plain.train()
-    t_plain.close()
+    def run_ours(r: int) -> Timer:
+        recipe = tmp / f"recipe{r}.yaml"
+        recipe.write_text(yaml.safe_dump(dict(common, model=model_path, dataset=str(data), template=a.template,
+                                              variant="unseen", reward="accuracy", rl_steps=a.steps + 1, save_every=1000,
+                                              output_dir=str(tmp / f"ours{r}"), max_path_tokens=a.max_new_tokens // 2)))
+        trainer, _ = build_trainer(parse_config(["--config", str(recipe)]))
+        t = Timer(trainer)
+        trainer.train()
+        t.close()
+        return t
+
+    def run_plain(r: int) -> Timer:
+        trainer = GRPOTrainer(
+            model=load_model(model_path), reward_funcs=[accuracy], train_dataset=Dataset.from_list(rows),
+            processing_class=tok,
+            args=GRPOConfig(output_dir=str(tmp / f"plain{r}"), max_steps=a.steps + 1, logging_steps=1, **common),
+        )
+        t = Timer(trainer)
+        trainer.train()
+        t.close()
+        return t
+
+    # Rounds alternate ours / plain so that load from other processes on the machine hits both alike.
+    t_ours, t_plain = Timer.empty(), Timer.empty()
+    for r in range(a.rounds):
+        t_ours.extend(run_ours(r))
+        t_plain.extend(run_plain(r))
 
     def summary(t: Timer) -> tuple[float, float, float]:
-        step = sum(t.steps[1:]) / len(t.steps[1:])
-        gen = sum(t.gen[1:]) / len(t.gen[1:])
-        tokens = sum(t.tokens[1:]) / len(t.tokens[1:])
-        return step, gen, tokens
+        return tuple(sum(x) / len(x) for x in (t.steps, t.gen, t.tokens))
 
     (so, go, ko), (sp, gp, kp) = summary(t_ours), summary(t_plain)
-    print(f"model {a.model}: {a.prompts} prompts x {a.num_generations} rollouts, max {a.max_new_tokens} new tokens, {a.steps} timed RL steps")
+    print(f"model {a.model}: {a.prompts} prompts x {a.num_generations} rollouts, max {a.max_new_tokens} new tokens, {a.rounds} x {a.steps} timed RL steps each")
     print(f"{'':8}{'step s':>9}{'gen s':>9}{'gen share':>11}{'tokens/step':>13}{'ms/token':>10}")
     for name, s, g, k in (("ours", so, go, ko), ("plain", sp, gp, kp)):
         print(f"{name:8}{s:9.3f}{g:9.3f}{g / s:11.1%}{k:13.0f}{1000 * s / max(k, 1):10.2f}")

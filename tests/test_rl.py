@@ -75,7 +75,7 @@ def _recipe(tmp_path: Path, model: Path, data: Path, **over) -> Path:
         num_generations=4, generation_batch_size=GEN_BATCH, per_device_train_batch_size=4, gradient_accumulation_steps=1,
         max_completion_length=48, max_path_tokens=16, max_blocks=2, learning_rate=2e-3, lr_scheduler_type="constant",
         beta=0.0, epsilon=0.2, epsilon_high=0.28, loss_type="dapo", temperature=1.0, top_k=0,
-        bf16=False, use_cpu=True, gradient_checkpointing=False, report_to="none", seed=0, rollout_seed=0,
+        bf16=False, use_cpu=True, activation_checkpointing=False, report_to="none", seed=0, rollout_seed=0,
     )
     cfg.update(over)
     path = tmp_path / "recipe.yaml"
@@ -247,3 +247,25 @@ def test_length_schedule_and_clip_high_schedule():
     assert [rl_step_of(g, 2) for g in (0, 1, 2, 3, 4)] == [1, 1, 2, 2, 3]
     assert rl_step_of(0, 2, step_offset=200) == 201
     assert [budget_at({0: 0.28, 201: 0.2}, s) for s in (200, 201)] == [0.28, 0.2]
+
+
+@pytest.mark.parametrize("recipe", sorted(Path(__file__).parents[1].glob("recipes/rl_*.yaml")), ids=lambda p: p.stem)
+def test_shipped_recipes_parse_and_pass_the_checks(recipe):
+    """Every shipped recipe is a valid RLConfig (TrlParser) and passes the pre-model checks; the GPU
+    recipes hold the papers' batch arithmetic on 8 processes."""
+    from parallel_r1.train.rl import _check, parse_config
+
+    gpu = not yaml.safe_load(recipe.read_text()).get("use_cpu")
+    cfg = parse_config(["--config", str(recipe), *(["--bf16", "false"] if gpu else [])])  # bf16 needs a GPU here
+    _check(cfg)
+    assert cfg.generation_batch_size % cfg.num_generations == 0
+    if not gpu:
+        return
+    opt_steps_on_8 = cfg.generation_batch_size / (cfg.per_device_train_batch_size * 8 * cfg.gradient_accumulation_steps)
+    assert (opt_steps_on_8, cfg.learning_rate, cfg.beta, cfg.lr_scheduler_type) == (2, 1e-6, 0.0, "constant")
+    if recipe.stem == "rl_octothinker":  # OctoThinker: 128 prompts x 16, mini-batch 64 prompts, staged length
+        assert (cfg.generation_batch_size // cfg.num_generations, cfg.num_generations) == (128, 16)
+        assert cfg.reward == "boxed_pm1" and cfg.template == "orz" and len(cfg.max_response_schedule) >= 2
+    else:  # Parallel-R1 spec 5.2: 256 prompts x 8, max response 3000, temperature 1
+        assert (cfg.generation_batch_size // cfg.num_generations, cfg.num_generations) == (256, 8)
+        assert (cfg.max_completion_length, cfg.temperature, cfg.epsilon) == (3000, 1.0, 0.2)
