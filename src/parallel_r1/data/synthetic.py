@@ -14,7 +14,7 @@ The teacher (:func:`teacher_trace`) writes one parallel block with two different
 and a summary that checks they agree::
 
     Track Mia's shells.
-    <Parallel><Path>In order: 24 + 13 = 37, 37 - 9 = 28.</Path><Path>Net change: 13 - 9 = 4, 24 + 4 = 28.</Path></Parallel>
+    <Parallel><Path>In order: 24+13=37, 37-9=28.</Path><Path>Net change: 13-9=4, 24+4=28.</Path></Parallel>
     <Summary>Both ways give 28.</Summary>
     Final Answer: 28
 
@@ -147,24 +147,24 @@ def _in_order(terms: list[list[int]]) -> list[str]:
     for sign, k, n in terms:
         value = k * n
         if k > 1:
-            steps.append(f"{k} * {n} = {value}")
+            steps.append(f"{k}*{n}={value}")
         if total is None:
             total = value
             continue
         new = total + sign * value
-        steps.append(f"{total} {'+' if sign > 0 else '-'} {value} = {new}")
+        steps.append(f"{total}{'+' if sign > 0 else '-'}{value}={new}")
         total = new
     return steps
 
 
 def _as_sum(k: int, n: int) -> str:
-    return " + ".join([str(n)] * k) + f" = {k * n}"
+    return "+".join([str(n)] * k) + f"={k * n}"
 
 
 def _sum_steps(values: list[int]) -> tuple[list[str], int]:
     if len(values) == 1:
         return [], values[0]
-    return [" + ".join(map(str, values)) + f" = {sum(values)}"], sum(values)
+    return ["+".join(map(str, values)) + f"={sum(values)}"], sum(values)
 
 
 def _other_way(terms: list[list[int]]) -> tuple[str, list[str]]:
@@ -178,7 +178,7 @@ def _other_way(terms: list[list[int]]) -> tuple[str, list[str]]:
         op = "+" if sign > 0 else "-"
         tens, ones = n - n % 10, n % 10
         mid = start + sign * tens
-        return f"Split {n}", [f"{start} {op} {tens} = {mid}", f"{mid} {op} {ones} = {mid + sign * ones}"]
+        return f"Split {n}", [f"{start}{op}{tens}={mid}", f"{mid}{op}{ones}={mid + sign * ones}"]
     gains = [k * n for sign, k, n in terms[1:] if sign > 0]
     losses = [k * n for sign, k, n in terms[1:] if sign < 0]
     s, g = _sum_steps(gains) if gains else ([], 0)
@@ -186,9 +186,9 @@ def _other_way(terms: list[list[int]]) -> tuple[str, list[str]]:
     s, l = _sum_steps(losses) if losses else ([], 0)
     steps += s
     if gains and losses:
-        steps.append(f"{g} - {l} = {g - l}" if g >= l else f"{l} - {g} = {l - g}")
+        steps.append(f"{g}-{l}={g - l}" if g >= l else f"{l}-{g}={l - g}")
     net = g - l
-    steps.append(f"{start} + {net} = {start + net}" if net >= 0 else f"{start} - {-net} = {start + net}")
+    steps.append(f"{start}+{net}={start + net}" if net >= 0 else f"{start}-{-net}={start + net}")
     return "Net change", steps
 
 
