@@ -28,8 +28,9 @@ synthetic_hard     train, test    disjoint by problem text (5,000 train / 500 te
 
 ``split=None`` means the set's test split (its only split when it has one); training code passes
 ``split="train"``. A path ending in .jsonl/.json/.parquet/.csv is read with the problem and
-answer columns detected (:data:`PROBLEM_FIELDS`, :data:`ANSWER_FIELDS`); an ``owner/name`` that
-is not a file goes to :func:`datasets.load_dataset` with the same detection.
+answer columns detected (:data:`PROBLEM_FIELDS`, :data:`ANSWER_FIELDS`); an ``owner/name`` (or
+``owner/name:config``, e.g. ``openai/gsm8k:main``) that is not a file goes to
+:func:`datasets.load_dataset` with the same detection.
 """
 
 from __future__ import annotations
@@ -269,11 +270,12 @@ def load_problems(name_or_path: str, split: str | None = None, data_dir: str | o
 
 
 def _load_hub(name: str, split: str, limit: int | None) -> list[Problem]:
-    """A hub dataset through ``datasets.load_dataset`` (downloads; not used by the tests)."""
+    """A hub dataset ``owner/name`` or ``owner/name:config`` through ``datasets.load_dataset`` (downloads)."""
     from datasets import load_dataset
 
-    ds = load_dataset(name, split=split if limit is None else f"{split}[:{limit}]")
-    return rows_to_problems(list(ds), f"{name} ({split})", name.split("/")[-1])
+    repo, _, config = name.partition(":")
+    ds = load_dataset(repo, config or None, split=split if limit is None else f"{split}[:{limit}]")
+    return rows_to_problems(list(ds), f"{name} ({split})", repo.split("/")[-1])
 
 
 def load_pilot_traces(data_dir: str | os.PathLike | None = None) -> list[dict]:
