@@ -31,7 +31,12 @@ Choices where the spec is silent (tested):
 * Self-BLEU: blocks are the ``<Parallel>…</Parallel>`` spans (non-greedy), paths their
   ``<Path>…</Path>`` texts; the score of a block is the mean of
   ``sentence_bleu(path_i, [path_j]).score / 100`` over pairs i < j. A block with fewer than two
-  paths scores 1.0; no block at all gives 1.0 (as the spec says).
+  paths scores 1.0; no block at all gives 1.0 (as the spec says). Only the first
+  :data:`BLEU_MAX_BLOCKS` blocks and their first :data:`BLEU_MAX_PATHS` paths are scored, so a
+  tag soup cannot cost millions of BLEU pairs; the paper's traces (≤ 4 blocks, 2–4 paths) are
+  scored in full.
+* Spans are found by a linear scan equal to ``re.finditer("<Parallel>(.*?)</Parallel>", re.S)``
+  (the regex is quadratic on many unclosed ``<Parallel>``: minutes on a 300 kB tag soup).
 * Efficiency gain: words are whitespace-split after each tag is replaced by a space (so a tag
   never glues two words together).
 * Steps start at 1, as verl's ``global_steps``. :func:`make_trl_reward` passes
@@ -49,7 +54,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from . import grading
-from .format import PARALLEL_OPEN, TAG_RE, parse, strip_tags
+from .format import PARALLEL_CLOSE, PARALLEL_OPEN, PATH_CLOSE, PATH_OPEN, TAG_RE, parse, strip_tags
 
 # ----------------------------------------------------------------------------- answer extraction
 
@@ -82,8 +87,30 @@ def extract_boxed_answer(completion: str) -> str | None:
 
 # ----------------------------------------------------------------------------- measured facts
 
-_BLOCK_RE = re.compile(r"<Parallel>(.*?)</Parallel>", re.S)
-_PATH_RE = re.compile(r"<Path>(.*?)</Path>", re.S)
+BLEU_MAX_BLOCKS = 64
+BLEU_MAX_PATHS = 8
+
+
+def spans(text: str, open_tag: str, close_tag: str) -> list[tuple[int, int]]:
+    """``(start, end)`` of every ``open_tag…close_tag`` span, non-greedy and non-overlapping.
+
+    The same spans as ``re.finditer(open + "(.*?)" + close, re.S)`` (``m.start()``, ``m.end()``),
+    in linear time: once an opening tag has no closing tag after it, no later one has either.
+    """
+    out = []
+    i = text.find(open_tag)
+    while i >= 0:
+        j = text.find(close_tag, i + len(open_tag))
+        if j < 0:
+            break
+        out.append((i, j + len(close_tag)))
+        i = text.find(open_tag, j + len(close_tag))
+    return out
+
+
+def _inner(text: str, open_tag: str, close_tag: str) -> list[str]:
+    """The texts between the tags of :func:`spans` (what the regex's group 1 holds)."""
+    return [text[a + len(open_tag) : b - len(close_tag)] for a, b in spans(text, open_tag, close_tag)]
 
 
 def _words(text: str) -> int:
@@ -99,8 +126,8 @@ def self_bleu(completion: str) -> float:
     from sacrebleu import sentence_bleu
 
     scores = []
-    for block in _BLOCK_RE.finditer(completion):
-        paths = [p.strip() for p in _PATH_RE.findall(block.group(1))]
+    for block in _inner(completion, PARALLEL_OPEN, PARALLEL_CLOSE)[:BLEU_MAX_BLOCKS]:
+        paths = [p.strip() for p in _inner(block, PATH_OPEN, PATH_CLOSE)[:BLEU_MAX_PATHS]]
         pairs = [(a, b) for i, a in enumerate(paths) for b in paths[i + 1 :]]
         if not pairs:
             scores.append(1.0)
@@ -118,9 +145,11 @@ def efficiency_gain(completion: str) -> float:
     total = _words(completion)
     if total == 0:
         return 0.0
-    traversed = _words(_BLOCK_RE.sub(" ", completion))
-    for block in _BLOCK_RE.finditer(completion):
-        traversed += max((_words(p) for p in _PATH_RE.findall(block.group(1))), default=0)
+    blocks = spans(completion, PARALLEL_OPEN, PARALLEL_CLOSE)
+    outside = [completion[a:b] for a, b in zip([0] + [e for _, e in blocks], [s for s, _ in blocks] + [len(completion)])]
+    traversed = _words(" ".join(outside))
+    for block in _inner(completion, PARALLEL_OPEN, PARALLEL_CLOSE):
+        traversed += max((_words(p) for p in _inner(block, PATH_OPEN, PATH_CLOSE)), default=0)
     return max((total - traversed) / total, 0.0)
 
 
@@ -493,5 +522,5 @@ __all__ = [
     "Facts", "GSM8K_FORMULAS", "MATH_DAPO_FORMULAS", "REWARDS", "Reward", "RewardSchedule", "SCHEDULES",
     "TrlReward", "alternating_mode", "compute_reward", "efficiency_gain", "extract_gsm8k_first",
     "extract_gsm8k_last", "extract_math_dapo", "get_reward", "get_schedule", "make_trl_reward", "measure",
-    "reward_details", "self_bleu",
+    "reward_details", "self_bleu", "spans",
 ]  # fmt: skip
