@@ -239,6 +239,14 @@ def test_bad_recipe_fails_before_loading_the_model(tmp_path, additions, capsys, 
     assert field in err and "no-such-model" not in err, err
 
 
+def test_command_line_fields_override_the_recipe(tmp_path, additions, capsys):
+    recipe = _recipe(tmp_path, tmp_path / "no-such-model", additions)
+    assert cli_main(["rl", "--config", str(recipe), "--rl_steps", "-2"]) == 2
+    assert "rl_steps" in capsys.readouterr().err
+    assert cli_main(["rl", "--config", str(recipe), "--reward", "scaffold", "--rl_steps", "3"]) == 2  # valid: now the model
+    assert "no-such-model" in capsys.readouterr().err
+
+
 def test_length_schedule_and_clip_high_schedule():
     from parallel_r1.train.rl_trainer import budget_at, rl_step_of
 

@@ -244,18 +244,26 @@ def parse_config(argv: list[str]) -> RLConfig:
 
 
 def add_arguments(parser) -> None:
+    """``--config`` plus every RLConfig / GRPOConfig field as ``--field value`` (overrides the recipe)."""
     import argparse
+    import dataclasses
 
     parser.add_argument("--config", required=True, help="recipe YAML (recipes/rl_*.yaml); any RLConfig / GRPOConfig field")
     parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
-    parser.add_argument("overrides", nargs=argparse.REMAINDER, help="--field value pairs overriding the recipe")
+    ours = {f.name for f in dataclasses.fields(RLConfig)} - {f.name for f in dataclasses.fields(GRPOConfig)}
+    for f in dataclasses.fields(RLConfig):
+        if f.init and f.name not in ("config", "debug"):  # ours: --debug is the CLI traceback switch
+            # values stay strings here: TrlParser converts them with the field types, as from YAML
+            parser.add_argument(f"--{f.name}", default=argparse.SUPPRESS, nargs="?", const="true",
+                                help=f.metadata.get("help") if f.name in ours else argparse.SUPPRESS)
 
 
 def run(args) -> int:
     import os
 
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is the documented extension point
-    cfg = parse_config(["--config", args.config, *args.overrides])
+    overrides = [x for k, v in vars(args).items() if k not in ("config", "debug") for x in (f"--{k}", str(v))]
+    cfg = parse_config(["--config", args.config, *overrides])
     trainer, ckpt = build_trainer(cfg)
     trainer.train(resume_from_checkpoint=ckpt)
     trainer.save_model(cfg.output_dir)
