@@ -1,0 +1,279 @@
+"""Answer extraction, the two graders, and the time-limited worker pool (spec §4.2, issue 2 item 6).
+
+Bad input must give a bool, never a hang or a crashed batch. A hang would stall the suite, so
+the adversarial batches run in a thread joined with a generous bound: that bound detects a
+hang, it is not a speed claim (bench/grading.py measures speed).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import threading
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from parallel_r1 import grading
+from parallel_r1.grading import (
+    extract_boxed,
+    extract_final_answer,
+    extract_gsm8k_gold,
+    gold_answer,
+    grade,
+    grade_answers,
+    grade_many,
+    is_correct,
+    minerva_exact,
+    normalize_final_answer,
+)
+
+HANG = 240.0  # seconds after which a call counts as hung (the real figures are seconds)
+
+
+def no_hang(fn, *args, **kwargs):
+    """``fn(*args, **kwargs)``, failing the test if it has not returned after :data:`HANG`."""
+    box = {}
+
+    def target():
+        try:
+            box["value"] = fn(*args, **kwargs)
+        except BaseException as e:  # re-raised in the test thread
+            box["error"] = e
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    t.join(HANG)
+    assert not t.is_alive(), f"{fn.__name__} hung"
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+# ----------------------------------------------------------------------------- extraction
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("Final Answer: 42", "42"),
+        ("work\nFinal Answer: 1\nmore work\nFinal Answer: 2\nthe end", "2"),  # the last line wins
+        ("final answer : 7 apples", "7 apples"),  # the paper's regex is case-insensitive
+        ("Final Answer: \\boxed{\\frac{1}{2}} (simplified)", "\\frac{1}{2}"),  # box in the line unwrapped
+        ("Final Answer: \\boxed{1} or \\boxed{2}", "2"),  # its last box
+        ("Final Answer: x = \\boxed{5}", "5"),
+        ("the answer is \\boxed{5}", None),  # no Final Answer line
+        ("", None),
+        # tags are stripped first, as the paper's rewards decode with skip_special_tokens
+        ("<Parallel><Path>a</Path><Path>b</Path></Parallel>\n<Summary>ok</Summary>\nFinal Answer: <Path>9", "9"),
+    ],
+)
+def test_extract_final_answer(text, expected):
+    assert extract_final_answer(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("\\boxed{1} and \\boxed{2}", "2"),
+        ("\\boxed{\\frac{\\sqrt{2}}{2}} done", "\\frac{\\sqrt{2}}{2}"),  # nested braces
+        ("\\boxed{ {a}{b} }", "{a}{b}"),
+        ("\\boxed{\\left( 3, \\frac{\\pi}{2} \\right)}", "\\left( 3, \\frac{\\pi}{2} \\right)"),
+        ("\\boxed{1} and \\boxed{2", None),  # a truncated last box is no answer
+        ("no box", None),
+        ("\\boxed 5", None),
+    ],
+)
+def test_extract_boxed(text, expected):
+    assert extract_boxed(text) == expected
+
+
+def test_extractors_by_name():
+    both = "\\boxed{3}\nFinal Answer: 4"
+    boxed_only = "so \\boxed{<Path>3}"
+    assert grading.EXTRACTORS["final_answer"](both) == "4"
+    assert grading.EXTRACTORS["boxed"](both) == "3"
+    assert grading.EXTRACTORS["auto"](both) == "4"
+    assert grading.EXTRACTORS["auto"](boxed_only) == "3"  # falls back to the box (tags stripped)
+    assert grading.EXTRACTORS["final_answer"](boxed_only) is None
+    with pytest.raises(KeyError, match="final_answer"):
+        is_correct("x", "1", extractor="nope")
+
+
+def test_gsm8k_gold():
+    solution = "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\nSo 48+24 = <<48+24=72>>72.\n#### 1,234"
+    assert extract_gsm8k_gold(solution) == "1234"
+    assert extract_gsm8k_gold("#### -5") == "-5"
+    assert gold_answer(solution) == "1234"
+    assert gold_answer("  \\frac{1}{2} \n") == "\\frac{1}{2}"  # not a worked solution: stripped as is
+    assert gold_answer(72) == "72"
+    with pytest.raises(ValueError, match="####"):
+        extract_gsm8k_gold("no marker here")
+    assert is_correct("Final Answer: 1,234", solution)
+    assert is_correct("Final Answer: 1234", solution, grader="minerva_exact")
+
+
+# ----------------------------------------------------------------------------- graders
+
+# (pred, gold, math_verify, minerva_exact)
+EQUIV = [
+    ("025", "25", True, False),
+    ("27.0", "27", True, False),
+    ("\\frac12", "0.5", True, False),
+    ("\\frac{1}{2}", "1/2", True, False),
+    ("0.5", "\\frac{1}{2}", True, False),
+    ("\\frac12", "\\frac{1}{2}", True, True),  # Minerva rewrites \fracab
+    ("(1, 2]", "(1,2]", True, True),
+    ("(3, \\frac{\\pi}{2})", "\\left( 3, \\frac{\\pi}{2} \\right)", True, False),
+    ("x = 5", "5", True, True),
+    ("1,234", "1234", True, True),
+    ("18 eggs", "18", True, False),  # words: math-verify's free-text retry; Minerva keeps "eggs"
+    ("5 dollars", "5", True, True),  # "dollars" is in Minerva's removed words
+    ("\\sqrt{2}/2", "\\frac{\\sqrt{2}}{2}", True, False),
+    # wrong answers stay wrong under both graders
+    ("26", "25", False, False),
+    ("(1, 2)", "(1, 2]", False, False),
+    ("[1, 2]", "(1, 2]", False, False),
+    ("(3, \\frac{\\pi}{3})", "(3, \\frac{\\pi}{2})", False, False),
+    ("\\frac{1}{3}", "0.5", False, False),
+    ("-25", "25", False, False),
+    ("250", "25", False, False),
+    ("x", "5", False, False),
+]
+
+
+@pytest.mark.parametrize("pred,gold,mv,minerva", EQUIV)
+def test_grader_equivalences(pred, gold, mv, minerva):
+    assert grade(pred, gold, "math_verify", timeout=30.0) is mv
+    assert grade(pred, gold, "minerva_exact") is minerva
+
+
+@pytest.mark.parametrize(
+    "raw,normalised",
+    [
+        ("x = 5", "5"),  # the last piece after "="
+        ("a=b=\\frac{3}{4}", "\\frac{3}{4}"),
+        ("5 dollars", "5"),  # removed words and units
+        ("5 \\text{ cm}", "5"),
+        ("90^\\circ", "90"),
+        ("an apple", "apple"),
+        ("$\\frac{1}{2}$", "\\frac{1}{2}"),  # $…$ unwrapped
+        ("The answer is $5$.", "5"),  # text around the first two $ goes
+        ("\\text{(A)}", "(A)"),
+        ("\\textbf{B}", "B"),
+        ("0.\\overline{3}", "0.3"),
+        ("\\boxed{10}", "10"),
+        ("\\boxed{\\frac{1}{2}}", "\\frac{1}{2}"),
+        ("\\frac12", "\\frac{1}{2}"),  # \fracab -> \frac{a}{b}
+        ("\\sqrt2", "\\sqrt{2}"),  # \sqrta -> \sqrt{a}
+        ("\\$ 3.50", "3.50"),
+        ("1,000,000", "1000000"),  # commas dropped in digit strings only
+        ("(1,2)", "(1,2)"),
+        ("  7  ", "7"),
+        ("", ""),
+    ],
+)
+def test_minerva_normalisation(raw, normalised):
+    assert normalize_final_answer(raw) == normalised
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet="$ab\n.", max_size=40))
+def test_linear_dollar_step_equals_the_minerva_regex(s):
+    assert grading._between_first_two_dollars(s) == re.sub(r"(.*?)(\$)(.*?)(\$)(.*)", "$\\3$", s)
+
+
+def test_missing_prediction_or_empty_gold_is_wrong():
+    for grader in grading.GRADERS:
+        assert grade(None, "5", grader) is False
+        assert grade("5", "", grader) is False
+        assert grade("", "", grader) is False
+        assert grade("5", "   ", grader) is False
+    assert is_correct("no answer line", "5") is False
+    with pytest.raises(KeyError, match="math_verify"):
+        grade("1", "1", grader="sympy")
+
+
+# ----------------------------------------------------------------------------- bad input and the pool
+
+NESTED = "1"
+for _ in range(500):
+    NESTED = "\\frac{" + NESTED + "}{2}"
+ADVERSARIAL = {
+    "1MB digits": "1" * 1_000_000,
+    "1MB latex": "\\frac{1}{2}+" * 90_000,
+    "500 nested fracs": NESTED,
+    "power tower": "10^{10^{10^{10}}}",
+    "garbage": "}{\\\\}}{{$$^_&%\\frac{\\left(",
+    "unbalanced": "\\frac{{{{{{{",
+    "empty": "",
+    "nul and unicode": "\x00\ud7ff∑∫√ é",
+}
+
+
+@pytest.mark.parametrize("grader", list(grading.GRADERS))
+def test_adversarial_batch_gives_a_bool_per_item(grader):
+    # each adversarial string as prediction, as gold, and inside a completion
+    preds = list(ADVERSARIAL.values()) + ["5"] * len(ADVERSARIAL) + ["5", "5"]
+    golds = ["5"] * len(ADVERSARIAL) + list(ADVERSARIAL.values()) + ["5", "6"]
+    out = no_hang(grade_answers, preds, golds, grader, workers=2, timeout=1.0)
+    assert len(out) == len(preds) and all(type(v) is bool for v in out)
+    assert out[-2:] == [True, False]  # the healthy answers at the end still get their verdict
+    assert not any(out[:-2])
+
+    completions = [f"Final Answer: {p}" for p in ADVERSARIAL.values()] + ["Final Answer: 5"]
+    out = no_hang(grade_many, completions, ["5"] * len(completions), grader, workers=2, timeout=1.0)
+    assert out == [False] * len(ADVERSARIAL) + [True]
+
+
+def test_power_tower_against_itself_never_hangs():
+    tower = "10^{10^{10^{10}}}"
+    for pred, gold in [(tower, tower + "+1"), (tower + "+1", tower), ("10^{10^{10}}", tower)]:
+        assert type(no_hang(grade, pred, gold, "math_verify", timeout=1.0)) is bool
+
+
+def test_grade_many_equals_a_loop_of_grade():
+    golds = ["25", "27", "0.5", "1/2", "(1, 2]", "\\left( 3, \\frac{\\pi}{2} \\right)", "#### 1,234", "7", "", "3"]
+    completions = [
+        "Final Answer: 025",
+        "Final Answer: 27.0",
+        "Final Answer: \\boxed{\\frac12}",
+        "Final Answer: 2/4",
+        "Final Answer: [1, 2]",
+        "Final Answer: (3, \\frac{\\pi}{2})",
+        "Final Answer: 1,234",
+        "no answer here",
+        "Final Answer: 1",
+        "\\boxed{3}",
+    ]
+    for grader in grading.GRADERS:
+        for extractor in grading.EXTRACTORS:
+            batch = grade_many(completions, golds, grader, extractor, workers=2, timeout=30.0)
+            loop = [is_correct(c, g, grader, extractor) for c, g in zip(completions, golds)]
+            assert batch == loop, (grader, extractor)
+    assert grade_many(completions, golds) == [True, True, True, True, False, True, True, False, False, False]
+    assert grade_many(completions, golds, extractor="auto")[-1] is True
+    assert grade_many([], []) == []
+    with pytest.raises(ValueError, match="2 completions for 1"):
+        grade_many(["a", "b"], ["1"])
+
+
+def test_minerva_inline_and_in_workers_agree():
+    # long inputs go to the worker pool, short ones run in-process: same verdicts
+    pad = " " * grading.INLINE_LIMIT
+    pairs = [("\\frac12", "\\frac{1}{2}"), ("5 dollars", "5"), ("0.5", "\\frac{1}{2}"), ("x = 3", "3")]
+    inline = [grade(p, g, "minerva_exact") for p, g in pairs]
+    pooled = [grade(p + pad, g, "minerva_exact", timeout=30.0) for p, g in pairs]
+    assert inline == pooled == [True, True, False, True]
+
+
+def test_pool_replaces_a_killed_worker():
+    pool = grading.get_pool(1)
+    assert pool.map("math_verify", [("1/2", "0.5")], timeout=30.0) == [True]
+    victim = pool._workers[0].process
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait()
+    assert pool.map("math_verify", [("1/2", "0.5"), ("3", "4")], timeout=30.0) == [True, False]
+    assert pool._workers[0].process.pid != victim.pid
