@@ -135,6 +135,7 @@ EQUIV = [
     # wrong answers stay wrong under both graders
     ("26", "25", False, False),
     ("(1, 2)", "(1, 2]", False, False),
+    ("(2, 1)", "(1, 2)", False, False),  # ordered pairs
     ("[1, 2]", "(1, 2]", False, False),
     ("(3, \\frac{\\pi}{3})", "(3, \\frac{\\pi}{2})", False, False),
     ("\\frac{1}{3}", "0.5", False, False),
