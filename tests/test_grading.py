@@ -151,6 +151,13 @@ def test_grader_equivalences(pred, gold, mv, minerva):
     assert grade(pred, gold, "minerva_exact") is minerva
 
 
+@pytest.mark.parametrize("hedge", ["3 or 4", "either 3 or 4 apples", "x = 3 or x = 4", "3, 4"])
+def test_hedged_answers_do_not_match_both_options(hedge):
+    # a policy must not be able to collect the reward by listing several answers
+    for grader in grading.GRADERS:
+        assert not (grade(hedge, "3", grader, timeout=30.0) and grade(hedge, "4", grader, timeout=30.0))
+
+
 @pytest.mark.parametrize(
     "raw,normalised",
     [
