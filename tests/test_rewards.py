@@ -355,3 +355,21 @@ def test_trl_reward_scaffold_override():
     kw = dict(prompts=["q"], completions=[CASES["PR"][0]], answer=[GOLD])
     assert fn(trainer_state=SimpleNamespace(global_step=8), **kw) == [1.2]  # step 9 <= 10
     assert fn(trainer_state=SimpleNamespace(global_step=18), **kw) == [1.0]  # step 19 > 10: accuracy only
+
+
+PIECES = ["<Parallel>", "</Parallel>", "<Path>", "</Path>", "<Summary>", "</Summary>", "\n", "x y ", "Final Answer: ",
+          "42", "41", "\\boxed{", "}", "{", "$", " = "]  # fmt: skip
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.sampled_from(PIECES), max_size=40), st.integers(1, 40))
+def test_tag_soup_gets_a_finite_reward_from_every_method(pieces, step):
+    text = "".join(pieces)
+    values = {name: fn(text, GOLD, step) for name, fn in REWARDS.items()}
+    assert all(isinstance(v, float) and math.isfinite(v) for v in values.values())
+    # the alternating reward is accuracy_reward on accuracy steps and emphase_parallel on the others
+    twin = "accuracy_reward" if alternating_mode(step) == "accuracy" else "emphase_parallel"
+    assert values["accuracy_parallel_interv_reward"] == values[twin]
+    assert values["format_times_accuracy_times_parallel_reward"] == values["accuracy_times_parallel_reward"]
+    assert values["gsm8k/format_times_accuracy_times_parallel_reward"] == values["gsm8k/accuracy_times_special_token_reward"]
+    assert values["accuracy_reward"] in (1.0, -1.0) and values["gsm8k/accuracy_reward"] in (1.0, 0.0)
