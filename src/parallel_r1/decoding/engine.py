@@ -57,13 +57,14 @@ class DecodingConfig:
     max_path_tokens: int | None = field(default=None, metadata={"help": "Budget of one path, tags included (default: max_new_tokens)."})
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature; 0 = greedy. Also the temperature of the returned log-probs."})
     top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling threshold."})
-    top_k: int = field(default=0, metadata={"help": "Top-k sampling (0 = off)."})
+    top_k: int | None = field(default=0, metadata={"help": "Top-k sampling (0 or None = off)."})
     path_temperature: float | None = field(default=1.0, metadata={"help": "Temperature inside paths (paper forces 1.0); None = temperature."})
     constrain_tags: bool = field(default=True, metadata={"help": "Unseen: never sample a tag that would break the block structure."})
     batch_size: int = field(default=64, metadata={"help": "Samples decoded together (paths add rows)."})
     seed: int | None = field(default=None, metadata={"help": "Seed of the sampler; None = nondeterministic."})
 
     def __post_init__(self):
+        self.top_k = self.top_k or 0
         if self.variant not in ("unseen", "seen"):
             raise ValueError(f"decoding: variant must be 'unseen' or 'seen', got {self.variant!r}")
         if self.num_paths < 2:

