@@ -1,0 +1,480 @@
+"""``parallel-r1 eval``: the paper's benchmark table (spec PARALLEL_R1.md §6, OCTOTHINKER.md §3).
+
+    parallel-r1 eval --model PATH --benchmarks aime24,aime25,amc23,math500 --out OUT
+
+For each benchmark, every problem gets ``n`` samples (default ``n = k``; paper: AIME/AMC 16,
+MATH 1) from the decoding engine (:class:`parallel_r1.decoding.ParallelEngine`, Seen or Unseen).
+Each sample is graded as soon as its batch finishes and appended to ``OUT/completions.jsonl``;
+``OUT/results.json`` holds mean@k, unbiased pass@k, maj@k, verl's bootstrap best@k and the
+parallel-thinking metrics (:mod:`parallel_r1.metrics`), and the table is printed in the layout
+of the paper's main table (benchmarks as columns).
+
+Resuming. ``OUT/run.json`` records the model and every setting that changes what a sample is
+(template, variant, sampling, budget, grader, ...). Re-running with the same ones continues:
+samples already in ``completions.jsonl`` are kept, only the missing (problem, sample_index)
+pairs are generated. Different ones are an error naming the fields, so two runs never mix in
+one folder. ``--limit``, ``--k`` and ``--benchmarks`` may change between runs (more samples
+or problems are just more of the same distribution).
+
+Choices where the papers are silent:
+
+* A model without the six tag tokens (a base or instruct model straight from the hub, e.g.
+  ``smollm2``) gets them added in memory (``models.add_tag_tokens``, the same mean-of-pieces
+  rows as ``prepare-model``); nothing is written to the model folder. ``run.json`` records it.
+* Few-shot prompts (``--template fewshot``) are for base models: no chat template; the
+  completion is cut at the first stop string (``\\nQ:``, ``\\nProblem:``) after generation,
+  as OctoThinker's extraction cuts at the next question; ``length`` stays the generated tokens.
+* Relative ``<Parallel>`` positions are in tokens when the engine gives token ids, else in
+  characters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import metrics as M
+from .format import analyze
+from .io import JsonlAppender, atomic_write_json, read_jsonl
+
+# Samples per problem by default (the paper: AIME/AMC mean@16 + pass@16, MATH mean@1).
+DEFAULT_K = {"aime24": 16, "aime25": 16, "amc23": 16, "math500": 1, "math": 1, "gsm8k": 1}
+DISPLAY = {"aime24": "AIME24", "aime25": "AIME25", "amc23": "AMC23", "math500": "MATH500", "math": "MATH", "gsm8k": "GSM8K"}
+TEMPLATE_CHOICES = ("parallel_v3", "baseline", "fewshot", "no_prompt")
+# Settings that change what a sample is: a results folder only continues under the same ones.
+IDENTITY = ("model", "template", "variant", "grader", "extractor", "temperature", "top_p", "top_k",
+            "max_new_tokens", "num_paths", "max_blocks", "max_path_tokens", "path_temperature")  # fmt: skip
+
+
+@dataclass
+class EvalConfig:
+    """Settings of one evaluation (``parallel-r1 eval``; also loadable from ``--config YAML``)."""
+
+    model: str = field(default="", metadata={"help": "Model: local folder, hub id, or alias (`smollm2`)."})
+    out: str = field(default="", metadata={"help": "Results folder: results.json, completions.jsonl, run.json. Re-running continues it."})
+    benchmarks: list[str] | str = field(default_factory=lambda: ["aime24", "aime25", "amc23", "math500"], metadata={"help": "Comma-separated benchmark names (parallel_r1.data.registry.KNOWN) or hub ids / files."})
+    k: dict[str, int] | str = field(default_factory=dict, metadata={"help": "k per benchmark, e.g. `aime24=16,amc23=16,math500=1` or one number for all; unset ones use the paper's table (AIME/AMC 16, MATH/GSM8K 1)."})
+    samples: dict[str, int] | str = field(default_factory=dict, metadata={"help": "Samples per problem when more than k are wanted (better pass@k estimates), same syntax as --k; default n = k."})
+    template: str = field(default="parallel_v3", metadata={"help": "Prompt: parallel_v3 (the paper's final prompt), baseline, fewshot (OctoThinker few-shot, base models), no_prompt."})
+    variant: str = field(default="unseen", metadata={"help": "Generation: `unseen` (paths isolated, engine-orchestrated) or `seen` (free causal generation)."})
+    grader: str = field(default="math_verify", metadata={"help": "Answer checker: math_verify or minerva_exact."})
+    extractor: str = field(default="auto", metadata={"help": "Answer extraction: final_answer, boxed, auto (Final Answer: line, else last \\boxed{})."})
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (paper 1.0)."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling (paper 1.0)."})
+    top_k: int | None = field(default=None, metadata={"help": "Top-k sampling (paper: off)."})
+    max_new_tokens: int = field(default=3000, metadata={"help": "Completion budget in tokens (paper 3000)."})
+    num_paths: int = field(default=2, metadata={"help": "Paths per parallel block (Unseen)."})
+    max_blocks: int = field(default=4, metadata={"help": "Max parallel blocks per completion (Unseen)."})
+    max_path_tokens: int | None = field(default=None, metadata={"help": "Max tokens per path (Unseen); unset = the completion budget."})
+    path_temperature: float | None = field(default=1.0, metadata={"help": "Temperature of paths (paper 1.0); unset = --temperature."})
+    limit: int | None = field(default=None, metadata={"help": "Only the first N problems of each benchmark."})
+    data_dir: str | None = field(default=None, metadata={"help": "Folder of the shipped data sets (default: the registry's)."})
+    batch_size: int = field(default=8, metadata={"help": "Samples generated per engine call."})
+    seed: int | None = field(default=None, metadata={"help": "Seed of the sampler; each batch gets seed + batch number (unset: not seeded, as the paper)."})
+    grading_workers: int | None = field(default=None, metadata={"help": "Grader processes (default: CPUs)."})
+
+    def __post_init__(self):
+        if isinstance(self.benchmarks, str):
+            self.benchmarks = [b.strip() for b in self.benchmarks.split(",") if b.strip()]
+        self.benchmarks = list(dict.fromkeys(self.benchmarks))
+        self.k = _per_benchmark(self.k, self.benchmarks, "k")
+        self.samples = _per_benchmark(self.samples, self.benchmarks, "samples")
+        if not self.model:
+            raise ValueError("eval: --model is required")
+        if not self.out:
+            raise ValueError("eval: --out is required")
+        if not self.benchmarks:
+            raise ValueError("eval: no benchmark given")
+        if self.template not in TEMPLATE_CHOICES:
+            raise KeyError(f"unknown template {self.template!r}; known: {', '.join(TEMPLATE_CHOICES)}")
+        if self.variant not in ("unseen", "seen"):
+            raise KeyError(f"unknown variant {self.variant!r}; known: unseen, seen")
+        from .grading import EXTRACTORS, GRADERS
+
+        if self.grader not in GRADERS:
+            raise KeyError(f"unknown grader {self.grader!r}; known: {', '.join(GRADERS)}")
+        if self.extractor not in EXTRACTORS:
+            raise KeyError(f"unknown extractor {self.extractor!r}; known: {', '.join(EXTRACTORS)}")
+        for name in self.benchmarks:
+            k, n = self.k_of(name), self.n_of(name)
+            if k < 1:
+                raise ValueError(f"eval: k for {name} must be >= 1, got {k}")
+            if k > n:
+                raise ValueError(f"eval: k={k} for {name} is larger than the {n} samples per problem (--samples {name}={n})")
+
+    def k_of(self, name: str) -> int:
+        return self.k.get(name, DEFAULT_K.get(name, 1))
+
+    def n_of(self, name: str) -> int:
+        return self.samples.get(name, self.k_of(name))
+
+    def identity(self) -> dict:
+        """What a results folder must agree on to be continued."""
+        d = {f: getattr(self, f) for f in IDENTITY}
+        d["model"] = _model_id(self.model)
+        return d
+
+
+def _per_benchmark(value, benchmarks: Sequence[str], what: str) -> dict[str, int]:
+    """``"aime24=16,math500=1"``, ``"4"`` (all) or a dict -> {benchmark: int}."""
+    if isinstance(value, int):
+        return {b: value for b in benchmarks}
+    if isinstance(value, dict):
+        return {str(b): int(v) for b, v in value.items()}
+    value = str(value).strip()
+    if not value:
+        return {}
+    if "=" not in value:
+        try:
+            return {b: int(value) for b in benchmarks}
+        except ValueError:
+            raise ValueError(f"eval: --{what} {value!r}: expected a number or name=N pairs") from None
+    out = {}
+    for part in value.split(","):
+        name, _, num = part.partition("=")
+        try:
+            out[name.strip()] = int(num)
+        except ValueError:
+            raise ValueError(f"eval: --{what} {part!r}: expected name=N with an integer N") from None
+    unknown = sorted(set(out) - set(benchmarks))
+    if unknown:
+        raise ValueError(f"eval: --{what} names {', '.join(unknown)}, which are not in --benchmarks ({', '.join(benchmarks)})")
+    return out
+
+
+def _model_id(model: str) -> str:
+    p = Path(model).expanduser()
+    return str(p.resolve()) if p.exists() else model
+
+
+# ----------------------------------------------------------------------------- generation
+
+
+@dataclass
+class Completion:
+    """One generated completion, as the evaluator needs it."""
+
+    text: str  # tags kept, no EOS/pad
+    length: int  # completion tokens generated
+    finish_reason: str = "eos"  # eos | length | max_blocks
+    positions: list[float] | None = None  # relative <Parallel> positions in tokens; None = from the text
+
+
+# prompts (one per sample wanted; repeats allowed), batch seed -> one Completion per prompt, in order
+GenerateFn = Callable[[list[str], int | None], list[Completion]]
+
+
+def engine_generate_fn(model, tokenizer, cfg: EvalConfig) -> GenerateFn:
+    """Generation through :class:`parallel_r1.decoding.ParallelEngine` (Seen or Unseen)."""
+    from .decoding import DecodingConfig, ParallelEngine
+    from .structure import TagIds
+
+    tags = TagIds.from_tokenizer(tokenizer)
+    ends = [t for t in {tokenizer.eos_token, tokenizer.pad_token} if t]
+
+    def generate(prompts: list[str], seed: int | None) -> list[Completion]:
+        dcfg = DecodingConfig(
+            variant=cfg.variant, num_paths=cfg.num_paths, max_blocks=cfg.max_blocks,
+            max_new_tokens=cfg.max_new_tokens, max_path_tokens=cfg.max_path_tokens or cfg.max_new_tokens,
+            temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+            path_temperature=cfg.path_temperature, seed=seed,
+        )  # fmt: skip
+        samples = ParallelEngine(model, tokenizer, dcfg).generate(prompts, n=1)
+        samples = sorted(samples, key=lambda s: s.prompt_index)
+        out = []
+        for s in samples:
+            ids = list(s.completion_ids)
+            n = len(ids)
+            positions = [i / n for i, t in enumerate(ids) if t == tags.parallel_open] if n else []
+            out.append(Completion(_strip_end(s.text, ends), n, s.finish_reason, positions))
+        return out
+
+    return generate
+
+
+def _strip_end(text: str, ends: Sequence[str]) -> str:
+    changed = True
+    while changed:
+        changed = False
+        for e in ends:
+            if text.endswith(e):
+                text, changed = text[: -len(e)], True
+    return text
+
+
+# ----------------------------------------------------------------------------- prompts
+
+
+@dataclass
+class BenchmarkPrompts:
+    problems: list  # [P] registry.Problem
+    prompts: list[str]  # [P]
+    stop: list[str]  # cut the completion at the first of these (few-shot)
+
+
+def load_benchmark(name: str, cfg: EvalConfig):
+    from .data.registry import load_problems
+
+    problems = load_problems(name, split=_split(name), data_dir=cfg.data_dir, limit=cfg.limit)
+    if not problems:
+        raise ValueError(f"eval: benchmark {name} has no problems")
+    return problems
+
+
+def _split(name: str) -> str | None:
+    # The training sets ship a train split too; evaluation is always on test.
+    return "test" if name in ("gsm8k", "math") else None
+
+
+def build_prompts(name: str, problems, tokenizer, template: str) -> BenchmarkPrompts:
+    from .prompts import build_prompt
+
+    if template == "fewshot":
+        from .data.fewshot import fewshot_prompt, fewshot_stop
+
+        return BenchmarkPrompts(problems, [fewshot_prompt(name, p.problem) for p in problems], list(fewshot_stop(name)))
+    return BenchmarkPrompts(problems, [build_prompt(p.problem, tokenizer, template) for p in problems], [])
+
+
+def _cut(text: str, stop: Sequence[str]) -> str:
+    cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
+    return text if cut < 0 else text[:cut]
+
+
+# ----------------------------------------------------------------------------- results folder
+
+
+def open_run_folder(out: Path, cfg: EvalConfig, extra: dict | None = None) -> None:
+    """Create ``out/run.json`` or check that it records the same settings."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "run.json"
+    ident = cfg.identity()
+    if path.exists():
+        import json
+
+        old = json.loads(path.read_text(encoding="utf-8"))
+        old_ident = old.get("identity", {})
+        diff = [f for f in IDENTITY if old_ident.get(f) != ident.get(f)]
+        if diff:
+            detail = "; ".join(f"{f}: {old_ident.get(f)!r} there, {ident.get(f)!r} now" for f in diff)
+            raise ValueError(f"eval: {out} holds results of another run ({detail}); use another --out")
+        return
+    if (out / "completions.jsonl").exists():
+        raise ValueError(f"eval: {out} has completions.jsonl but no run.json; it is not an eval folder of this tool, use another --out")
+    atomic_write_json(path, {"identity": ident, **(extra or {})})
+
+
+def done_samples(path: Path) -> dict[tuple[str, str, int], dict]:
+    if not path.exists():
+        return {}
+    return {(r["benchmark"], str(r["problem_id"]), int(r["sample_index"])): r for r in read_jsonl(path, skip_bad=True)}
+
+
+# ----------------------------------------------------------------------------- scoring
+
+
+def summarize(rows: Sequence[dict], k: int, n: int) -> dict:
+    """One benchmark's results from its completion rows (each problem has n >= k samples)."""
+    by_problem: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        by_problem[str(r["problem_id"])].append(r)
+    groups = [sorted(g, key=lambda r: r["sample_index"])[:n] for g in by_problem.values()]
+    short = [pid for pid, g in zip(by_problem, groups) if len(g) < k]
+    if short:
+        raise ValueError(f"eval: problems {', '.join(short[:5])} have fewer than k={k} samples")
+    correct = [[bool(r["correct"]) for r in g] for g in groups]
+    preds = [[r["pred"] for r in g] for g in groups]
+    flat = [r for g in groups for r in g]
+    return {
+        "n_problems": len(groups),
+        "k": k,
+        "n_samples": n,
+        "mean@k": M.mean_at_k(correct),
+        "pass@k": M.pass_at_k_mean(correct, k),
+        "maj@k": M.maj_at_k(preds, correct, k),
+        "best@k": M.best_at_k(correct, k),
+        "parallel_ratio": M.parallel_ratio([r["uses_parallel"] for r in flat]),
+        "mean_blocks": M.mean_blocks([r["num_blocks"] for r in flat]),
+        "mean_length": M.mean_length([r["length"] for r in flat]),
+        "format_error_rate": M.format_error_rate([r["format_ok"] for r in flat]),
+        "mean_parallel_position": M.mean_parallel_position([r["positions"] for r in flat]),
+        "clipped_ratio": M.clipped_ratio([r.get("finish_reason") == "length" for r in flat]),
+    }
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.1f}"
+
+
+def format_table(results: dict, title: str | None = None) -> str:
+    """The paper's main-table layout: benchmarks as columns, metrics as rows, plus the average."""
+    bench = results["benchmarks"]
+    names = list(bench)
+    heads = [f"{DISPLAY.get(b, b)} (k={bench[b]['k']})" for b in names] + ["Avg."]
+    rows = [
+        ("mean@k", "mean@k"), ("pass@k", "pass@k"), ("maj@k", "maj@k"), ("best@k (verl)", "best@k"),
+        ("parallel ratio %", "parallel_ratio"), ("format errors %", "format_error_rate"),
+    ]  # fmt: skip
+    table = []
+    for label, key in rows:
+        vals = [bench[b].get(key) for b in names]
+        have = [v for v in vals if v is not None]
+        table.append([label] + [_pct(v) for v in vals] + [_pct(sum(have) / len(have)) if have else "-"])
+    for label, key, fmt in (("mean blocks", "mean_blocks", "{:.2f}"), ("mean length", "mean_length", "{:.0f}")):
+        vals = [bench[b].get(key) for b in names]
+        table.append([label] + ["-" if v is None else fmt.format(v) for v in vals] + [""])
+    table.append(["problems"] + [str(bench[b]["n_problems"]) for b in names] + [""])
+    widths = [max(len(str(r[i])) for r in [["", *heads], *table]) for i in range(len(heads) + 1)]
+    line = lambda cells: "  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
+    out = [title] if title else []
+    out += [line(["", *heads]), line(["-" * w for w in widths])]
+    out += [line(r) for r in table]
+    return "\n".join(out)
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+def evaluate(cfg: EvalConfig, generate_fn: GenerateFn | None = None, tokenizer=None, progress: bool = True) -> dict:
+    """Run (or continue) an evaluation; returns the ``results.json`` content.
+
+    ``generate_fn`` replaces the engine (tests script it); ``tokenizer`` is then used for
+    chat templates (``None``: templates applied as plain text).
+    """
+    from .grading import EXTRACTORS, gold_answer, grade_answers
+
+    out = Path(cfg.out)
+    benches = {name: load_benchmark(name, cfg) for name in cfg.benchmarks}  # bad names fail before the model loads
+    extra = {}
+    if generate_fn is None:
+        model, tokenizer, added = load_for_eval(cfg.model)
+        extra["tags_added_in_memory"] = added
+        generate_fn = engine_generate_fn(model, tokenizer, cfg)
+    open_run_folder(out, cfg, extra)
+    done = done_samples(out / "completions.jsonl")
+    extract = EXTRACTORS[cfg.extractor]
+
+    from tqdm.auto import tqdm
+
+    batch_no = 0
+    with JsonlAppender(out / "completions.jsonl") as sink:
+        for name, problems in benches.items():
+            bp = build_prompts(name, problems, tokenizer, cfg.template)
+            n = cfg.n_of(name)
+            todo = [(i, s) for i, p in enumerate(problems) for s in range(n) if (name, str(p.id), s) not in done]
+            bar = tqdm(total=len(problems) * n, initial=len(problems) * n - len(todo), desc=f"{name}", unit="sample", disable=not progress)
+            for start in range(0, len(todo), cfg.batch_size):
+                batch = todo[start : start + cfg.batch_size]
+                seed = None if cfg.seed is None else cfg.seed + batch_no
+                batch_no += 1
+                comps = generate_fn([bp.prompts[i] for i, _ in batch], seed)
+                if len(comps) != len(batch):
+                    raise RuntimeError(f"generator returned {len(comps)} completions for {len(batch)} prompts")
+                texts = [_cut(c.text, bp.stop) for c in comps]
+                preds = [extract(t) for t in texts]
+                golds = [gold_answer(str(problems[i].answer)) for i, _ in batch]
+                oks = grade_answers(preds, golds, cfg.grader, cfg.grading_workers)
+                rows = []
+                for (i, s), c, text, pred, gold, ok in zip(batch, comps, texts, preds, golds, oks):
+                    rep = analyze(text)
+                    rows.append({
+                        "benchmark": name, "problem_id": str(problems[i].id), "sample_index": s,
+                        "prompt": bp.prompts[i], "completion": text, "answer": gold,
+                        "pred": pred, "correct": bool(ok), "uses_parallel": rep.uses_parallel, "format_ok": rep.format_ok,
+                        "num_blocks": rep.num_blocks, "positions": rep.positions if c.positions is None else c.positions,
+                        "length": c.length, "finish_reason": c.finish_reason,
+                    })  # fmt: skip
+                sink.write_many(rows)
+                for r in rows:
+                    done[(name, r["problem_id"], r["sample_index"])] = r
+                bar.update(len(batch))
+            bar.close()
+
+    results = {"model": cfg.identity()["model"], "settings": _settings(cfg), "benchmarks": {}}
+    for name, problems in benches.items():
+        n = cfg.n_of(name)
+        rows = [done[(name, str(p.id), s)] for p in problems for s in range(n)]
+        results["benchmarks"][name] = summarize(rows, cfg.k_of(name), n)
+    atomic_write_json(out / "results.json", results)
+    return results
+
+
+def _settings(cfg: EvalConfig) -> dict:
+    d = dataclasses.asdict(cfg)
+    for f in ("model", "out", "grading_workers"):
+        d.pop(f)
+    d["k"] = {b: cfg.k_of(b) for b in cfg.benchmarks}
+    d["samples"] = {b: cfg.n_of(b) for b in cfg.benchmarks}
+    return d
+
+
+def load_for_eval(model_path: str):
+    """Model and tokenizer, with the tag tokens added in memory when the checkpoint lacks them."""
+    from .models import add_tag_tokens, has_tag_tokens, load_model, load_tokenizer
+
+    tok = load_tokenizer(model_path)
+    model = load_model(model_path).eval()
+    added = False
+    if not has_tag_tokens(tok):
+        add_tag_tokens(model, tok)
+        added = True
+        print(f"eval: {model_path} has no tag tokens; added them in memory (as prepare-model does)", file=sys.stderr)
+    return model, tok, added
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def add_arguments(parser) -> None:
+    import argparse
+
+    parser.add_argument("--config", default=None, help="YAML file with any of the fields below; command-line values override it")
+    for f in dataclasses.fields(EvalConfig):
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        shown = ",".join(default) if isinstance(default, list) else default
+        kind = {int: int, float: float}.get(type(default) if default is not None else None, str)
+        if f.name in ("top_k", "max_path_tokens", "limit", "seed", "grading_workers", "path_temperature"):
+            kind = _optional(float if f.name == "path_temperature" else int)
+        parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=argparse.SUPPRESS,
+                            help=f"{f.metadata['help']} (default: {shown if shown not in ('', {}) else 'unset'})")  # fmt: skip
+    parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+
+
+def _optional(kind):
+    def parse(s: str):
+        return None if s.lower() in ("none", "") else kind(s)
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def config_from_args(args) -> EvalConfig:
+    values = {}
+    if getattr(args, "config", None):
+        import yaml
+
+        path = Path(args.config)
+        if not path.exists():
+            raise FileNotFoundError(f"eval: no such config file: {path}")
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        unknown = sorted(set(values) - {f.name for f in dataclasses.fields(EvalConfig)})
+        if unknown:
+            raise KeyError(f"{path}: unknown field(s) {', '.join(unknown)}")
+    values.update({f.name: getattr(args, f.name) for f in dataclasses.fields(EvalConfig) if hasattr(args, f.name)})
+    return EvalConfig(**values)
+
+
+def run(args) -> int:
+    cfg = config_from_args(args)
+    from .models import check_model_source
+
+    check_model_source(cfg.model)
+    results = evaluate(cfg)
+    print(format_table(results, title=f"{results['model']}  ({cfg.template}, {cfg.variant}, T={cfg.temperature}, max {cfg.max_new_tokens} tokens)"))
+    print(f"\nwrote {Path(cfg.out) / 'results.json'} and {Path(cfg.out) / 'completions.jsonl'}")
+    return 0

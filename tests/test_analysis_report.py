@@ -1,0 +1,199 @@
+"""`analyze` and `report` on a synthetic run folder written to the run-folder schema
+(docs/INTERFACES.md), so they are tested independently of the RL trainer; the report is
+rendered in headless chromium."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from parallel_r1 import analysis, report
+from parallel_r1.cli import main
+from parallel_r1.format import analyze as analyze_trace
+from parallel_r1.io import write_jsonl
+
+BUDGET = 64
+
+
+def trace(step: int, i: int, early: bool) -> str:
+    """A completion whose block sits near the start (early) or near the end (late)."""
+    block = (
+        f"<Parallel><Path>route A for {i}: 3 + 4 = 7</Path><Path>route B <b>&amp; check</b> {i}: 7</Path></Parallel>\n"
+        "<Summary>both give 7</Summary>"
+    )
+    filler = "We add the numbers carefully. " * 8
+    return (block + filler if early else filler + block) + "\nFinal Answer: 7"
+
+
+def make_run(root: Path, n_steps: int = 8, per_step: int = 4, pinned: bool = False) -> Path:
+    """A run folder as `parallel-r1 rl` writes it: config.yaml, rollouts.jsonl, metrics.jsonl, eval/."""
+    run = root / ("run_pinned" if pinned else "run")
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump({"model": "tiny", "max_completion_length": BUDGET, "reward": "alternating"}))
+    rollouts, logged = [], []
+    for step in range(1, n_steps + 1):
+        mode = "accuracy" if (step - 1) % 4 < 3 else "parallel"
+        rows = []
+        for i in range(per_step):
+            uses = i < 1 + step * (per_step - 1) // n_steps  # parallel ratio grows over the run
+            text = trace(step, i, early=step <= n_steps // 2) if uses else "3 + 4 = 7\nFinal Answer: 7"
+            if i == per_step - 1 and step == 2:
+                text = "<Parallel><Path>only one path</Path></Parallel>\nFinal Answer: 7"  # a format error
+            rep = analyze_trace(text)
+            correct = (i + step) % 3 != 0
+            length = BUDGET if pinned and step > n_steps // 2 else 20 + 3 * step + i
+            rows.append({
+                "step": step, "prompt_id": f"p{i % 2}", "sample_index": i // 2, "prompt": f"What is 3 + 4? <{i}>",
+                "completion": text, "answer": "7", "reward": (1.0 if correct else -1.0) + (0.2 if mode == "parallel" and uses else 0.0),
+                "correct": correct, "reward_mode": mode, "uses_parallel": rep.uses_parallel, "format_ok": rep.format_ok,
+                "num_blocks": rep.num_blocks, "paths_per_block": rep.paths_per_block, "positions": rep.positions,
+                "length": length, "clipped": length >= BUDGET,
+            })  # fmt: skip
+        rollouts += rows
+        logged.append({"step": step, "global_step": step * 2, "loss": 0.1 / step, "reward_mode": int(mode == "parallel"), "reward_mode_name": mode,
+                       "parallel_ratio": np.mean([r["uses_parallel"] for r in rows]), "mean_parallel_position": None})  # fmt: skip
+    write_jsonl(run / "rollouts.jsonl", rollouts)
+    write_jsonl(run / "metrics.jsonl", logged)
+    for ckpt, acc in (("checkpoint-4", 0.25), ("checkpoint-8", 0.5)):
+        ev = run / "eval" / ckpt
+        ev.mkdir(parents=True)
+        bench = {"n_problems": 2, "k": 2, "mean@k": acc, "pass@k": acc + 0.25, "maj@k": acc, "best@k": acc + 0.2,
+                 "parallel_ratio": 0.5, "mean_blocks": 0.5, "mean_length": 30.0, "format_error_rate": 0.0}  # fmt: skip
+        (ev / "results.json").write_text(json.dumps({"model": str(run / ckpt), "settings": {}, "benchmarks": {"aime24": bench, "gsm8k": dict(bench, k=1)}}))
+        write_jsonl(ev / "completions.jsonl", [
+            {"benchmark": "aime24", "problem_id": str(p), "sample_index": s, "prompt": "Solve <x>", "completion": trace(9, p, False),
+             "answer": "7", "pred": "7", "correct": True, "uses_parallel": True, "format_ok": True, "num_blocks": 1,
+             "positions": analyze_trace(trace(9, p, False)).positions, "length": 30, "finish_reason": "eos"}
+            for p in range(2) for s in range(2)])  # fmt: skip
+    return run
+
+
+def test_analysis_per_step_matches_rollouts(tmp_path):
+    run = make_run(tmp_path)
+    a = analysis.analyze_run(run)
+    assert a["n_steps"] == 8 and a["n_rollouts"] == 32 and a["budget"] == BUDGET
+    rows = [json.loads(line) for line in (run / "rollouts.jsonl").read_text().splitlines()]
+    for s in a["steps"]:
+        g = [r for r in rows if r["step"] == s["step"]]
+        assert s["parallel_ratio"] == pytest.approx(np.mean([r["uses_parallel"] for r in g]))
+        assert s["accuracy"] == pytest.approx(np.mean([r["correct"] for r in g]))
+        assert s["reward"] == pytest.approx(np.mean([r["reward"] for r in g]))
+        pos = [p for r in g for p in r["positions"]]
+        assert s["mean_parallel_position"] == (pytest.approx(np.mean(pos)) if pos else None)
+        assert s["format_error_rate"] == pytest.approx(np.mean([not r["format_ok"] for r in g]))
+    assert a["steps"][1]["format_error_rate"] == 0.25
+    # the parallel ratio grows, blocks move from the start to the end (fig. 3 shape)
+    assert a["steps"][-1]["parallel_ratio"] > a["steps"][0]["parallel_ratio"]
+    t = a["position_trend"]
+    assert t["early"] < 0.1 and t["late"] > 0.4 and t["shift"] > 0.3
+    # alternating schedule: 6 accuracy steps, 2 parallel steps, kept apart
+    assert a["by_reward_mode"]["accuracy"]["step"] == [1, 2, 3, 5, 6, 7]
+    assert a["by_reward_mode"]["parallel"]["step"] == [4, 8]
+    assert not a["length_pathology"]["flagged"]
+    assert list(a["evals"]) == ["checkpoint-4", "checkpoint-8"]
+
+
+def test_length_pathology_flagged_when_lengths_pin_at_budget(tmp_path):
+    a = analysis.analyze_run(make_run(tmp_path, pinned=True))
+    lp = a["length_pathology"]
+    assert lp["flagged"] and lp["clipped_share_last_steps"] == 1.0 and lp["last_steps"] == [7, 8]
+    assert "LENGTH PATHOLOGY" in analysis.format_summary(a)
+
+
+def test_analysis_from_metrics_only_and_bad_folders(tmp_path):
+    run = make_run(tmp_path)
+    (run / "rollouts.jsonl").unlink()
+    a = analysis.analyze_run(run)
+    assert [s["step"] for s in a["steps"]] == list(range(1, 9))
+    assert a["steps"][3]["reward_mode"] == "parallel" and a["steps"][0]["mean_parallel_position"] is None
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match="neither rollouts.jsonl nor metrics.jsonl"):
+        analysis.analyze_run(empty)
+    with pytest.raises(FileNotFoundError, match="no such run folder"):
+        analysis.analyze_run(tmp_path / "missing")
+
+
+def test_analyze_cli_writes_json_and_prints_summary(tmp_path, capsys):
+    run = make_run(tmp_path)
+    assert main(["analyze", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "parallel ratio" in out and "eval checkpoint-8" in out
+    saved = json.loads((run / "analysis.json").read_text())
+    assert saved["n_steps"] == 8 and saved["position_trend"]["shift"] > 0.3
+
+
+def test_render_trace_puts_paths_side_by_side_and_escapes():
+    text = "pre <x> <Parallel><Path>a <script>alert(1)</script></Path><Path>b</Path></Parallel>\n<Summary>s & t</Summary> post"
+    h = report.render_trace(text)
+    assert h.count('class="path"') == 2 and h.count('class="summary"') == 1
+    assert "<script>" not in h and "&lt;script&gt;" in h and "s &amp; t" in h and "pre &lt;x&gt;" in h
+    nested = "<Parallel><Path>x<Parallel><Path>y</Path><Path>z</Path></Parallel>\n<Summary>yz</Summary></Path><Path>w</Path></Parallel>\n<Summary>all</Summary>"
+    assert report.render_trace(nested).count('class="block"') == 2
+    broken = "<Parallel><Path>never closed"
+    assert "&lt;Parallel&gt;&lt;Path&gt;never closed" in report.render_trace(broken)
+
+
+def _chromium() -> str:
+    exe = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if exe is None:
+        pytest.fail("chromium is needed to check the report renders: `apt-get install -y chromium` (Debian) — `make test` installs it")
+    return exe
+
+
+def _chrome(html_path: Path, tmp: Path, *mode: str) -> subprocess.CompletedProcess:
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp / 'profile'}", "--enable-logging=stderr", "--v=0", "--window-size=1280,1800"]  # fmt: skip
+    return subprocess.run([_chromium(), *flags, *mode, html_path.as_uri()], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "HOME": str(tmp)})  # fmt: skip
+
+
+def console_errors(stderr: str) -> list[str]:
+    """Page console messages at error level (chromium logs them as `...:CONSOLE...` lines)."""
+    return [l for l in stderr.splitlines() if "CONSOLE" in l and ("ERROR" in l or "Uncaught" in l)]
+
+
+def test_report_renders_in_headless_chromium(tmp_path):
+    run = make_run(tmp_path)
+    assert main(["report", str(run)]) == 0
+    page = run / "report.html"
+    html_text = page.read_text()
+    assert "http://" not in html_text and "https://" not in html_text and "<script" not in html_text
+
+    dom = _chrome(page, tmp_path, "--dump-dom")
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert console_errors(dom.stderr) == []
+    imgs = re.findall(r'<img alt="([^"]+)" src="data:image/png;base64,', dom.stdout)
+    assert len(imgs) >= 5, imgs  # 4 training curves + the eval curve over checkpoints
+    assert dom.stdout.count('class="block"') >= 1 and dom.stdout.count('class="path"') >= 2
+    assert "checkpoint-8" in dom.stdout and "&lt;b&gt;&amp;amp; check&lt;/b&gt;" in dom.stdout  # escaped model text
+
+    shot = tmp_path / "shot.png"
+    res = _chrome(page, tmp_path, f"--screenshot={shot}")
+    assert shot.exists(), res.stderr[-2000:]
+    assert console_errors(res.stderr) == []
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(shot).convert("RGB"), dtype=float)
+    plots = pixels[150:900]  # the curves grid sits right under the header
+    assert plots.std() > 20, "plot area is blank"
+    # matplotlib's first colour (C0, #1f77b4) must be drawn: the curves are there, not just empty axes
+    c0 = (np.abs(plots - np.array([31, 119, 180])).sum(-1) < 60).sum()
+    assert c0 > 200, f"only {c0} pixels of curve colour in the plot area"
+
+
+def test_console_error_detection_works(tmp_path):
+    """The console check above can fail: a page with a script error is caught."""
+    bad = tmp_path / "bad.html"
+    bad.write_text("<!DOCTYPE html><html><body><p>x</p><script>undefinedFunction()</script></body></html>")
+    res = _chrome(bad, tmp_path, "--dump-dom")
+    assert console_errors(res.stderr), res.stderr[-2000:]
