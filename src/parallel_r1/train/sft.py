@@ -103,7 +103,11 @@ class ParallelSFTConfig(SFTConfig):
     )
     format_check_max_new_tokens: int = field(default=384, metadata={"help": "Token budget of each format-check sample."})
     format_check_temperature: float = field(default=0.7, metadata={"help": "Sampling temperature of the format check."})
-    format_check_batch_size: int = field(default=16, metadata={"help": "Prompts per generate call in the format check."})
+    format_check_batch_size: int = field(default=16, metadata={"help": "Samples decoded together in the format check."})
+    format_check_variant: str = field(
+        default="seen",
+        metadata={"help": "Decoding of the format check: `seen` (plain causal sampling, the model writes every tag) or `unseen`."},
+    )
     activation_checkpointing: bool | None = field(default=False, metadata={"help": "Recompute activations in backward."})
     gradient_checkpointing: bool | None = field(default=None, metadata={"help": "Deprecated alias of activation_checkpointing."})
     bf16: bool | None = field(default=None, metadata={"help": "bf16 autocast; None = on when CUDA supports bf16."})
@@ -232,15 +236,16 @@ def prepare_model_and_tokenizer(cfg: ParallelSFTConfig):
 
 def build_trainer(cfg: ParallelSFTConfig, model=None, tokenizer=None, train_rows=None, eval_rows=None) -> ParallelSFTTrainer:
     """Everything ready to ``.train()``; pass ``model``/``tokenizer``/rows to skip loading them."""
+    # Data first: a bad file should fail before minutes of model loading.
+    if train_rows is None:
+        train_rows = [r for s in cfg.train_data for r in load_traces(s, cfg.train_size)]
+    if eval_rows is None and cfg.eval_data:
+        eval_rows = [r for s in cfg.eval_data for r in load_traces(s, cfg.eval_size)]
     if model is None or tokenizer is None:
         model, tokenizer = prepare_model_and_tokenizer(cfg)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     tags = TagIds.from_tokenizer(tokenizer)
-    if train_rows is None:
-        train_rows = [r for s in cfg.train_data for r in load_traces(s, cfg.train_size)]
-    if eval_rows is None and cfg.eval_data:
-        eval_rows = [r for s in cfg.eval_data for r in load_traces(s, cfg.eval_size)]
     train_ds = build_dataset(train_rows, tokenizer, cfg)
     eval_ds = build_dataset(eval_rows, tokenizer, cfg) if eval_rows else None
     collator = ParallelSFTCollator(
@@ -283,53 +288,51 @@ def build_trainer(cfg: ParallelSFTConfig, model=None, tokenizer=None, train_rows
 def format_check(model, tokenizer, cfg: ParallelSFTConfig, out_dir: Path) -> dict:
     """Sample held-out GSM8K test problems with the prompt; measure how often the format holds.
 
-    Free-running ``generate`` (the Seen decoding: later paths see earlier ones); a completion
-    counts as "valid parallel" when it has at least one block and passes the format checker.
+    Sampling goes through the decoding engine. With ``format_check_variant: seen`` (default) it is
+    plain causal sampling, so the model must write every tag itself: the strict test of what SFT
+    taught. ``unseen`` runs the orchestrated decoding (paths isolated, tags constrained). A
+    completion counts as "valid parallel" when it has at least one block and passes the checker.
     """
     from ..data.registry import load_problems
+    from ..decoding import DecodingConfig, ParallelEngine
     from ..grading import is_correct
 
     problems = load_problems("gsm8k", split="test", limit=cfg.format_check_size)
     model.eval()
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    stop_ids = {tokenizer.eos_token_id, tokenizer.pad_token_id}
+    engine = ParallelEngine(
+        model,
+        tokenizer,
+        DecodingConfig(
+            variant=cfg.format_check_variant,
+            max_new_tokens=cfg.format_check_max_new_tokens,
+            temperature=cfg.format_check_temperature,
+            top_p=1.0,
+            top_k=0,
+            batch_size=cfg.format_check_batch_size,
+            seed=cfg.seed,
+        ),
+    )
+    prompts = [build_prompt(p.problem, tokenizer, cfg.prompt_template, cfg.use_chat_template) for p in problems]
     rows = []
-    torch.manual_seed(cfg.seed)
-    try:
-        for i in range(0, len(problems), cfg.format_check_batch_size):
-            chunk = problems[i : i + cfg.format_check_batch_size]
-            prompts = [build_prompt(p.problem, tokenizer, cfg.prompt_template, cfg.use_chat_template) for p in chunk]
-            enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-            out = model.generate(
-                **enc,
-                do_sample=cfg.format_check_temperature > 0,
-                temperature=cfg.format_check_temperature if cfg.format_check_temperature > 0 else None,
-                top_p=1.0,
-                top_k=0,
-                max_new_tokens=cfg.format_check_max_new_tokens,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
+    for s in engine.generate(prompts):
+        p = problems[s.prompt_index]
+        ids = s.completion_ids[:-1] if s.finish_reason == "eos" else s.completion_ids
+        text = tokenizer.decode(ids, skip_special_tokens=False)
+        parsed = parse(text)
+        rows.append(
+            dict(
+                problem_id=p.id,
+                completion=text,
+                answer=p.answer,
+                finish_reason=s.finish_reason,
+                length=len(s.completion_ids),
+                uses_parallel=parsed.uses_parallel,
+                format_ok=parsed.format_ok,
+                num_blocks=parsed.num_blocks,
+                valid_parallel=parsed.format_ok and parsed.uses_parallel,
+                correct=is_correct(text, p.answer),
             )
-            for p, ids in zip(chunk, out[:, enc["input_ids"].shape[1] :].tolist()):
-                cut = next((k for k, t in enumerate(ids) if t in stop_ids), len(ids))
-                text = tokenizer.decode(ids[:cut], skip_special_tokens=False)
-                parsed = parse(text)
-                rows.append(
-                    dict(
-                        problem_id=p.id,
-                        completion=text,
-                        answer=p.answer,
-                        finished=cut < len(ids),
-                        uses_parallel=parsed.uses_parallel,
-                        format_ok=parsed.format_ok,
-                        num_blocks=parsed.num_blocks,
-                        valid_parallel=parsed.format_ok and parsed.num_blocks > 0,
-                        correct=is_correct(text, p.answer),
-                    )
-                )
-    finally:
-        tokenizer.padding_side = side
+        )
     n = max(len(rows), 1)
     summary = dict(
         n=len(rows),
@@ -337,8 +340,10 @@ def format_check(model, tokenizer, cfg: ParallelSFTConfig, out_dir: Path) -> dic
         uses_parallel_ratio=sum(r["uses_parallel"] for r in rows) / n,
         format_ok_ratio=sum(r["format_ok"] for r in rows) / n,
         accuracy=sum(r["correct"] for r in rows) / n,
-        finished_ratio=sum(r["finished"] for r in rows) / n,
+        finished_ratio=sum(r["finish_reason"] != "length" for r in rows) / n,
         mean_blocks=sum(r["num_blocks"] for r in rows) / n,
+        mean_length=sum(r["length"] for r in rows) / n,
+        variant=cfg.format_check_variant,
         temperature=cfg.format_check_temperature,
         max_new_tokens=cfg.format_check_max_new_tokens,
     )
