@@ -1,0 +1,381 @@
+"""``parallel-r1 rl-readiness``: OctoThinker's comparison of mid-training branches in one command.
+
+    parallel-r1 rl-readiness --config recipes/readiness_smollm2_cpu.yaml --midtrain-dir runs/mt_smollm2
+    parallel-r1 rl-readiness --config R.yaml --branches long=runs/mt/long/final short=runs/mt/short/final
+
+For every branch checkpoint the *same* short RL recipe (:mod:`parallel_r1.train.rl`, GRPO on TRL)
+and the *same* evaluation (:func:`parallel_r1.evaluate.evaluate`) run, the evaluation before and
+after RL, and one table comes out: branch x (accuracy before RL, accuracy after RL, mean
+completion length, share of completions that stopped at the length budget). The paper's point
+(spec OCTOTHINKER.md §2.5) is that these columns separate RL-ready bases from ones that collapse
+into budget-length repetition.
+
+Recipe (YAML): ``output_dir``; ``rl``: RLConfig fields (a mapping, or the path of an RL recipe,
+with ``rl_overrides`` on top); ``eval``: EvalConfig fields (mapping or path, ``eval_overrides``);
+optionally ``branches`` (name -> checkpoint) or ``midtrain_dir``. ``model``/``output_dir`` of
+the RL recipe and ``model``/``out`` of the eval are set per branch.
+
+Folder (``output_dir``)::
+
+    <branch>/eval_before/   results.json, completions.jsonl, run.json   (parallel-r1 eval folder)
+    <branch>/rl/            the RL run (checkpoints, rollouts.jsonl, metrics.jsonl, final weights)
+    <branch>/rl_done.json   written once the RL run finished; records the RL fields it ran with
+    <branch>/eval_after/    eval of <branch>/rl
+    readiness.json, readiness.md   the table (rewritten atomically after every branch)
+
+Resuming: re-run the same command. A finished eval (``results.json`` with the same settings) and a
+finished RL run (``rl_done.json`` with the same fields) are reused without loading a model;
+an interrupted RL run resumes from its last checkpoint, an interrupted eval from its
+completions (both are those commands' own resume). A folder made with a different RL recipe is an
+error naming the fields, so two recipes never mix.
+
+Table values are computed from the eval folders' ``completions.jsonl`` (the rows of the
+configured problems x samples): accuracy = share of correct samples over all benchmarks
+(sample-weighted), mean length = mean generated tokens, at budget = share with
+``finish_reason == "length"`` (the generation hit ``max_new_tokens``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..io import atomic_write_json, atomic_write_text, read_jsonl
+
+# Fields readiness sets per branch: a recipe must not set them.
+_RL_OWNED = ("model", "output_dir")
+_EVAL_OWNED = ("model", "out")
+
+
+@dataclass
+class ReadinessConfig:
+    """One readiness comparison: the branches, the shared RL recipe and the shared evaluation."""
+
+    output_dir: str = field(metadata={"help": "Results folder: one sub-folder per branch plus readiness.json / readiness.md."})
+    rl: dict | str = field(metadata={"help": "RLConfig fields (mapping) or the path of an RL recipe YAML; the same for every branch."})
+    eval: dict | str = field(metadata={"help": "EvalConfig fields (mapping) or the path of an eval YAML; run before and after RL."})
+    rl_overrides: dict = field(default_factory=dict, metadata={"help": "RLConfig fields applied on top of `rl` (e.g. rl_steps)."})
+    eval_overrides: dict = field(default_factory=dict, metadata={"help": "EvalConfig fields applied on top of `eval`."})
+    branches: dict[str, str] = field(default_factory=dict, metadata={"help": "Branch name -> checkpoint (folder, alias or hub id)."})
+    midtrain_dir: str | None = field(default=None, metadata={"help": "A `parallel-r1 midtrain` run folder: every stage's `final` becomes a branch."})
+
+    def __post_init__(self):
+        self.rl = {**_fields_of(self.rl, "rl"), **(self.rl_overrides or {})}
+        self.eval = {**_fields_of(self.eval, "eval"), **(self.eval_overrides or {})}
+        for owned, part in ((_RL_OWNED, self.rl), (_EVAL_OWNED, self.eval)):
+            for f in owned:
+                part.pop(f, None)  # set per branch; a value from a reused recipe is ignored
+        self.branches = dict(self.branches or {})
+        if self.midtrain_dir:
+            for name, path in find_midtrain_branches(self.midtrain_dir).items():
+                self.branches.setdefault(name, path)
+        if not self.branches:
+            raise ValueError("rl-readiness: no branches; give --branches name=checkpoint ... or --midtrain-dir RUN")
+
+
+def _fields_of(value, what: str) -> dict:
+    if isinstance(value, dict):
+        return dict(value)
+    if isinstance(value, (str, os.PathLike)):
+        import yaml
+
+        path = Path(value)
+        if not path.exists():
+            raise FileNotFoundError(f"rl-readiness: {what} recipe not found: {path}")
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"rl-readiness: {path}: expected a mapping of {what} fields")
+        return data
+    raise ValueError(f"rl-readiness: `{what}` must be a mapping of fields or a recipe path, got {type(value).__name__}")
+
+
+def find_midtrain_branches(run_dir: str | os.PathLike) -> dict[str, str]:
+    """Every stage of a midtrain run that has a ``final`` checkpoint, in the recipe's order."""
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise FileNotFoundError(f"rl-readiness: --midtrain-dir {run} does not exist")
+    order: list[str] = []
+    cfg_path = run / "config.json"
+    if cfg_path.exists():
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+        order = [s["name"] for s in ([cfg.get("stable")] if cfg.get("stable") else []) + list(cfg.get("decay") or [])]
+    found = {p.parent.name for p in run.glob("*/final") if (p / "config.json").exists()}
+    names = [n for n in order if n in found] + sorted(found - set(order))
+    if not names:
+        raise FileNotFoundError(f"rl-readiness: no finished stage in {run} (expected <stage>/final/config.json)")
+    return {n: str(run / n / "final") for n in names}
+
+
+def load_config(path: str | os.PathLike | None, **overrides) -> ReadinessConfig:
+    data = {}
+    if path:
+        import yaml
+
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"rl-readiness: recipe not found: {path}")
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    for k, v in overrides.items():
+        if v is None:
+            continue
+        if k == "branches":
+            data["branches"] = {**(data.get("branches") or {}), **v}
+        else:
+            data[k] = v
+    known = {f.name for f in dataclasses.fields(ReadinessConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise KeyError(f"rl-readiness: {path}: unknown field(s) {unknown}; known: {sorted(known)}")
+    missing = [f for f in ("output_dir", "rl", "eval") if f not in data]
+    if missing:
+        raise ValueError(f"rl-readiness: {path or 'recipe'}: missing field(s) {missing}")
+    return ReadinessConfig(**data)
+
+
+# ----------------------------------------------------------------------------- per-branch configs
+
+
+def rl_config(cfg: ReadinessConfig, model: str, out: Path):
+    from .rl import RLConfig
+
+    known = {f.name for f in dataclasses.fields(RLConfig) if f.init}
+    unknown = sorted(set(cfg.rl) - known)
+    if unknown:
+        raise KeyError(f"rl-readiness: rl recipe: unknown RLConfig field(s) {unknown}")
+    try:
+        return RLConfig(**{**cfg.rl, "model": model, "output_dir": str(out)})
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"rl-readiness: rl recipe: {e}") from None
+
+
+def eval_config(cfg: ReadinessConfig, model: str, out: Path):
+    from ..evaluate import EvalConfig
+
+    known = {f.name for f in dataclasses.fields(EvalConfig)}
+    unknown = sorted(set(cfg.eval) - known)
+    if unknown:
+        raise KeyError(f"rl-readiness: eval recipe: unknown EvalConfig field(s) {unknown}")
+    try:
+        return EvalConfig(**{**cfg.eval, "model": model, "out": str(out)})
+    except TypeError as e:
+        raise ValueError(f"rl-readiness: eval recipe: {e}") from None
+
+
+def check_branch(name: str, model: str) -> None:
+    from ..models import ALIASES, check_model_source
+
+    if not name or any(c in name for c in "/\\ ") or name.startswith("."):
+        raise ValueError(f"rl-readiness: branch name {name!r} must be a plain folder name")
+    p = Path(model).expanduser()
+    if p.exists():
+        if not (p / "config.json").exists():
+            raise FileNotFoundError(f"rl-readiness: branch {name!r}: {p} has no config.json (not a model checkpoint)")
+        return
+    if model in ALIASES:
+        return
+    try:
+        check_model_source(model)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"rl-readiness: branch {name!r}: checkpoint folder {model} does not exist") from None
+
+
+def validate(cfg: ReadinessConfig) -> None:
+    """Every input error that needs no model, for every branch, before the first model loads."""
+    from ..evaluate import load_benchmark
+    from .rl import _check, load_checked_problems
+
+    for name, model in cfg.branches.items():
+        check_branch(name, model)
+    first_model = next(iter(cfg.branches.values()))
+    rl = rl_config(cfg, first_model, Path(cfg.output_dir) / "_check")
+    _check(rl)
+    load_checked_problems(rl)
+    ev = eval_config(cfg, first_model, Path(cfg.output_dir) / "_check")
+    for b in ev.benchmarks:
+        load_benchmark(b, ev)
+    if ev.template != "fewshot" and rl.template != ev.template:
+        print(f"rl-readiness: note: RL uses template {rl.template!r}, eval uses {ev.template!r}", file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------- stages
+
+
+def _eval_done(ecfg) -> bool:
+    """results.json of these exact settings (evaluate() would only reload the model to rewrite it)."""
+    from ..evaluate import _settings
+
+    path = Path(ecfg.out) / "results.json"
+    if not path.exists():
+        return False
+    old = json.loads(path.read_text(encoding="utf-8"))
+    now = json.loads(json.dumps(_settings(ecfg), default=str))
+    return old.get("settings") == now and old.get("model") == ecfg.identity()["model"]
+
+
+def run_eval(ecfg, progress: bool = False) -> float:
+    """Run (or reuse) one evaluation; returns its wall-clock seconds (0 when reused)."""
+    from ..evaluate import evaluate
+
+    if _eval_done(ecfg):
+        return 0.0
+    t0 = time.time()
+    evaluate(ecfg, progress=progress)
+    return time.time() - t0
+
+
+def _rl_identity(cfg: ReadinessConfig) -> dict:
+    return json.loads(json.dumps(cfg.rl, sort_keys=True, default=str))
+
+
+def run_rl(cfg: ReadinessConfig, model: str, branch_dir: Path) -> float:
+    """Run (or reuse / resume) the branch's RL; returns wall-clock seconds (0 when reused)."""
+    marker = branch_dir / "rl_done.json"
+    ident = _rl_identity(cfg)
+    if marker.exists():
+        old = json.loads(marker.read_text(encoding="utf-8"))
+        if old.get("rl") != ident:
+            diff = sorted(k for k in set(ident) | set(old.get("rl", {})) if ident.get(k) != old.get("rl", {}).get(k))
+            raise ValueError(f"rl-readiness: {branch_dir} holds an RL run of another recipe (fields {diff} differ); use another --output-dir")
+        return 0.0
+    from .rl import build_trainer
+
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    rcfg = rl_config(cfg, model, branch_dir / "rl")
+    t0 = time.time()
+    trainer, ckpt = build_trainer(rcfg)
+    trainer.train(resume_from_checkpoint=ckpt)
+    trainer.save_model(rcfg.output_dir)
+    seconds = time.time() - t0
+    del trainer
+    atomic_write_json(marker, {"rl": ident, "model": model, "seconds": round(seconds, 2)})
+    return seconds
+
+
+# ----------------------------------------------------------------------------- table
+
+
+def eval_summary(ecfg) -> dict:
+    """Accuracy, mean length and share at the budget from the eval folder's completions.jsonl."""
+    from ..evaluate import load_benchmark
+
+    done = {}
+    for r in read_jsonl(Path(ecfg.out) / "completions.jsonl", skip_bad=True):
+        done[(r["benchmark"], str(r["problem_id"]), int(r["sample_index"]))] = r
+    rows = []
+    for b in ecfg.benchmarks:
+        for p in load_benchmark(b, ecfg):
+            for s in range(ecfg.n_of(b)):
+                key = (b, str(p.id), s)
+                if key not in done:
+                    raise ValueError(f"rl-readiness: {ecfg.out}: sample {key} missing from completions.jsonl; re-run to finish it")
+                rows.append(done[key])
+    n = len(rows)
+    return {
+        "accuracy": sum(bool(r["correct"]) for r in rows) / n,
+        "mean_length": sum(int(r["length"]) for r in rows) / n,
+        "at_budget": sum(r.get("finish_reason") == "length" for r in rows) / n,
+        "samples": n,
+    }
+
+
+def _rl_metrics(run_dir: Path) -> dict:
+    path = run_dir / "metrics.jsonl"
+    rows = [r for r in read_jsonl(path, skip_bad=True)] if path.exists() else []
+    rewards = [r.get("reward") for r in rows if r.get("reward") is not None]
+    return {"rl_steps": len(rows), "reward_first": rewards[0] if rewards else None, "reward_last": rewards[-1] if rewards else None}
+
+
+def format_table(rows: list[dict], budget: int | None = None) -> str:
+    """Markdown table: one row per branch."""
+    head = ["branch", "acc before RL %", "acc after RL %", "Δ", "mean len before", "mean len after",
+            "at budget before %", "at budget after %", "RL reward first→last", "samples"]  # fmt: skip
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    fmt = lambda x, f: "-" if x is None else f.format(x)  # noqa: E731
+    for r in rows:
+        b, a = r.get("before") or {}, r.get("after") or {}
+        delta = None if not (a and b) else 100 * (a["accuracy"] - b["accuracy"])
+        rw = "-" if r.get("reward_first") is None else f"{r['reward_first']:.2f}→{r['reward_last']:.2f}"
+        lines.append("| " + " | ".join([
+            r["branch"], fmt(100 * b["accuracy"] if b else None, "{:.1f}"),
+            fmt(100 * a["accuracy"] if a else None, "{:.1f}"), fmt(delta, "{:+.1f}"),
+            fmt(b.get("mean_length"), "{:.1f}"), fmt(a.get("mean_length"), "{:.1f}"),
+            fmt(100 * b["at_budget"] if b else None, "{:.1f}"), fmt(100 * a["at_budget"] if a else None, "{:.1f}"),
+            rw, str(a.get("samples") or b.get("samples") or "-"),
+        ]) + " |")  # fmt: skip
+    if budget:
+        lines.append(f"\nlength budget: {budget} tokens per completion")
+    return "\n".join(lines)
+
+
+def write_table(cfg: ReadinessConfig, rows: list[dict]) -> str:
+    out = Path(cfg.output_dir)
+    budget = cfg.eval.get("max_new_tokens")
+    table = format_table(rows, budget)
+    atomic_write_json(out / "readiness.json", {"branches": rows, "rl": cfg.rl, "eval": cfg.eval})
+    atomic_write_text(out / "readiness.md", f"# RL readiness\n\nRL recipe and eval settings: readiness.json\n\n{table}\n")
+    return table
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+def run_readiness(cfg: ReadinessConfig, progress: bool = False) -> list[dict]:
+    validate(cfg)  # bad input of any branch fails before a model is loaded
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for name, model in cfg.branches.items():
+        bdir = out / name
+        before = eval_config(cfg, model, bdir / "eval_before")
+        after = eval_config(cfg, str(bdir / "rl"), bdir / "eval_after")
+        print(f"[rl-readiness] {name}: {model}", file=sys.stderr)
+        t_before = run_eval(before, progress)
+        t_rl = run_rl(cfg, model, bdir)
+        t_after = run_eval(after, progress)
+        row = {
+            "branch": name, "model": model,
+            "before": eval_summary(before), "after": eval_summary(after),
+            **_rl_metrics(bdir / "rl"),
+            "seconds": {"eval_before": round(t_before, 2), "rl": round(t_rl, 2), "eval_after": round(t_after, 2)},
+        }  # fmt: skip
+        rows.append(row)
+        write_table(cfg, rows)  # a partial table survives an interruption
+    return rows
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--config", default=None, help="readiness recipe YAML (recipes/readiness_*.yaml): output_dir, rl, eval, branches / midtrain_dir")
+    parser.add_argument("--branches", nargs="+", default=None, metavar="NAME=CHECKPOINT", help="branch checkpoints, e.g. long=runs/mt/long/final short=runs/mt/short/final")
+    parser.add_argument("--midtrain-dir", "--midtrain_dir", dest="midtrain_dir", default=None, help="a midtrain run folder: every stage's final checkpoint is a branch")
+    parser.add_argument("--output-dir", "--output_dir", dest="output_dir", default=None, help="override the recipe's output_dir")
+    parser.add_argument("--rl-steps", "--rl_steps", dest="rl_steps", type=int, default=None, help="override the RL recipe's rl_steps")
+    parser.add_argument("--progress", action="store_true", help="show eval progress bars")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+
+
+def _parse_branches(items: list[str] | None) -> dict[str, str] | None:
+    if not items:
+        return None
+    out = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"rl-readiness: --branches {item!r}: expected NAME=CHECKPOINT")
+        out[name] = path
+    return out
+
+
+def run(args) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    cfg = load_config(args.config, output_dir=args.output_dir, branches=_parse_branches(args.branches), midtrain_dir=args.midtrain_dir)
+    if args.rl_steps is not None:
+        cfg.rl["rl_steps"] = args.rl_steps
+    rows = run_readiness(cfg, progress=args.progress)
+    print(write_table(cfg, rows))
+    print(f"\nwrote {Path(cfg.output_dir) / 'readiness.json'} and {Path(cfg.output_dir) / 'readiness.md'}")
+    return 0
