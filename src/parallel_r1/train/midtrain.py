@@ -104,6 +104,7 @@ class MidtrainConfig:
     logging_steps: int = field(default=10, metadata={"help": "Log loss and lr every N optimizer steps."})
     estimate_docs: int = field(default=64, metadata={"help": "Documents per source used to measure its mean length (token weights -> document probabilities)."})
     seed: int = field(default=0, metadata={"help": "Seeds shuffling, mixture sampling and training."})
+    token_scale: float = field(default=1.0, metadata={"help": "Multiply every token budget (stage tokens, warmup, save interval) by this; e.g. 0.05 for a quick look at a recipe on a slow machine. Recorded in config.json."})
 
     def __post_init__(self):
         if isinstance(self.stable, dict):
@@ -111,6 +112,13 @@ class MidtrainConfig:
         self.decay = [d if isinstance(d, StageConfig) else _build(StageConfig, d, "decay stage") for d in self.decay]
         if self.save_tokens is not None:
             self.save_tokens = parse_tokens(self.save_tokens, "save_tokens")
+        if not (isinstance(self.token_scale, (int, float)) and self.token_scale > 0):
+            raise ValueError(f"token_scale must be a positive number, got {self.token_scale!r}")
+        if self.token_scale != 1:
+            for s in self.stages:
+                s.tokens, s.warmup_tokens = int(s.tokens * self.token_scale), int(s.warmup_tokens * self.token_scale)
+            if self.save_tokens is not None:
+                self.save_tokens = max(1, int(self.save_tokens * self.token_scale))
         names = [s.name for s in self.stages]
         if not names:
             raise ValueError("the recipe has no stages (give `stable` and/or `decay`)")
@@ -228,7 +236,7 @@ def run_stage(cfg: MidtrainConfig, stage: StageConfig, init: str, out: Path, opt
 
     from ..models import load_model, load_tokenizer
     from .mixture import build_mixture
-    from .packing import PackedStream
+    from .packing import PackedStream, prepare_for_packing
 
     out = Path(out)
     if (out / "report.json").exists():
@@ -243,6 +251,7 @@ def run_stage(cfg: MidtrainConfig, stage: StageConfig, init: str, out: Path, opt
 
     tokenizer = load_tokenizer(init)
     model = load_model(init, attn_implementation=cfg.attn_implementation)
+    prepare_for_packing(model)
     mix = build_mixture(stage.mixture, tokenizer, seed=cfg.seed, estimate_docs=cfg.estimate_docs, stage=f"stage {stage.name!r}")
     stream = PackedStream(mix.docs, cfg.seq_len, len(mix.names), history=4 * cfg.batch_size + 64)
     resume = last_checkpoint(out)
@@ -288,6 +297,7 @@ def run_stage(cfg: MidtrainConfig, stage: StageConfig, init: str, out: Path, opt
     final = out / "final"
     tmp = out / "final.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
+    model.config.use_cache = True  # the saved checkpoint is for generation again
     trainer.save_model(str(tmp))
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
@@ -389,13 +399,14 @@ def add_arguments(p) -> None:
     p.add_argument("--config", required=True, help="recipe YAML (recipes/midtrain_*.yaml)")
     p.add_argument("--output_dir", "--output-dir", default=None, help="override the recipe's output_dir")
     p.add_argument("--model", default=None, help="override the recipe's base model")
+    p.add_argument("--token-scale", "--token_scale", dest="token_scale", type=float, default=None, help="multiply every token budget of the recipe (e.g. 0.05 for a quick run)")
     p.add_argument("--stages", nargs="+", default=None, help="run only these stages (names), e.g. `stable` or `long short`")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
 
 
 def run(args) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    cfg = load_config(args.config, output_dir=args.output_dir, model=args.model)
+    cfg = load_config(args.config, output_dir=args.output_dir, model=args.model, token_scale=args.token_scale)
     reports = run_midtrain(cfg, only=args.stages)
     done = ", ".join(f"{n} -> {r['checkpoint']}" for n, r in reports.items())
     print(f"[midtrain] done: {done}")

@@ -90,10 +90,16 @@ def load_source(src: SourceConfig, seed: int = 0):
         suffix = Path(files[0]).suffix
         if suffix not in LOCAL_BUILDERS:
             raise ValueError(f"source {src.name!r}: cannot read {files[0]} (known suffixes: {', '.join(LOCAL_BUILDERS)})")
+        if all(_blank_file(f) for f in files):
+            # datasets fails on empty files with a bare StopIteration / "At least one data file"
+            raise ValueError(f"source {src.name!r} ({src.path}) is empty: {', '.join(files[:3])} hold no rows")
         kwargs = {"data_files": files, "split": "train"}
-        if src.streaming:
-            return load_dataset(LOCAL_BUILDERS[suffix], streaming=True, **kwargs)
-        ds = load_dataset(LOCAL_BUILDERS[suffix], **kwargs)
+        try:
+            if src.streaming:
+                return load_dataset(LOCAL_BUILDERS[suffix], streaming=True, **kwargs)
+            ds = load_dataset(LOCAL_BUILDERS[suffix], **kwargs)
+        except (StopIteration, ValueError, TypeError) as e:  # datasets' parse errors name neither source nor file
+            raise ValueError(f"source {src.name!r} ({src.path}): cannot read it as {LOCAL_BUILDERS[suffix]}: {type(e).__name__}: {e}") from None
     else:
         ds = load_dataset(src.path, name=src.subset, data_dir=src.data_dir, split=src.split, streaming=src.streaming is not False)
         if src.streaming is not False:
@@ -101,6 +107,16 @@ def load_source(src: SourceConfig, seed: int = 0):
     if src.shuffle:
         ds = ds.shuffle(seed=seed)
     return ds.to_iterable_dataset()
+
+
+def _blank_file(path: str) -> bool:
+    """No rows: zero bytes, or (for text formats) only whitespace. Large files are only sized."""
+    size = Path(path).stat().st_size
+    if size == 0:
+        return True
+    if size > 1 << 16 or Path(path).suffix in (".parquet", ".gz"):
+        return False
+    return not Path(path).read_bytes().strip()
 
 
 def _tokenize_fn(src: SourceConfig, index: int, tokenizer, eos_id: int):

@@ -8,7 +8,7 @@ No cross-document attention: each row carries ``position_ids`` that restart at 0
 packed documents itself (``masking_utils.find_packed_sequence_indices``: a position that does not
 follow its predecessor by 1 starts a new sequence) and builds a block-diagonal causal mask for
 sdpa / eager / flex attention, and flash-attention uses the same ``position_ids`` as its
-varlen boundaries. tests/test_midtrain_packing.py checks on a tiny model that a packed row gives
+varlen boundaries. tests/test_midtrain.py checks on a tiny model that a packed row gives
 the same logits as running its documents one by one. The label of a document's first token is
 -100, so the EOS of the previous document is not trained to predict an unrelated next document.
 
@@ -27,6 +27,17 @@ from collections import OrderedDict
 
 import numpy as np
 import torch
+
+
+def prepare_for_packing(model) -> None:
+    """Make a plain ``model(**row)`` forward honour the packed ``position_ids``.
+
+    transformers looks for packed documents only when there is no cache (``masking_utils``:
+    ``past_key_values is None``), but a model whose config says ``use_cache`` builds an empty
+    ``DynamicCache`` before the mask, silently turning a packed row into one causal sequence.
+    Training never reads the cache, so turn it off.
+    """
+    model.config.use_cache = False
 
 
 class PackedStream(torch.utils.data.IterableDataset):
