@@ -231,13 +231,15 @@ def _split(name: str) -> str | None:
     return "test" if name in ("gsm8k", "math") else None
 
 
-def build_prompts(name: str, problems, tokenizer, template: str) -> BenchmarkPrompts:
+def build_prompts(name: str, problems, tokenizer, template: str, data_dir: str | os.PathLike | None = None) -> BenchmarkPrompts:
+    """Prompts of one benchmark; few-shot exemplars come from ``data_dir`` (``--data-dir``) too."""
     from .prompts import build_prompt
 
     if template == "fewshot":
         from .data.fewshot import fewshot_prompt, fewshot_stop
 
-        return BenchmarkPrompts(problems, [fewshot_prompt(name, p.problem) for p in problems], list(fewshot_stop(name)))
+        prompts = [fewshot_prompt(name, p.problem, data_dir) for p in problems]
+        return BenchmarkPrompts(problems, prompts, list(fewshot_stop(name, data_dir)))
     return BenchmarkPrompts(problems, [build_prompt(p.problem, tokenizer, template) for p in problems], [])
 
 
@@ -249,24 +251,35 @@ def _cut(text: str, stop: Sequence[str]) -> str:
 # ----------------------------------------------------------------------------- results folder
 
 
-def open_run_folder(out: Path, cfg: EvalConfig, extra: dict | None = None) -> None:
-    """Create ``out/run.json`` or check that it records the same settings."""
-    out.mkdir(parents=True, exist_ok=True)
+def check_run_folder(out: Path, cfg: EvalConfig) -> None:
+    """Fail when ``out`` holds results of another run (other model or sample-changing settings).
+
+    Called before the model loads, so a wrong ``--out`` costs nothing.
+    """
     path = out / "run.json"
-    ident = cfg.identity()
     if path.exists():
         import json
 
-        old = json.loads(path.read_text(encoding="utf-8"))
-        old_ident = old.get("identity", {})
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"eval: {path} is not valid JSON ({e.msg}); use another --out") from None
+        old_ident, ident = old.get("identity", {}), cfg.identity()
         diff = [f for f in IDENTITY if old_ident.get(f) != ident.get(f)]
         if diff:
             detail = "; ".join(f"{f}: {old_ident.get(f)!r} there, {ident.get(f)!r} now" for f in diff)
             raise ValueError(f"eval: {out} holds results of another run ({detail}); use another --out")
-        return
-    if (out / "completions.jsonl").exists():
-        raise ValueError(f"eval: {out} has completions.jsonl but no run.json; it is not an eval folder of this tool, use another --out")
-    atomic_write_json(path, {"identity": ident, **(extra or {})})
+    elif (out / "completions.jsonl").exists() or (out / "results.json").exists():
+        raise ValueError(f"eval: {out} has results but no run.json; it is not an eval folder of this tool, use another --out")
+
+
+def open_run_folder(out: Path, cfg: EvalConfig, extra: dict | None = None) -> None:
+    """Create ``out/run.json`` or check that it records the same settings."""
+    check_run_folder(out, cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "run.json"
+    if not path.exists():
+        atomic_write_json(path, {"identity": cfg.identity(), **(extra or {})})
 
 
 def done_samples(path: Path) -> dict[tuple[str, str, int], dict]:
@@ -349,7 +362,14 @@ def evaluate(cfg: EvalConfig, generate_fn: GenerateFn | None = None, tokenizer=N
     from .grading import EXTRACTORS, gold_answer, grade_answers
 
     out = Path(cfg.out)
-    benches = {name: load_benchmark(name, cfg) for name in cfg.benchmarks}  # bad names fail before the model loads
+    # Everything that can be wrong with the input fails here, before the model loads.
+    benches = {name: load_benchmark(name, cfg) for name in cfg.benchmarks}
+    if cfg.template == "fewshot":
+        from .data.fewshot import prompt_set
+
+        for name in benches:
+            prompt_set(name, cfg.data_dir)
+    check_run_folder(out, cfg)
     extra = {}
     if generate_fn is None:
         model, tokenizer, added = load_for_eval(cfg.model)
@@ -364,7 +384,7 @@ def evaluate(cfg: EvalConfig, generate_fn: GenerateFn | None = None, tokenizer=N
     batch_no = 0
     with JsonlAppender(out / "completions.jsonl") as sink:
         for name, problems in benches.items():
-            bp = build_prompts(name, problems, tokenizer, cfg.template)
+            bp = build_prompts(name, problems, tokenizer, cfg.template, cfg.data_dir)
             n = cfg.n_of(name)
             todo = [(i, s) for i, p in enumerate(problems) for s in range(n) if (name, str(p.id), s) not in done]
             bar = tqdm(total=len(problems) * n, initial=len(problems) * n - len(todo), desc=f"{name}", unit="sample", disable=not progress)
@@ -400,8 +420,23 @@ def evaluate(cfg: EvalConfig, generate_fn: GenerateFn | None = None, tokenizer=N
         n = cfg.n_of(name)
         rows = [done[(name, str(p.id), s)] for p in problems for s in range(n)]
         results["benchmarks"][name] = summarize(rows, cfg.k_of(name), n)
+    # Benchmarks evaluated into this folder by an earlier call (other --benchmarks) stay in it.
+    old = _read_results(out / "results.json")
+    for name, res in old.get("benchmarks", {}).items():
+        results["benchmarks"].setdefault(name, res)
     atomic_write_json(out / "results.json", results)
     return results
+
+
+def _read_results(path: Path) -> dict:
+    if not path.exists():
+        return {}
+    import json
+
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        return {}  # a torn write of ours: it is rebuilt from completions.jsonl
 
 
 def _settings(cfg: EvalConfig) -> dict:
@@ -415,10 +450,16 @@ def _settings(cfg: EvalConfig) -> dict:
 
 def load_for_eval(model_path: str):
     """Model and tokenizer, with the tag tokens added in memory when the checkpoint lacks them."""
-    from .models import add_tag_tokens, has_tag_tokens, load_model, load_tokenizer
+    from .models import add_tag_tokens, check_model_source, has_tag_tokens, load_model, load_tokenizer
 
-    tok = load_tokenizer(model_path)
-    model = load_model(model_path).eval()
+    check_model_source(model_path)
+    try:
+        tok = load_tokenizer(model_path)
+        model = load_model(model_path).eval()
+    except FileNotFoundError:
+        raise
+    except OSError as e:  # transformers: not a local folder and not loadable from the hub (offline, typo)
+        raise FileNotFoundError(f"eval: cannot load model {model_path!r}: not a local folder, and loading it as a hub id failed ({str(e).splitlines()[0]})") from None
     added = False
     if not has_tag_tokens(tok):
         add_tag_tokens(model, tok)
