@@ -33,8 +33,14 @@ def trace(step: int, i: int, early: bool) -> str:
     return (block + filler if early else filler + block) + "\nFinal Answer: 7"
 
 
-def make_run(root: Path, n_steps: int = 8, per_step: int = 4, pinned: bool = False) -> Path:
-    """A run folder as `parallel-r1 rl` writes it: config.yaml, rollouts.jsonl, metrics.jsonl, eval/."""
+EVAL_TAGS = ("checkpoint-4", "checkpoint-8")
+
+
+def make_run(root: Path, n_steps: int = 8, per_step: int = 4, pinned: bool = False, eval_tags=EVAL_TAGS, training: bool = True) -> Path:
+    """A run folder as `parallel-r1 rl` writes it: config.yaml, rollouts.jsonl, metrics.jsonl, eval/.
+
+    ``eval_tags`` get results whose aime24 mean@k is 0.25, 0.5, ... in order; ``training=False``
+    leaves only the evaluations (the demo's eval stage without an RL run)."""
     run = root / ("run_pinned" if pinned else "run")
     run.mkdir(parents=True)
     (run / "config.yaml").write_text(yaml.safe_dump({"model": "tiny", "max_completion_length": BUDGET, "reward": "alternating"}))
@@ -60,12 +66,16 @@ def make_run(root: Path, n_steps: int = 8, per_step: int = 4, pinned: bool = Fal
         rollouts += rows
         logged.append({"step": step, "global_step": step * 2, "loss": 0.1 / step, "reward_mode": int(mode == "parallel"), "reward_mode_name": mode,
                        "parallel_ratio": np.mean([r["uses_parallel"] for r in rows]), "mean_parallel_position": None})  # fmt: skip
-    write_jsonl(run / "rollouts.jsonl", rollouts)
-    write_jsonl(run / "metrics.jsonl", logged)
-    for ckpt, acc in (("checkpoint-4", 0.25), ("checkpoint-8", 0.5)):
+    if training:
+        write_jsonl(run / "rollouts.jsonl", rollouts)
+        write_jsonl(run / "metrics.jsonl", logged)
+    else:
+        (run / "config.yaml").unlink()
+    for j, ckpt in enumerate(eval_tags):
+        acc = 0.25 * (j + 1)
         ev = run / "eval" / ckpt
         ev.mkdir(parents=True)
-        bench = {"n_problems": 2, "k": 2, "mean@k": acc, "pass@k": acc + 0.25, "maj@k": acc, "best@k": acc + 0.2,
+        bench = {"n_problems": 2, "k": 2, "mean@k": acc, "pass@k": min(1.0, acc + 0.25), "maj@k": acc, "best@k": acc + 0.2,
                  "parallel_ratio": 0.5, "mean_blocks": 0.5, "mean_length": 30.0, "format_error_rate": 0.0}  # fmt: skip
         (ev / "results.json").write_text(json.dumps({"model": str(run / ckpt), "settings": {}, "benchmarks": {"aime24": bench, "gsm8k": dict(bench, k=1)}}))
         write_jsonl(ev / "completions.jsonl", [
@@ -116,7 +126,7 @@ def test_analysis_from_metrics_only_and_bad_folders(tmp_path):
     assert a["steps"][3]["reward_mode"] == "parallel" and a["steps"][0]["mean_parallel_position"] is None
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(FileNotFoundError, match="neither rollouts.jsonl nor metrics.jsonl"):
+    with pytest.raises(FileNotFoundError, match="neither rollouts.jsonl, metrics.jsonl nor eval"):
         analysis.analyze_run(empty)
     with pytest.raises(FileNotFoundError, match="no such run folder"):
         analysis.analyze_run(tmp_path / "missing")
@@ -126,9 +136,47 @@ def test_analyze_cli_writes_json_and_prints_summary(tmp_path, capsys):
     run = make_run(tmp_path)
     assert main(["analyze", str(run)]) == 0
     out = capsys.readouterr().out
-    assert "parallel ratio" in out and "eval checkpoint-8" in out
+    assert "parallel ratio" in out and "| checkpoint-8 |" in out and "| model | AIME24 mean@2 | AIME24 pass@2 |" in out
     saved = json.loads((run / "analysis.json").read_text())
     assert saved["n_steps"] == 8 and saved["position_trend"]["shift"] > 0.3
+
+
+def test_summary_rows_and_markdown_table(tmp_path):
+    run = make_run(tmp_path, eval_tags=("rl", "sft", "base"))  # written out of order on purpose
+    evals = analysis.load_evals(run)
+    assert list(evals) == ["base", "sft", "rl"]  # curriculum order, not alphabetical
+    rows = report.summary_rows(evals)
+    assert [r["model"] for r in rows] == ["base", "sft", "rl"]
+    rl = rows[2]["benchmarks"]
+    # written in order rl, sft, base: rl got mean@k 0.25
+    assert rl["aime24"] == {"k": 2, "n_problems": 2, "accuracy": 0.25, "pass@k": 0.5, "parallel_ratio": 0.5, "mean_length": 30.0}
+    assert rl["gsm8k"]["pass@k"] is None  # k = 1: pass@1 is mean@1, not repeated
+    assert rows[0]["avg_accuracy"] == pytest.approx(0.75)
+    md = report.format_summary_markdown(rows).splitlines()
+    assert md[0] == "| model | AIME24 mean@2 | AIME24 pass@2 | AIME24 parallel % | AIME24 length | GSM8K mean@1 | GSM8K parallel % | GSM8K length | avg acc |"
+    assert md[2] == "| base | 75.0 | 100.0 | 50.0 | 30 | 75.0 | 50.0 | 30 | 75.0 |"
+    assert [l.split(" | ")[0] for l in md[2:]] == ["| base", "| sft", "| rl"]
+    assert report.eval_summary(run) == "\n".join(md)
+    assert report.format_summary_markdown([]) == "(no evaluation results)"
+    # models evaluated on different benchmarks / k: missing cells are "-", headers show both k
+    evals["base"]["benchmarks"] = {"aime24": dict(evals["base"]["benchmarks"]["aime24"], k=4)}
+    md = report.format_summary_markdown(report.summary_rows(evals)).splitlines()
+    assert "AIME24 mean@2/4" in md[0] and md[2].count(" - ") == 3
+
+
+def test_report_on_evals_only_and_on_rollouts_only(tmp_path):
+    evals_only = make_run(tmp_path / "a", eval_tags=("base", "sft", "rl"), training=False)
+    a = analysis.analyze_run(evals_only)
+    assert a["n_steps"] == 0 and list(a["evals"]) == ["base", "sft", "rl"]
+    assert "| rl |" in analysis.format_summary(a)
+    page = report.build_report(evals_only)
+    assert "id='eval-summary'" in page and "evaluations only" in page and page.count("<img") == 1  # the eval curve only
+    assert "Per step" not in page and page.count('class="trace"') >= 1  # traces from the last eval
+
+    rollouts_only = make_run(tmp_path / "b", eval_tags=())
+    page = report.build_report(rollouts_only)
+    assert "eval-summary" not in page and "No eval/&lt;tag&gt;/results.json" in page
+    assert page.count("<img") == 4 and "Per step" in page
 
 
 def test_render_trace_puts_paths_side_by_side_and_escapes():
@@ -163,7 +211,7 @@ def console_errors(stderr: str) -> list[str]:
 
 
 def test_report_renders_in_headless_chromium(tmp_path):
-    run = make_run(tmp_path)
+    run = make_run(tmp_path, eval_tags=("base", "sft", "checkpoint-8", "rl"))
     assert main(["report", str(run)]) == 0
     page = run / "report.html"
     html_text = page.read_text()
@@ -176,6 +224,13 @@ def test_report_renders_in_headless_chromium(tmp_path):
     assert len(imgs) >= 5, imgs  # 4 training curves + the eval curve over checkpoints
     assert dom.stdout.count('class="block"') >= 1 and dom.stdout.count('class="path"') >= 2
     assert "checkpoint-8" in dom.stdout and "&lt;b&gt;&amp;amp; check&lt;/b&gt;" in dom.stdout  # escaped model text
+    # the combined table: one row per model in curriculum order, per benchmark its metric columns
+    table = re.search(r'<table id="eval-summary".*?</table>', dom.stdout, re.S)
+    assert table, "combined summary table missing"
+    models = re.findall(r"<tr><td[^>]*>([^<]+)</td>", table.group(0))
+    assert models == ["base", "sft", "checkpoint-8", "rl"]
+    assert "AIME24" in table.group(0) and "pass@2" in table.group(0) and "GSM8K" in table.group(0)
+    assert dom.stdout.count("<h3>") >= 2 + 4  # Summary, Per model, and each model's detailed table
 
     shot = tmp_path / "shot.png"
     res = _chrome(page, tmp_path, f"--screenshot={shot}")

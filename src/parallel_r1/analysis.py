@@ -156,13 +156,20 @@ def position_trend(steps: list[dict]) -> dict:
     return {"early": early, "late": late, "shift": late - early, "steps_per_third": third}
 
 
+# Model tags of the demo's curriculum, in curriculum order; numbered checkpoints sit between the
+# cold start and the final RL model, other tags follow alphabetically.
+STAGE_ORDER = {"base": 0, "midtrain": 1, "sft": 2, "rl": 4, "final": 4}
+
+
 def _tag_key(tag: str):
+    if tag in STAGE_ORDER:
+        return (STAGE_ORDER[tag], 0, tag)
     m = re.search(r"(\d+)$", tag)
-    return (0, int(m.group(1)), tag) if m else (1, 0, tag)
+    return (3, int(m.group(1)), tag) if m else (5, 0, tag)
 
 
 def load_evals(run_dir: Path) -> dict[str, dict]:
-    """{tag: results.json} for every ``eval/<tag>/results.json``, checkpoints in step order."""
+    """{tag: results.json} for every ``eval/<tag>/results.json``: base, sft, checkpoints in step order, rl, others."""
     out = {}
     paths = sorted((run_dir / "eval").glob("*/results.json"), key=lambda p: _tag_key(p.parent.name))
     for p in paths:
@@ -179,8 +186,9 @@ def analyze_run(run_dir: str | Path, clip_threshold: float = CLIP_THRESHOLD, las
     if not run_dir.is_dir():
         raise FileNotFoundError(f"analyze: no such run folder: {run_dir}")
     rollouts_path, metrics_path = run_dir / "rollouts.jsonl", run_dir / "metrics.jsonl"
-    if not rollouts_path.exists() and not metrics_path.exists():
-        raise FileNotFoundError(f"analyze: {run_dir} has neither rollouts.jsonl nor metrics.jsonl; is it an `rl` run folder?")
+    evals = load_evals(run_dir)  # a folder of evaluations only (no training) is analysed too
+    if not rollouts_path.exists() and not metrics_path.exists() and not evals:
+        raise FileNotFoundError(f"analyze: {run_dir} has neither rollouts.jsonl, metrics.jsonl nor eval/<tag>/results.json; is it an `rl` run folder?")
     config = load_config(run_dir)
     budget = budget_of(config)
     rollouts = list(read_jsonl(rollouts_path, skip_bad=True)) if rollouts_path.exists() else []
@@ -201,7 +209,7 @@ def analyze_run(run_dir: str | Path, clip_threshold: float = CLIP_THRESHOLD, las
         "by_reward_mode": by_reward_mode(steps),
         "length_pathology": length_pathology(steps, budget, clip_threshold, last_steps),
         "position_trend": position_trend(steps),
-        "evals": load_evals(run_dir),
+        "evals": evals,
     }
 
 
@@ -213,7 +221,7 @@ def _f(x, pct=False, digits=2) -> str:
 
 def format_summary(a: dict) -> str:
     steps = a["steps"]
-    lines = [f"run {a['run_dir']}: {a['n_steps']} RL steps, {a['n_rollouts']} rollouts, budget {a['budget'] or 'unknown'} tokens"]
+    lines = [f"run {a['run_dir']}: {a['n_steps']} RL steps, {a['n_rollouts']} rollouts, {len(a['evals'])} evaluated models, budget {a['budget'] or 'unknown'} tokens"]
     if steps:
         first, last = steps[0], steps[-1]
         lines.append(f"{'':22}{'step ' + str(first['step']):>12}{'step ' + str(last['step']):>12}")
@@ -232,9 +240,10 @@ def format_summary(a: dict) -> str:
         lines.append(f"LENGTH PATHOLOGY: {lp['clipped_share_last_steps']:.0%} of completions hit the {lp['budget'] or ''} token budget over steps {lp['last_steps'][0]}-{lp['last_steps'][-1]} (threshold {lp['threshold']:.0%})")
     elif "clipped_share_last_steps" in lp:
         lines.append(f"lengths ok: {lp['clipped_share_last_steps']:.0%} clipped over the last {len(lp['last_steps'])} steps")
-    for tag, res in a["evals"].items():
-        cells = ", ".join(f"{b} mean@{v.get('k')} {_f(v.get('mean@k'), True)}" for b, v in res.get("benchmarks", {}).items())
-        lines.append(f"eval {tag}: {cells}")
+    if a["evals"]:
+        from .report import format_summary_markdown, summary_rows
+
+        lines += ["", "evaluations (eval/<tag>/results.json):", format_summary_markdown(summary_rows(a["evals"]))]
     return "\n".join(lines)
 
 

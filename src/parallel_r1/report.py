@@ -31,7 +31,7 @@ h1{font-size:22px;margin:0 0 4px} h2{font-size:18px;margin:28px 0 8px;border-bot
 .plots{display:grid;grid-template-columns:repeat(auto-fill,minmax(460px,1fr));gap:12px}
 .plots img{width:100%;border:1px solid #e5e5e5;border-radius:4px}
 table{border-collapse:collapse;font-size:13px;margin:6px 0 14px} th,td{border:1px solid #ddd;padding:4px 8px;text-align:right}
-th:first-child,td:first-child{text-align:left}
+th:first-child,td:first-child{text-align:left} th[colspan]{text-align:center}
 .trace{border:1px solid #ccc;border-radius:6px;margin:14px 0;padding:10px}
 .trace .head{font-size:12px;color:#444;margin-bottom:6px}
 .badge{display:inline-block;padding:1px 6px;border-radius:8px;font-size:11px;margin-left:4px}
@@ -74,6 +74,7 @@ def make_plots(a: dict) -> list[tuple[str, str]]:
 
     steps = a["steps"]
     plots = []
+    evals = a.get("evals") or {}
 
     def new(title, ylabel):
         fig, ax = plt.subplots(figsize=(6, 3.4))
@@ -83,6 +84,8 @@ def make_plots(a: dict) -> list[tuple[str, str]]:
         ax.grid(alpha=0.3)
         return fig, ax
 
+    if not steps:  # evaluations only: no training curves to draw
+        return plots + _eval_plot(evals, plt)
     fig, ax = new("Parallel ratio and format errors", "share of completions")
     for key, label in (("parallel_ratio", "uses <Parallel>"), ("format_error_rate", "format error")):
         ax.plot(*_series(steps, key), marker="o", ms=3, label=label)
@@ -118,11 +121,14 @@ def make_plots(a: dict) -> list[tuple[str, str]]:
     h2, l2 = ax2.get_legend_handles_labels()
     ax.legend(h1 + h2, l1 + l2, fontsize=8)
     plots.append(("Length", _png(fig)))
+    return plots + _eval_plot(evals, plt)
 
-    evals = a.get("evals") or {}
+
+def _eval_plot(evals: dict, plt) -> list[tuple[str, str]]:
+    plots = []
     if len(evals) > 1:
         fig, ax = plt.subplots(figsize=(6, 3.4))
-        ax.set_title("Evaluation mean@k by checkpoint", fontsize=11)
+        ax.set_title("Evaluation mean@k by model / checkpoint", fontsize=11)
         tags = list(evals)
         benches = sorted({b for r in evals.values() for b in r.get("benchmarks", {})})
         for b in benches:
@@ -195,6 +201,106 @@ def _pct(x) -> str:
     return "-" if x is None else f"{100 * x:.1f}"
 
 
+# ----------------------------------------------------------------------------- combined summary
+
+SUMMARY_METRICS = (("accuracy", "mean@k"), ("pass@k", "pass@k"), ("parallel %", "parallel_ratio"), ("length", "mean_length"))
+
+
+def summary_rows(evals: dict[str, dict]) -> list[dict]:
+    """One row per evaluated model, for the combined table (report, ``analyze``, the demo).
+
+    Args:
+        evals: ``{tag: results.json content}``, e.g. :func:`parallel_r1.analysis.load_evals` of
+            a run folder (the demo's ``RL_DIR/eval/{base,sft,rl}``) or ``{tag: evaluate(cfg)}``.
+
+    Returns:
+        ``[{"model": tag, "path": results["model"], "benchmarks": {name: {"k", "n_problems",
+        "accuracy" (mean@k), "pass@k" (None when k == 1), "parallel_ratio", "mean_length"}},
+        "avg_accuracy"}]`` in the order of ``evals``.
+    """
+    rows = []
+    for tag, res in evals.items():
+        cells = {}
+        for name, b in (res.get("benchmarks") or {}).items():
+            k = b.get("k") or 1
+            cells[name] = {
+                "k": k, "n_problems": b.get("n_problems"), "accuracy": b.get("mean@k"),
+                "pass@k": b.get("pass@k") if k > 1 else None,
+                "parallel_ratio": b.get("parallel_ratio"), "mean_length": b.get("mean_length"),
+            }  # fmt: skip
+        accs = [c["accuracy"] for c in cells.values() if c["accuracy"] is not None]
+        rows.append({"model": tag, "path": res.get("model"), "benchmarks": cells, "avg_accuracy": sum(accs) / len(accs) if accs else None})
+    return rows
+
+
+def _summary_columns(rows: list[dict]) -> list[tuple[str, str, str]]:
+    """(benchmark, metric key, header) for every column: benchmarks in first-seen order; pass@k
+    only for benchmarks evaluated with k > 1 by some model."""
+    benches: dict[str, set[int]] = {}
+    for r in rows:
+        for name, c in r["benchmarks"].items():
+            benches.setdefault(name, set()).add(c["k"])
+    cols = []
+    for name, ks in benches.items():
+        kk = "/".join(str(k) for k in sorted(ks))
+        for label, key in (("mean@" + kk, "accuracy"), ("pass@" + kk, "pass@k"), ("parallel %", "parallel_ratio"), ("length", "mean_length")):
+            if key == "pass@k" and max(ks) <= 1:
+                continue
+            cols.append((name, key, label))
+    return cols
+
+
+def _cell(key: str, v) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.0f}" if key == "mean_length" else f"{100 * v:.1f}"
+
+
+def format_summary_markdown(rows: list[dict]) -> str:
+    """The combined table as GitHub markdown: a row per model; per benchmark accuracy (mean@k, %),
+    pass@k (%, when k > 1), parallel ratio (%) and mean length (tokens); then the average accuracy."""
+    if not rows:
+        return "(no evaluation results)"
+    from .evaluate import DISPLAY
+
+    cols = _summary_columns(rows)
+    head = ["model"] + [f"{DISPLAY.get(b, b)} {label}" for b, _, label in cols] + ["avg acc"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
+    for r in rows:
+        cells = [r["model"]] + [_cell(key, r["benchmarks"].get(b, {}).get(key)) for b, key, _ in cols] + [_cell("accuracy", r["avg_accuracy"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def summary_table_html(rows: list[dict]) -> str:
+    """The combined table in HTML: benchmarks as column groups, a row per model."""
+    if not rows:
+        return ""
+    from .evaluate import DISPLAY
+
+    cols = _summary_columns(rows)
+    groups: dict[str, int] = {}
+    for b, _, _ in cols:
+        groups[b] = groups.get(b, 0) + 1
+    top = "<tr><th rowspan='2'>model</th>" + "".join(f"<th colspan='{n}'>{html.escape(DISPLAY.get(b, b))}</th>" for b, n in groups.items()) + "<th rowspan='2'>avg acc %</th></tr>"
+    sub = "<tr>" + "".join(f"<th>{html.escape(label)}</th>" for _, _, label in cols) + "</tr>"
+    body = "".join(
+        f"<tr><td title='{html.escape(str(r['path'] or ''))}'>{html.escape(r['model'])}</td>"
+        + "".join(f"<td>{_cell(key, r['benchmarks'].get(b, {}).get(key))}</td>" for b, key, _ in cols)
+        + f"<td>{_cell('accuracy', r['avg_accuracy'])}</td></tr>"
+        for r in rows
+    )
+    note = "<div class='meta'>accuracy = mean@k, pass@k = unbiased estimator (Chen et al. 2021), both in %; parallel % = completions with a &lt;Parallel&gt; block; length = mean completion tokens.</div>"
+    return f"<table id='eval-summary' class='summary-table'>{top}{sub}{body}</table>{note}"
+
+
+def eval_summary(run_dir: str | Path) -> str:
+    """The combined markdown table of every ``RUN_DIR/eval/<tag>/results.json`` (for printing)."""
+    from .analysis import load_evals
+
+    return format_summary_markdown(summary_rows(load_evals(Path(run_dir))))
+
+
 def results_table(tag: str, res: dict) -> str:
     bench = res.get("benchmarks", {})
     names = list(bench)
@@ -244,15 +350,24 @@ def build_report(run_dir: str | Path, traces: int = 6) -> str:
     if t["shift"] is not None:
         parts.append(f"<div class='meta'>Mean &lt;Parallel&gt; position: {t['early']:.2f} over the first third of the steps, {t['late']:.2f} over the last third (paper fig. 3: it moves later as parallel thinking turns from exploration to verification).</div>")
 
-    parts.append("<h2>Curves</h2><div class='plots'>")
+    parts.append("<h2>Curves</h2>")
+    if not a["steps"]:
+        parts.append("<p class='meta'>No RL steps in this folder (no rollouts.jsonl or metrics.jsonl): evaluations only.</p>")
+    parts.append("<div class='plots'>")
     for title, b64 in make_plots(a):
         parts.append(f'<img alt="{html.escape(title)}" src="data:image/png;base64,{b64}">')
     parts.append("</div>")
 
     parts.append("<h2>Evaluation</h2>")
-    parts += [results_table(tag, res) for tag, res in a["evals"].items()] or ["<p class='meta'>No eval/&lt;tag&gt;/results.json in this run folder.</p>"]
+    if a["evals"]:
+        parts.append("<h3>Summary</h3>" + summary_table_html(summary_rows(a["evals"])))
+        parts.append("<h3>Per model</h3>")
+        parts += [results_table(tag, res) for tag, res in a["evals"].items()]
+    else:
+        parts.append("<p class='meta'>No eval/&lt;tag&gt;/results.json in this run folder.</p>")
 
-    parts.append("<h2>Per step</h2>" + steps_table(a["steps"]))
+    if a["steps"]:
+        parts.append("<h2>Per step</h2>" + steps_table(a["steps"]))
 
     parts.append("<h2>Traces</h2>")
     rollouts_path = run_dir / "rollouts.jsonl"
@@ -284,4 +399,5 @@ def run(args) -> int:
     return 0
 
 
-__all__ = ["build_report", "make_plots", "pick_traces", "render_trace", "results_table"]
+__all__ = ["build_report", "eval_summary", "format_summary_markdown", "make_plots", "pick_traces", "render_trace", "results_table",
+           "summary_rows", "summary_table_html"]
