@@ -45,7 +45,7 @@ from .io import JsonlAppender, atomic_write_json, read_jsonl
 # Samples per problem by default (the paper: AIME/AMC mean@16 + pass@16, MATH mean@1).
 DEFAULT_K = {"aime24": 16, "aime25": 16, "amc23": 16, "math500": 1, "math": 1, "gsm8k": 1}
 DISPLAY = {"aime24": "AIME24", "aime25": "AIME25", "amc23": "AMC23", "math500": "MATH500", "math": "MATH", "gsm8k": "GSM8K"}
-TEMPLATE_CHOICES = ("parallel_v3", "baseline", "fewshot", "no_prompt")
+TEMPLATE_CHOICES = ("parallel_v3", "baseline", "fewshot", "no_prompt", "parallel_v2", "orz")
 # Settings that change what a sample is: a results folder only continues under the same ones.
 IDENTITY = ("model", "template", "variant", "grader", "extractor", "temperature", "top_p", "top_k",
             "max_new_tokens", "num_paths", "max_blocks", "max_path_tokens", "path_temperature")  # fmt: skip
@@ -60,7 +60,7 @@ class EvalConfig:
     benchmarks: list[str] | str = field(default_factory=lambda: ["aime24", "aime25", "amc23", "math500"], metadata={"help": "Comma-separated benchmark names (parallel_r1.data.registry.KNOWN) or hub ids / files."})
     k: dict[str, int] | str = field(default_factory=dict, metadata={"help": "k per benchmark, e.g. `aime24=16,amc23=16,math500=1` or one number for all; unset ones use the paper's table (AIME/AMC 16, MATH/GSM8K 1)."})
     samples: dict[str, int] | str = field(default_factory=dict, metadata={"help": "Samples per problem when more than k are wanted (better pass@k estimates), same syntax as --k; default n = k."})
-    template: str = field(default="parallel_v3", metadata={"help": "Prompt: parallel_v3 (the paper's final prompt), baseline, fewshot (OctoThinker few-shot, base models), no_prompt."})
+    template: str = field(default="parallel_v3", metadata={"help": "Prompt: parallel_v3 (the paper's final prompt), baseline, fewshot (OctoThinker few-shot, base models), no_prompt, parallel_v2 (pilot SFT data), orz (OctoThinker RL template, \\boxed{} answers)."})
     variant: str = field(default="unseen", metadata={"help": "Generation: `unseen` (paths isolated, engine-orchestrated) or `seen` (free causal generation)."})
     grader: str = field(default="math_verify", metadata={"help": "Answer checker: math_verify or minerva_exact."})
     extractor: str = field(default="auto", metadata={"help": "Answer extraction: final_answer, boxed, auto (Final Answer: line, else last \\boxed{})."})
