@@ -184,3 +184,12 @@ def test_cli_reports_bad_branch_cleanly(tmp_path, additions, capsys):
     assert "branch 'long'" in capsys.readouterr().err
     rc = cli_main(["rl-readiness", "--config", str(recipe), "--branches", "long"])
     assert rc == 2 and "NAME=CHECKPOINT" in capsys.readouterr().err
+
+
+def test_shipped_recipe_passes_every_check_without_a_model(tiny_checkpoint, monkeypatch):
+    repo = Path(__file__).resolve().parents[1]
+    cfg = R.load_config(repo / "recipes" / "readiness_smollm2_cpu.yaml", branches={"a": str(tiny_checkpoint)})
+    _no_model_loads(monkeypatch)
+    R.validate(cfg)
+    assert cfg.rl["variant"] == "seen" and cfg.eval["variant"] == "seen"
+    assert cfg.rl["template"] == cfg.eval["template"]  # the same prompt in RL and eval
