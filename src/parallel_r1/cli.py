@@ -62,7 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError, KeyError) as e:
         if getattr(args, "debug", False):
             raise
-        print(f"parallel-r1 {name}: error: {e}", file=sys.stderr)
+        msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+        # modules prefix their messages with their own name for callers outside the CLI
+        msg = msg.removeprefix(f"{name}: ")
+        print(f"parallel-r1 {name}: error: {msg}", file=sys.stderr)
         return 2
 
 
