@@ -25,6 +25,9 @@ def test_demo_runs_every_stage_then_reuses_them(tiny_checkpoint, tmp_path, capsy
     html = (out / "report.html").read_text()
     assert "<img" in html and "Parallel" in html
     assert [r["model"] for r in result["summary"]] == ["base", "sft", "rl"]
+    assert set(result["summary"][0]["benchmarks"]) == {"synthetic_easy"}  # RL data = easy: no second set
+    printed = capsys.readouterr().out
+    assert "| rl |" in printed and "RL reward (accuracy_add_parallel_reward)" in printed
     rollouts = (out / "rl" / "rollouts.jsonl").read_text().splitlines()
     assert len(rollouts) == 2 * 2 * 2  # steps x prompts x rollouts
     # a second run reuses everything; --force on one stage redoes only that one
@@ -45,6 +48,10 @@ def test_bad_input_gives_one_clear_line(tiny_checkpoint, tmp_path, capsys, monke
     assert "--data-dir" in capsys.readouterr().err
     assert main(["demo", "--out", str(tmp_path / "d"), "--stages", "sft,nope"]) == 2
     assert "unknown stage" in capsys.readouterr().err
+    assert main(["demo", "--out", str(tmp_path / "d"), "--rl-reward", "acuracy"]) == 2
+    err = capsys.readouterr().err
+    assert "--rl-reward" in err and "'acuracy'" in err and "alternating" in err
+    assert not (tmp_path / "d").exists()  # refused before any stage ran
 
     import shutil
     from collections import namedtuple

@@ -11,10 +11,14 @@ marker when it finished; a re-run skips finished stages (``--force`` redoes the 
    and cached), with the six tag tokens added (:func:`parallel_r1.models.prepare_model`).
 2. ``sft``: cold-start SFT on programmatic teacher traces of easy synthetic problems
    (:mod:`parallel_r1.data.synthetic`), Unseen by default (:mod:`parallel_r1.train.sft`).
-3. ``rl``: GRPO with the alternating reward (8 of 10 steps accuracy, 2 parallel-aware) on hard
-   synthetic problems, rollouts from the exact Unseen engine (:mod:`parallel_r1.train.rl`).
-4. ``eval``: base, SFT and RL models on held-out synthetic problems and a GSM8K test slice when
-   the shared data is there (:mod:`parallel_r1.evaluate`), into ``rl/eval/<model>/``.
+3. ``rl``: GRPO with rollouts from the exact Unseen engine (:mod:`parallel_r1.train.rl`). By
+   default on easy synthetic problems with the reward of the paper's easy-problem (GSM8K) RL stage,
+   ``accuracy_add_parallel_reward`` (±1 accuracy + 0.5 for a well-formed block). The paper's
+   recipe for hard problems is ``--rl-reward alternating --rl-data synthetic_hard``; a 135M model
+   answers almost none of them, so every GRPO group is all-wrong, has zero advantage and nothing
+   moves in a few CPU steps. That is why the demo deviates.
+4. ``eval``: base, SFT and RL models on held-out synthetic problems (easy, and the RL data when
+   it differs) and a GSM8K test slice when the shared data is there (:mod:`parallel_r1.evaluate`), into ``rl/eval/<model>/``.
 5. ``report``: ``report.html`` (curves, tables, traces; :mod:`parallel_r1.report`) and the
    printed summary table.
 
@@ -56,10 +60,12 @@ class DemoConfig:
     sft_batch_size: int = field(default=8, metadata={"help": "SFT traces per step."})
     sft_learning_rate: float = field(default=2e-4, metadata={"help": "SFT learning rate (full fine-tune)."})
     rl_steps: int | None = field(default=None, metadata={"help": "RL steps (default 10; quick 3)."})
+    rl_reward: str = field(default="accuracy_add_parallel_reward", metadata={"help": "RL reward or schedule by name (parallel_r1.rewards): e.g. accuracy, alternating, scaffold."})
+    rl_data: str = field(default="synthetic_easy", metadata={"help": "RL problems: synthetic_easy, synthetic_hard or any data set name of `parallel-r1 rl`."})
     rl_prompts: int = field(default=4, metadata={"help": "Prompts per RL step."})
     rl_rollouts: int = field(default=4, metadata={"help": "Rollouts per prompt (the GRPO group)."})
     rl_learning_rate: float = field(default=5e-6, metadata={"help": "RL learning rate."})
-    eval_problems: int | None = field(default=None, metadata={"help": "Problems per benchmark: held-out synthetic easy and hard, GSM8K test (default 16; quick 6)."})
+    eval_problems: int | None = field(default=None, metadata={"help": "Problems per benchmark: held-out synthetic problems (easy, and the RL data), GSM8K test (default 32; quick 8)."})
     gsm8k: bool = field(default=True, metadata={"help": "Also evaluate on a GSM8K test slice when the shared data is there."})
     max_new_tokens: int = field(default=200, metadata={"help": "Completion budget (RL and eval)."})
     max_path_tokens: int = field(default=80, metadata={"help": "Budget of one path."})
@@ -69,12 +75,18 @@ class DemoConfig:
         q = self.quick
         self.sft_steps = self.sft_steps if self.sft_steps is not None else (20 if q else 60)
         self.rl_steps = self.rl_steps if self.rl_steps is not None else (3 if q else 10)
-        self.eval_problems = self.eval_problems if self.eval_problems is not None else (6 if q else 16)
+        self.eval_problems = self.eval_problems if self.eval_problems is not None else (8 if q else 32)
         names = STAGES if self.stages == "all" else tuple(s.strip() for s in self.stages.split(",") if s.strip())
         unknown = [s for s in names if s not in STAGES]
         if unknown:
             raise ValueError(f"demo: unknown stage(s) {', '.join(unknown)}; known: {', '.join(STAGES)}")
         self.stage_list = names
+        from .rewards import get_schedule
+
+        try:  # fail now, not after the SFT stage
+            get_schedule(self.rl_reward)
+        except KeyError as e:
+            raise ValueError(f"demo: --rl-reward: {e.args[0]}") from None
         for name in ("sft_steps", "rl_steps", "sft_batch_size", "rl_prompts", "rl_rollouts", "max_new_tokens", "eval_problems"):
             if getattr(self, name) < 1:
                 raise ValueError(f"demo: --{name.replace('_', '-')} must be >= 1")
@@ -118,8 +130,8 @@ def stage_rl(cfg: DemoConfig, out: Path) -> dict:
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     group = cfg.rl_prompts * cfg.rl_rollouts
     rl = RLConfig(
-        output_dir=str(out), model=str(cfg.dirs()["sft"]), dataset="synthetic_hard", dataset_split="train",
-        template="no_prompt", reward="alternating", alternating_window=10, accuracy_steps=8, variant=cfg.variant,
+        output_dir=str(out), model=str(cfg.dirs()["sft"]), dataset=cfg.rl_data, dataset_split="train",
+        template="no_prompt", reward=cfg.rl_reward, alternating_window=10, accuracy_steps=8, variant=cfg.variant,
         num_paths=2, max_blocks=2, max_path_tokens=cfg.max_path_tokens, max_completion_length=cfg.max_new_tokens,
         num_generations=cfg.rl_rollouts, generation_batch_size=group, per_device_train_batch_size=group // 2,
         gradient_accumulation_steps=1, loss_type="dapo", beta=0.0, epsilon=0.2, epsilon_high=0.28,
@@ -136,7 +148,8 @@ def stage_rl(cfg: DemoConfig, out: Path) -> dict:
 def benchmarks(cfg: DemoConfig) -> tuple[list[str], dict]:
     from .data.registry import resolve_data_dir
 
-    names = ["synthetic_easy", "synthetic_hard"]
+    # the held-out split of the RL problems (and of the SFT problems, always synthetic_easy)
+    names = ["synthetic_easy"] + ([cfg.rl_data] if cfg.rl_data.startswith("synthetic_") and cfg.rl_data != "synthetic_easy" else [])
     note = {}
     if cfg.gsm8k:
         try:
@@ -169,34 +182,24 @@ def stage_eval(cfg: DemoConfig, out: Path) -> dict:
     return {"benchmarks": names, **note}
 
 
-def summary_rows(eval_dir: Path) -> list[dict]:
-    rows = []
-    for tag in MODELS:
-        path = eval_dir / tag / "results.json"
-        if not path.exists():
-            continue
-        res = json.loads(path.read_text(encoding="utf-8"))["benchmarks"]
-        row = {"model": tag}
-        for name, r in res.items():
-            row[name] = r
-        rows.append(row)
-    return rows
+def summary(cfg: DemoConfig) -> tuple[list[dict], str]:
+    """The three-model table (report.summary_rows) and the RL reward first -> last steps."""
+    from .analysis import load_evals
+    from .report import format_summary_markdown, summary_rows
 
-
-def format_summary(rows: list[dict]) -> str:
-    if not rows:
-        return "(no evaluation results yet)"
-    benches = [b for b in rows[0] if b != "model"]
-    head = ["model"] + [f"{b} {m}" for b in benches for m in ("acc", "parallel")] + ["mean length"]
-    lines = [" | ".join(head), " | ".join("---" for _ in head)]
-    for r in rows:
-        cells = [r["model"]]
-        for b in benches:
-            cells += [f"{r[b]['mean@k']:.1%}", f"{r[b]['parallel_ratio']:.1%}"]
-        lengths = [r[b]["mean_length"] for b in benches]
-        cells.append(f"{sum(lengths) / len(lengths):.0f}")
-        lines.append(" | ".join(cells))
-    return "\n".join(lines)
+    rl_dir = cfg.dirs()["rl"]
+    evals = {tag: res for tag, res in load_evals(rl_dir).items() if tag in MODELS}
+    rows = summary_rows(evals)
+    table = format_summary_markdown(rows)
+    metrics = rl_dir / "metrics.jsonl"
+    if metrics.exists():
+        steps = [json.loads(line) for line in metrics.read_text(encoding="utf-8").splitlines() if line.strip()]
+        rewards = [m["reward"] for m in steps if m.get("reward") is not None]
+        if rewards:
+            n = max(1, len(rewards) // 3)
+            first, last = sum(rewards[:n]) / n, sum(rewards[-n:]) / n
+            table += f"\n\nRL reward ({cfg.rl_reward}), mean of the first {n} -> last {n} of {len(rewards)} steps: {first:+.3f} -> {last:+.3f}"
+    return rows, table
 
 
 def stage_report(cfg: DemoConfig, out: Path) -> dict:
@@ -244,9 +247,9 @@ def run_demo(cfg: DemoConfig) -> dict:
         timings[stage] = round(time.time() - t0, 1)
         atomic_write_json(marker, {"stage": stage, "seconds": timings[stage], "config": _plain(cfg), **info})
         print(f"== {stage}: finished in {timings[stage]:.0f}s")
-    rows = summary_rows(dirs["eval"])
-    print("\nSummary (held-out problems; acc = mean@1, parallel = share of completions with a valid <Parallel> block)")
-    print(format_summary(rows))
+    rows, table = summary(cfg)
+    print("\nSummary (held-out problems; mean@1 = accuracy, parallel % = completions with a valid <Parallel> block)")
+    print(table)
     if (out / "report.html").exists():
         print(f"\nreport: {out / 'report.html'}")
     return {"timings": timings, "summary": rows}

@@ -98,7 +98,10 @@ def make_plots(a: dict) -> list[tuple[str, str]]:
     ax.set_ylim(-0.03, 1.03)
     plots.append(("Parallel position", _png(fig)))
 
-    fig, ax = new("Accuracy and reward by reward mode", "value")
+    fig, ax = new("Reward and accuracy (markers: reward mode of the step)", "value")
+    # the curves join every step; the markers say which reward mode scored it (alternating, scaffold)
+    ax.plot(*_series(steps, "reward"), color="0.35", lw=1.5, label="reward")
+    ax.plot(*_series(steps, "accuracy"), color="0.65", lw=1.2, ls="--", label="accuracy")
     for i, (mode, d) in enumerate(a["by_reward_mode"].items()):
         for key, style in (("accuracy", "o"), ("reward", "x")):
             pts = [(s, v) for s, v in zip(d["step"], d[key]) if v is not None]
