@@ -6,7 +6,7 @@
 path-isolating layout in the loss, rollout/metrics logging). "plain" = ``trl.GRPOTrainer`` with
 its own transformers generation and a causal forward. Both run the same number of RL steps from
 the same weights, in alternating rounds; the first step of each trainer is a warm-up and is not
-timed. Prints the step-time ratio
+timed, and checkpoint writes are timed apart (see Timer). Prints the step-time ratio
 ours / plain (goal <= 1.15), the share of each step spent generating, and the ratio of the
 non-generation part. Completion lengths differ between the two samplers, so time per
 completion token is printed too.
@@ -25,40 +25,58 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
 
 class Timer:
-    """Wraps ``trainer._generate`` and times every RL step (one generation each)."""
+    """Wraps ``trainer._generate`` and times every RL step (one generation each).
+
+    Checkpoint writes are timed apart and left out of the step they fall in: ours saves at the end
+    of training (``parallel-r1 rl`` always checkpoints its last step, ~1.6 GB of weights and Adam
+    state for SmolLM2), plain TRL here saves nothing, and a save is once per ``save_every`` RL
+    steps, not per step.
+    """
 
     def __init__(self, trainer):
-        self.gen, self.steps, self.tokens = [], [], []
+        self.gen, self.steps, self.tokens, self.saves = [], [], [], []
         self._t0 = None
+        self._saving = 0.0
         inner = trainer._generate
+        inner_save = trainer._save_checkpoint
+
+        def timed_save(*args, **kwargs):
+            now = time.perf_counter()
+            try:
+                return inner_save(*args, **kwargs)
+            finally:
+                self.saves.append(time.perf_counter() - now)
+                self._saving += self.saves[-1]
 
         def timed(prompts):
             now = time.perf_counter()
             if self._t0 is not None:
-                self.steps.append(now - self._t0)
-            self._t0 = now
+                self.steps.append(now - self._t0 - self._saving)
+            self._t0, self._saving = now, 0.0
             out = inner(prompts)
             self.gen.append(time.perf_counter() - now)
             self.tokens.append(sum(len(c) for c in out[1]))
             return out
 
         trainer._generate = timed
+        trainer._save_checkpoint = timed_save
 
     def close(self):
         """End of training: time the last step, drop the warm-up step."""
-        self.steps.append(time.perf_counter() - self._t0)
+        self.steps.append(time.perf_counter() - self._t0 - self._saving)
         self.steps, self.gen, self.tokens = self.steps[1:], self.gen[1:], self.tokens[1:]
 
     @classmethod
     def empty(cls) -> Timer:
         t = cls.__new__(cls)
-        t.gen, t.steps, t.tokens = [], [], []
+        t.gen, t.steps, t.tokens, t.saves = [], [], [], []
         return t
 
     def extend(self, other: Timer) -> None:
         self.gen += other.gen
         self.steps += other.steps
         self.tokens += other.tokens
+        self.saves += other.saves
 
 
 def prepare(model: str, out: Path) -> str:
@@ -157,6 +175,9 @@ def main() -> None:
     print(f"per completion token:       {(so / max(ko, 1)) / (sp / max(kp, 1)):.3f}")
     print(f"non-generation part ratio:  {(so - go) / (sp - gp):.3f}")
     print(f"share of our step spent in generation: {go / so:.1%}")
+    if t_ours.saves or t_plain.saves:
+        print(f"checkpoint writes left out of the step times: ours {sum(t_ours.saves):.2f} s in {len(t_ours.saves)}, "
+              f"plain {sum(t_plain.saves):.2f} s in {len(t_plain.saves)}")
 
 
 if __name__ == "__main__":
