@@ -107,7 +107,10 @@ def main() -> None:
     print(f"model {args.model}, prompt {len(prompt)} tokens, paths of {args.path_tokens} tokens, {torch.get_num_threads()} threads")
     for k in (2, 4):
         forced = ScriptedLM(model, make_script(tags, filler, tok.eos_token_id, len(prompt), args.path_tokens))
-        engine = ParallelEngine(forced, tok, DecodingConfig(num_paths=k, max_new_tokens=4096, max_path_tokens=4096, temperature=0))
+        # greedy everywhere (path_temperature None), like the do_sample=False baselines: with the paper's
+        # forced path temperature 1.0 the engine would pay for sampling that the baselines skip
+        engine = ParallelEngine(forced, tok, DecodingConfig(num_paths=k, max_new_tokens=4096, max_path_tokens=4096,
+                                                            temperature=0, path_temperature=None))
         completion = engine.generate([prompt])[0].completion_ids
         runs = {"engine": [], "sequential": [], "reprefill": []}
         with torch.no_grad():

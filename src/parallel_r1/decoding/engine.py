@@ -303,7 +303,8 @@ class ParallelEngine:
                     owner.lps[at] = float(self._logprobs(logits[i, j - 1])[tok])
 
     def _pick(self, rows: list[_Row], logits, last: list[int], gen) -> list[tuple[int, torch.Tensor]]:
-        """Sample the next token of each row; returns (token, logits row) pairs."""
+        """Sample the next token of each row; returns (token, log-probs row) pairs (one batched
+        log-softmax for all rows rather than one per row)."""
         if not rows:
             return []
         nxt = torch.stack([logits[i, last[i]] for i in range(len(rows))])
@@ -313,7 +314,7 @@ class ParallelEngine:
             temps.append(self.cfg.path_temperature if path else self.cfg.temperature)
             banned.append(self._banned(r))
         toks = sample_tokens(nxt, temps, self.cfg.top_p, self.cfg.top_k, banned, gen)
-        return list(zip(toks, nxt))
+        return list(zip(toks, self._logprobs(nxt)))
 
     def _banned(self, row: _Row) -> list[int]:
         if self.cfg.variant == "seen" or not self.cfg.constrain_tags:
@@ -323,9 +324,10 @@ class ParallelEngine:
 
     # ------------------------------------------------------------------ state machine
 
-    def _advance(self, row: _Row, tok: int, logits: torch.Tensor) -> None:
-        """Append a freshly sampled token to its stream and decide what is fed next."""
-        s, lp = row.sample, self._logprobs(logits)
+    def _advance(self, row: _Row, tok: int, lp: torch.Tensor) -> None:
+        """Append a freshly sampled token (``lp``: the log-probs it was drawn from) to its stream
+        and decide what is fed next."""
+        s = row.sample
         if row.kind == "path":
             p = row.path
             if tok in self.eos:  # the paper closes a path that ends with EOS
