@@ -37,7 +37,8 @@ class FakeOpenAI:
 
     ``schedule`` is consumed one entry per request (then "ok" forever): ok, timeout (sleeps past
     the client's timeout), 500, 503, 429, malformed (truncated JSON), nonutf8 (invalid bytes in
-    the body), empty (an empty choice list), 401. ``fail_always`` maps a problem's "a" number to
+    the body), empty (an empty choice list), surrogate (valid JSON whose content holds a lone
+    UTF-16 surrogate, which no UTF-8 file can store), 401. ``fail_always`` maps a problem's "a" number to
     a fault served on every request for it.
     """
 
@@ -66,9 +67,8 @@ class FakeOpenAI:
                     kind = "ok"
                 if kind in ("500", "503", "429", "401"):
                     return self._send(int(kind), b'{"error": {"message": "injected"}}')
-                choices = [
-                    {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": trace_for(a, b)}}
-                ]
+                content = ("\ud800" if kind == "surrogate" else "") + trace_for(a, b)
+                choices = [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}]
                 payload = json.dumps(
                     {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
                      "choices": [] if kind == "empty" else choices}
@@ -158,14 +158,21 @@ def test_every_row_exactly_once_after_injected_faults(fake_server, tmp_path):
     assert again.written == 0 and again.skipped == 20 and keys(out) == got
 
 
-def test_request_that_keeps_failing_is_left_for_the_next_run(fake_server, tmp_path):
-    server = fake_server(fail_always={3: "empty"})
+@pytest.mark.parametrize(
+    "fault, logged",
+    [("empty", "empty choice list"), ("nonutf8", "UnicodeDecodeError"), ("malformed", "JSONDecodeError"), ("500", "InternalServerError"),
+     ("429", "RateLimitError")],
+)  # fmt: skip
+def test_request_that_keeps_failing_is_left_for_the_next_run(fake_server, tmp_path, fault, logged):
+    """A teacher that always answers one problem with garbage: counted and logged, not written, retried next run."""
+    server = fake_server(fail_always={3: fault})
     out = tmp_path / "raw.jsonl"
     stats = generate(problems(5), teacher(server.url, max_retries=2), out, n=1, concurrency=2, progress=False)
     assert stats.failed == 1 and stats.written == 4
     assert ("p3", 0) not in keys(out)
     errors = list(read_jsonl(out.with_name(out.name + ".errors")))
-    assert errors[0]["problem_id"] == "p3" and "empty choice list" in errors[0]["error"]
+    assert len(errors) == 1 and errors[0]["problem_id"] == "p3" and logged in errors[0]["error"]
+    assert "gave up after 3 attempts" in errors[0]["error"] and server.served[fault] == 3
     server.fail_always.clear()
     stats = generate(problems(5), teacher(server.url), out, n=1, concurrency=2, progress=False)
     assert stats.written == 1 and set(keys(out).values()) == {1} and len(keys(out)) == 5
@@ -210,6 +217,87 @@ def test_interrupt_then_resume(fake_server, tmp_path):
     final = keys(out)
     assert set(final) == {(f"p{i}", 0) for i in range(30)} and set(final.values()) == {1}
     assert stats.skipped == len(first) and stats.written == 30 - len(first)
+
+
+def test_lone_surrogate_in_the_content_is_written_as_valid_utf8(fake_server, tmp_path):
+    server = fake_server(fail_always={1: "surrogate"})
+    out = tmp_path / "raw.jsonl"
+    stats = generate(problems(3), teacher(server.url), out, n=1, concurrency=1, progress=False)
+    assert stats.written == 3 and stats.failed == 0
+    out.read_bytes().decode("utf-8")  # strict: the whole file is valid UTF-8
+    row = next(r for r in read_jsonl(out) if r["problem_id"] == "p1")
+    assert row["response"] == "\ufffd" + trace_for(1, 3) and row["correct"]
+
+
+class ScriptedTeacher:
+    """A local-style teacher (batches, no HTTP) that raises or miscounts on chosen batches."""
+
+    name, batch_size = "scripted", 2
+
+    def __init__(self, raise_on=(), short_on=()):
+        self.raise_on, self.short_on, self.calls = set(raise_on), set(short_on), 0
+
+    def complete_batch(self, ps, prompts):
+        from parallel_r1.coldstart.teacher import Completion
+
+        self.calls += 1
+        first = ps[0].id
+        if first in self.raise_on:
+            raise RuntimeError(f"CUDA out of memory on {first}")
+        out = [Completion(trace_for(*map(int, re.findall(r"\d+", p.problem))), "stop") for p in ps]
+        return out[:-1] if first in self.short_on else out
+
+
+def test_a_teacher_that_raises_or_miscounts_loses_no_rows(tmp_path):
+    out = tmp_path / "raw.jsonl"
+    stats = generate(problems(6), ScriptedTeacher(raise_on={"p2"}), out, n=1, progress=False)
+    assert stats.written == 4 and stats.failed == 2 and set(keys(out)) == {("p0", 0), ("p1", 0), ("p4", 0), ("p5", 0)}
+    errors = list(read_jsonl(out.with_name(out.name + ".errors")))
+    assert {e["problem_id"] for e in errors} == {"p2", "p3"} and all("out of memory" in e["error"] for e in errors)
+    # A teacher that hands back fewer answers than prompts is a bug in the teacher: stop, keep what is written.
+    with pytest.raises(ValueError, match="returned 1 completions for 2 prompts"):
+        generate(problems(6), ScriptedTeacher(short_on={"p2"}), out, n=1, progress=False)
+    assert len(keys(out)) == 4
+    stats = generate(problems(6), ScriptedTeacher(), out, n=1, progress=False)
+    assert stats.written == 2 and stats.skipped == 4 and set(keys(out).values()) == {1} and len(keys(out)) == 6
+
+
+def test_bad_problem_sets_and_output_files_are_refused(tmp_path):
+    ps = problems(3)
+    ps[2].id = "p0"
+    with pytest.raises(ValueError, match="problem id 'p0' appears twice"):
+        generate(ps, ScriptedTeacher(), tmp_path / "a.jsonl", progress=False)
+    foreign = _write(tmp_path / "sft.jsonl", [{"id": 1, "problem": "p", "response": "r"}])
+    with pytest.raises(ValueError, match="sft.jsonl:1: not a `coldstart generate` row"):
+        generate(problems(2), ScriptedTeacher(), foreign, progress=False)
+    assert foreign.read_text().count("\n") == 1  # untouched
+
+
+def test_cli_generate_filter_and_sft_rows(fake_server, tmp_path, capsys):
+    """The documented commands end to end: generate (loopback endpoint, with faults) -> filter -> SFT rows."""
+    from parallel_r1.cli import main
+    from parallel_r1.train.sft import load_traces
+
+    server = fake_server(schedule=["500", "429", "malformed"])
+    src = _write(tmp_path / "problems.jsonl", [dict(id=f"q{i}", problem=f"What is {i} plus {i + 2}?", answer=str(2 * i + 2)) for i in range(4)])
+    raw, sft = tmp_path / "raw.jsonl", tmp_path / "sft.jsonl"
+    args = ["coldstart", "generate", "--teacher", "openai", "--base-url", server.url, "--model", "m", "--problems", str(src),
+            "--out", str(raw), "--n", "2", "--backoff", "0.01", "--timeout", "2", "--no-progress",
+            "--api-key-env", "PARALLEL_R1_TEST_NO_KEY"]  # fmt: skip
+    assert main(args) == 0
+    assert "wrote 8 rows" in capsys.readouterr().out and len(keys(raw)) == 8
+    assert main(args) == 0 and "wrote 0 rows" in capsys.readouterr().out and len(keys(raw)) == 8
+    with open(raw, "a") as f:  # a row a broken teacher might leave: no response
+        f.write(json.dumps(dict(problem_id="q9", sample_index=0, source="problems", problem="What is 9 plus 11?", answer="20", response=None)) + "\n")
+    assert main(["coldstart", "filter", "--input", str(raw), "--out", str(sft), "--no-gsm8k-join"]) == 0
+    assert "kept 8/9 traces" in capsys.readouterr().out
+    report = json.loads(Path(str(sft) + ".report.json").read_text())
+    assert report["dropped"]["no_response"] == 1 and report["per_source"]["problems"] == dict(total=9, kept=8, no_response=1)
+    rows = load_traces(str(sft))
+    assert len(rows) == 8 and all(parse(r["response"]).num_blocks == 1 for r in rows)
+    # missing columns / no such file: one clear line, exit code 2
+    assert main(["coldstart", "filter", "--input", str(tmp_path / "nope.parquet"), "--out", str(sft)]) == 2
+    assert "no such file" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------------- filter

@@ -22,7 +22,7 @@ Teachers (by name in :data:`TEACHERS`):
 Generation output is one jsonl row per (problem_id, sample_index), appended as each answer
 arrives (:class:`parallel_r1.io.JsonlAppender`). A re-run skips the keys already on disk, so it
 resumes without duplicating or losing rows; Ctrl-C leaves whole rows only. A request that still
-fails after its retries is not written (a re-run retries it) but logged to ``OUT.errors.jsonl``.
+fails after its retries is not written (a re-run retries it) but logged to ``OUT.errors`` (jsonl).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from __future__ import annotations
 import os
 import queue
 import random
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -65,9 +66,13 @@ class TeacherFatal(RuntimeError):
     """An error no retry can fix (bad key, unknown model, bad request): the run stops."""
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def clean_text(text: str) -> str:
-    """Text that can be written as UTF-8: lone surrogates and other unencodable code points become U+FFFD."""
-    return text.encode("utf-8", errors="replace").decode("utf-8").replace("\x00", "")
+    """Text that can be written as UTF-8: lone surrogates (the only str a UTF-8 file cannot hold;
+    a JSON body may carry them as ``\\ud800`` escapes) become U+FFFD, NUL bytes are dropped."""
+    return _SURROGATE.sub("\ufffd", text).replace("\x00", "")
 
 
 class OpenAITeacher:
