@@ -300,6 +300,53 @@ def test_cli_generate_filter_and_sft_rows(fake_server, tmp_path, capsys):
     assert "no such file" in capsys.readouterr().err
 
 
+def test_local_teacher_through_the_cli_resumes(tiny_checkpoint, tmp_path, capsys):
+    """`coldstart generate --teacher local`: a transformers model decoded by the engine, rows once, resumable."""
+    from parallel_r1.cli import main
+
+    src = _write(tmp_path / "problems.jsonl", [dict(id=f"q{i}", problem=f"What is {i} plus 1?", answer=str(i + 1)) for i in range(3)])
+    out = tmp_path / "local.jsonl"
+    args = ["coldstart", "generate", "--teacher", "local", "--model", str(tiny_checkpoint), "--problems", str(src),
+            "--out", str(out), "--max-tokens", "12", "--batch-size", "2", "--temperature", "1.0", "--no-progress"]  # fmt: skip
+    assert main(args + ["--limit", "2"]) == 0 and set(keys(out)) == {("problems-q0", 0), ("problems-q1", 0)}
+    assert main(args + ["--n", "2"]) == 0
+    got = keys(out)
+    assert set(got) == {(f"problems-q{i}", k) for i in range(3) for k in range(2)} and set(got.values()) == {1}
+    rows = list(read_jsonl(out))
+    assert all(r["teacher"] == f"local:{tiny_checkpoint}" and isinstance(r["response"], str) for r in rows)
+    assert all(r["success"] == (r["format_ok"] and r["num_blocks"] > 0 and r["correct"]) for r in rows)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_prepare_model_adds_tags_once_with_mean_of_pieces(arch, tmp_path, capsys):
+    """Tag surgery: single tokens, new rows = mean of the tag text's old pieces (input and untied output), idempotent."""
+    import torch
+
+    from parallel_r1.cli import main
+    from parallel_r1.format import PARALLEL_OPEN, PATH_CLOSE
+    from parallel_r1.models import build_tiny_model, load_model, load_tokenizer
+
+    model, tok = build_tiny_model(arch, with_tags=False)
+    model.save_pretrained(tmp_path / "base")
+    tok.save_pretrained(tmp_path / "base")
+    pieces = {t: tok.encode(t, add_special_tokens=False) for t in (PARALLEL_OPEN, PATH_CLOSE)}
+    assert all(len(p) > 1 for p in pieces.values())
+    assert main(["prepare-model", "--model", str(tmp_path / "base"), "--out", str(tmp_path / "ready")]) == 0
+    tok2, m2 = load_tokenizer(tmp_path / "ready"), load_model(tmp_path / "ready")
+    assert len(tok2) == len(tok) + 6 and m2.get_input_embeddings().weight.shape[0] == len(tok2)
+    for tag, ids in pieces.items():
+        (tid,) = tok2.encode(tag, add_special_tokens=False)
+        for old, new in ((model.get_input_embeddings(), m2.get_input_embeddings()), (model.get_output_embeddings(), m2.get_output_embeddings())):
+            torch.testing.assert_close(new.weight[tid], old.weight[ids].mean(0))
+    n_old = len(tok)
+    torch.testing.assert_close(m2.get_input_embeddings().weight[:n_old], model.get_input_embeddings().weight)
+    # again on the prepared checkpoint: nothing added, nothing moved
+    assert main(["prepare-model", "--model", str(tmp_path / "ready"), "--out", str(tmp_path / "again")]) == 0
+    tok3, m3 = load_tokenizer(tmp_path / "again"), load_model(tmp_path / "again")
+    assert len(tok3) == len(tok2)
+    torch.testing.assert_close(m3.get_input_embeddings().weight, m2.get_input_embeddings().weight, rtol=0, atol=0)
+
+
 # ------------------------------------------------------------------------------------------- filter
 
 
