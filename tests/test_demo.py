@@ -27,7 +27,7 @@ def test_demo_runs_every_stage_then_reuses_them(tiny_checkpoint, tmp_path, capsy
     assert [r["model"] for r in result["summary"]] == ["base", "sft", "rl"]
     assert set(result["summary"][0]["benchmarks"]) == {"synthetic_easy"}  # RL data = easy: no second set
     printed = capsys.readouterr().out
-    assert "| rl |" in printed and "RL reward (accuracy_add_parallel_reward)" in printed
+    assert "| rl |" in printed and "RL reward (alternating)" in printed
     rollouts = (out / "rl" / "rollouts.jsonl").read_text().splitlines()
     assert len(rollouts) == 2 * 2 * 2  # steps x prompts x rollouts
     # a second run reuses everything; --force on one stage redoes only that one

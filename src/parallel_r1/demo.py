@@ -11,12 +11,11 @@ marker when it finished; a re-run skips finished stages (``--force`` redoes the 
    and cached), with the six tag tokens added (:func:`parallel_r1.models.prepare_model`).
 2. ``sft``: cold-start SFT on programmatic teacher traces of easy synthetic problems
    (:mod:`parallel_r1.data.synthetic`), Unseen by default (:mod:`parallel_r1.train.sft`).
-3. ``rl``: GRPO with rollouts from the exact Unseen engine (:mod:`parallel_r1.train.rl`). By
-   default on easy synthetic problems with the reward of the paper's easy-problem (GSM8K) RL stage,
-   ``accuracy_add_parallel_reward`` (±1 accuracy + 0.5 for a well-formed block). The paper's
-   recipe for hard problems is ``--rl-reward alternating --rl-data synthetic_hard``; a 135M model
-   answers almost none of them, so every GRPO group is all-wrong, has zero advantage and nothing
-   moves in a few CPU steps. That is why the demo deviates.
+3. ``rl``: GRPO with rollouts from the exact Unseen engine (:mod:`parallel_r1.train.rl`) and the
+   paper's alternating reward (in every 10 steps, 8 accuracy-only, 2 hierarchical 1.2 / 1.0 / -1).
+   The paper runs it on hard problems (``--rl-data synthetic_hard``); the demo runs it on easy
+   synthetic problems by default, because a 135M model answers almost none of the hard ones: every
+   GRPO group is then all-wrong, has zero advantage and nothing moves in a few CPU steps.
 4. ``eval``: base, SFT and RL models on held-out synthetic problems (easy, and the RL data when
    it differs) and a GSM8K test slice when the shared data is there (:mod:`parallel_r1.evaluate`), into ``rl/eval/<model>/``.
 5. ``report``: ``report.html`` (curves, tables, traces; :mod:`parallel_r1.report`) and the
@@ -60,7 +59,7 @@ class DemoConfig:
     sft_batch_size: int = field(default=8, metadata={"help": "SFT traces per step."})
     sft_learning_rate: float = field(default=2e-4, metadata={"help": "SFT learning rate (full fine-tune)."})
     rl_steps: int | None = field(default=None, metadata={"help": "RL steps (default 10; quick 3)."})
-    rl_reward: str = field(default="accuracy_add_parallel_reward", metadata={"help": "RL reward or schedule by name (parallel_r1.rewards): e.g. accuracy, alternating, scaffold."})
+    rl_reward: str = field(default="alternating", metadata={"help": "RL reward or schedule by name (parallel_r1.rewards): e.g. accuracy, alternating, scaffold."})
     rl_data: str = field(default="synthetic_easy", metadata={"help": "RL problems: synthetic_easy, synthetic_hard or any data set name of `parallel-r1 rl`."})
     rl_prompts: int = field(default=4, metadata={"help": "Prompts per RL step."})
     rl_rollouts: int = field(default=4, metadata={"help": "Rollouts per prompt (the GRPO group)."})
