@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"\nparallel-r1 {name}: interrupted; what was written so far is kept, re-run to continue", file=sys.stderr)
         return 130
-    except (FileNotFoundError, ValueError, KeyError) as e:
+    except (FileNotFoundError, ValueError, KeyError, ImportError) as e:  # ImportError: an optional extra (vLLM) missing
         if getattr(args, "debug", False):
             raise
         msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)

@@ -2,6 +2,7 @@
 
     parallel-r1 generate --model runs/demo/sft --problem "Tom has 3 apples ..." --n 2
     parallel-r1 generate --model M --problems gsm8k --limit 20 --out samples.jsonl
+    parallel-r1 generate --model M --problems aime24 --backend vllm --n 16 --out s.jsonl   # GPU, not exact
 
 Prompts go through the chosen template (``parallel_v3`` by default) and the model's chat
 template. With ``--out`` every sample is appended to a jsonl as it is produced; otherwise the
@@ -29,6 +30,9 @@ def add_arguments(p) -> None:
     p.add_argument("--out", default=None, help="append samples to this jsonl instead of printing them")
     p.add_argument("--data-dir", default=None, help="folder of the local data sets (default: ../shared/data)")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    p.add_argument("--backend", default="transformers", choices=("transformers", "vllm"),
+                   help="transformers: the exact engine (CPU/GPU); vllm: the paper's separate-request loop on vLLM "
+                        "(GPU, fast, not exact: decoding/vllm_backend.py)")  # fmt: skip
     for f in dataclasses.fields(DecodingConfig):  # every engine setting as a flag
         name = "--" + f.name.replace("_", "-")
         if isinstance(f.default, bool):
@@ -51,15 +55,22 @@ def run(args) -> int:
         from ..data.registry import load_problems
 
         problems = [(p.id, p.problem) for p in load_problems(args.problems, split=args.split, data_dir=args.data_dir, limit=args.limit)]
-    tok = load_tokenizer(args.model)
-    model = load_model(args.model, dtype=getattr(torch, args.dtype))
-    engine = ParallelEngine(model, tok, cfg)  # refuses a model without the tag tokens before decoding
+    if args.backend == "vllm":
+        from .vllm_backend import VLLMEngine
+
+        engine = VLLMEngine(args.model, cfg, llm_kwargs=dict(dtype=args.dtype))
+        tok = engine.tokenizer
+    else:
+        tok = load_tokenizer(args.model)
+        model = load_model(args.model, dtype=getattr(torch, args.dtype))
+        engine = ParallelEngine(model, tok, cfg)  # refuses a model without the tag tokens before decoding
     prompts = [build_prompt(text, tok, args.template) for _, text in problems]
     log = JsonlAppender(args.out) if args.out else None
     for start in range(0, len(prompts), cfg.batch_size):
         for s in engine.generate(prompts[start : start + cfg.batch_size], n=args.n):
             pid = problems[start + s.prompt_index][0]
-            row = dict(problem_id=pid, completion=s.text, finish_reason=s.finish_reason, num_blocks=s.num_blocks, length=len(s.completion_ids))
+            row = dict(problem_id=pid, completion=s.text, finish_reason=s.finish_reason, num_blocks=s.num_blocks, length=len(s.completion_ids),
+                       backend=s.backend, exact=s.exact)  # fmt: skip
             if log:
                 log.write(row)
             else:

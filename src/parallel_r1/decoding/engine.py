@@ -89,6 +89,8 @@ class Sample:
     text: str  # completion decoded with special tokens kept
     finish_reason: str  # eos | length | max_blocks
     num_blocks: int
+    backend: str = "transformers"  # which engine wrote it
+    exact: bool = True  # every token has the context and positions of the Unseen training layout
 
 
 class _Seq:

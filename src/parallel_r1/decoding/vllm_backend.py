@@ -1,0 +1,202 @@
+"""vLLM backend for GPU machines: the paper's separate-request agent loop (spec PARALLEL_R1.md §3.3).
+
+**Not exact.** vLLM has no custom attention masks or position ids per request, so this backend
+does what the paper's verl loop does: every request is one flat causal sequence. Path j is
+generated from ``context + <Path>`` alone (paths do not see each other, positions are those of
+the flat sequence, so they already start at pos(``<Parallel>``)+1), but the summary and every
+later token are generated after re-reading the trunk and *all* paths causally, with sequential
+positions. A trainer that scores these tokens under the Unseen layout sees different contexts
+for every token after a block (spec §3.3, "Rollout/training mismatch"). Use
+:class:`~parallel_r1.decoding.ParallelEngine` (transformers) where exact log-probs matter;
+use this one for fast GPU evaluation or Seen rollouts. Every :class:`Sample` it returns says so:
+``backend="vllm"``, ``exact=False``.
+
+Per sample, as the paper's loop (one ``generate`` call per phase for all samples, so vLLM
+batches them; prefix caching shares the context between a sample's paths):
+
+1. trunk: ``stop_token_ids=[<Parallel>, EOS]``; stop unless the last token is ``<Parallel>``;
+2. k paths, each its own request on ``context + <Path>`` with ``stop=[</Path>, EOS]`` at the path
+   temperature (paper: 1.0, random seed); an EOS becomes ``</Path>``, a path cut by its budget
+   gets ``</Path>`` appended;
+3. ``</Parallel>\\n<Summary>`` injected, the summary generated with ``stop=[</Summary>, EOS]`` and
+   closed the same way; after block ``max_blocks`` the sample ends (finish reason ``max_blocks``).
+
+Log-probs: vLLM returns those of the sampled tokens (under its own, causal, context); injected
+tokens get ``nan`` (vLLM never scores them). vLLM is imported only when a model *name* is given.
+"""
+
+from __future__ import annotations
+
+import math
+
+from ..format import parse
+from ..structure import TagIds
+from .engine import DecodingConfig, Sample
+
+
+class _State:
+    def __init__(self, prompt_index: int, prompt_ids: list[int], budget: int):
+        self.prompt_index, self.prompt_ids, self.budget = prompt_index, prompt_ids, budget
+        self.ids: list[int] = []
+        self.lps: list[float] = []
+        self.inj: list[bool] = []
+        self.blocks = 0
+        self.finish: str | None = None
+
+    def left(self) -> int:
+        return self.budget - len(self.ids)
+
+    def add(self, ids, lps, injected: bool) -> None:
+        self.ids += ids
+        self.lps += lps
+        self.inj += [injected] * len(ids)
+
+
+class VLLMEngine:
+    """Same ``generate(prompts, n) -> list[Sample]`` as :class:`ParallelEngine`, on vLLM (module doc).
+
+    ``llm``: a model name/folder (a ``vllm.LLM`` is built with prefix caching and ``llm_kwargs``)
+    or an object with vLLM's ``generate(prompts, sampling_params, use_tqdm=...)`` and
+    ``get_tokenizer()``. ``sampling_params``: the ``SamplingParams`` class (default: vLLM's).
+    """
+
+    backend, exact = "vllm", False
+
+    def __init__(self, llm, config: DecodingConfig | None = None, *, tokenizer=None, sampling_params=None,
+                 max_model_len: int | None = None, llm_kwargs: dict | None = None):  # fmt: skip
+        self.cfg = config or DecodingConfig()
+        if isinstance(llm, str) or sampling_params is None:
+            try:
+                import vllm
+            except ImportError:
+                raise ImportError(
+                    "decoding: the vLLM backend needs vllm (pip install 'parallel-r1[vllm]', GPU machines); "
+                    "the transformers backend (ParallelEngine) works without it"
+                ) from None
+            sampling_params = sampling_params or vllm.SamplingParams
+            if isinstance(llm, str):
+                llm = vllm.LLM(model=llm, enable_prefix_caching=True, **(llm_kwargs or {}))
+        self.llm, self.params = llm, sampling_params
+        self.tokenizer = tokenizer or llm.get_tokenizer()
+        self.tags = TagIds.from_tokenizer(self.tokenizer) if self.cfg.variant == "unseen" else None
+        eos = self.tokenizer.eos_token_id
+        if eos is None:
+            raise ValueError("decoding: the tokenizer defines no EOS token")
+        self.eos = eos
+        self.newline = self.tokenizer.encode("\n", add_special_tokens=False)
+        if max_model_len is None:
+            max_model_len = getattr(getattr(getattr(llm, "llm_engine", None), "model_config", None), "max_model_len", None)
+        self.context = max_model_len
+        self.path_budget = self.cfg.max_path_tokens or self.cfg.max_new_tokens
+
+    def generate(self, prompts: list[str] | list[list[int]], n: int = 1) -> list[Sample]:
+        if n < 1:
+            raise ValueError(f"decoding: n must be >= 1, got {n}")
+        states = []
+        for i, p in enumerate(prompts):
+            ids = list(p) if isinstance(p, (list, tuple)) else self.tokenizer.encode(p, add_special_tokens=False)
+            if not ids:
+                raise ValueError(f"decoding: prompt {i} is empty")
+            if self.context is not None and len(ids) >= self.context:
+                raise ValueError(f"decoding: prompt {i} has {len(ids)} tokens, the model's context is {self.context}")
+            budget = self.cfg.max_new_tokens if self.context is None else min(self.cfg.max_new_tokens, self.context - len(ids))
+            states += [_State(i, ids, budget) for _ in range(n)]
+        if self.cfg.variant == "seen":
+            self._seen(states)
+        else:
+            active = states
+            while active:
+                active = self._block(active)
+        return [self._sample(s) for s in states]
+
+    # ------------------------------------------------------------------ phases
+
+    def _request(self, contexts, stops, max_tokens, temperature):
+        temp = temperature if temperature is not None else self.cfg.temperature
+        params = [
+            self.params(n=1, temperature=temp, top_p=self.cfg.top_p, top_k=self.cfg.top_k or -1, max_tokens=m,
+                        stop_token_ids=stops, logprobs=0, skip_special_tokens=False, seed=self._seed(k))
+            for k, m in enumerate(max_tokens)
+        ]  # fmt: skip
+        outs = self.llm.generate([{"prompt_token_ids": c} for c in contexts], params, use_tqdm=False)
+        result = []
+        for out in outs:
+            o = out.outputs[0]
+            toks = list(o.token_ids)
+            lps = [d[t].logprob for t, d in zip(toks, o.logprobs)] if o.logprobs else [math.nan] * len(toks)
+            result.append((toks, lps))
+        return result
+
+    def _seed(self, k: int) -> int | None:
+        # the paper seeds nothing; a configured seed makes runs repeatable, one per request
+        return None if self.cfg.seed is None else self.cfg.seed + k
+
+    def _seen(self, states) -> None:
+        outs = self._request([s.prompt_ids for s in states], [self.eos], [s.left() for s in states], None)
+        for s, (toks, lps) in zip(states, outs):
+            s.add(toks, lps, False)
+            s.finish = "eos" if toks and toks[-1] == self.eos else "length"
+
+    def _block(self, active: list[_State]) -> list[_State]:
+        """Trunk until <Parallel>, then the paths and the summary of one block; returns the samples that go on."""
+        t, k = self.tags, self.cfg.num_paths
+        outs = self._request([s.prompt_ids + s.ids for s in active], [t.parallel_open, self.eos], [s.left() for s in active], None)
+        forking = []
+        tail = 1 + len(self.newline) + 1  # </Parallel> \n <Summary>
+        for s, (toks, lps) in zip(active, outs):
+            s.add(toks, lps, False)
+            if not toks or toks[-1] != t.parallel_open:
+                s.finish = "eos" if toks and toks[-1] == self.eos else "length"
+            elif s.left() < k * 3 + tail + 2:  # no room for k one-token paths, the tail and a one-token summary
+                s.finish = "length"
+            else:
+                forking.append(s)
+        if not forking:
+            return []
+        # k path requests per sample; each path's share of what is left keeps the block inside the budget
+        share = [min(self.path_budget, (s.left() - tail - 2) // k) - 2 for s in forking]
+        contexts = [s.prompt_ids + s.ids + [t.path_open] for s in forking for _ in range(k)]
+        paths = self._request(contexts, [t.path_close, self.eos], [m for m in share for _ in range(k)], self.cfg.path_temperature)
+        summarising = []
+        for n_s, s in enumerate(forking):
+            for toks, lps in paths[n_s * k : (n_s + 1) * k]:
+                s.add([t.path_open], [math.nan], True)
+                if toks and toks[-1] == self.eos:
+                    toks, lps = toks[:-1], lps[:-1]
+                if toks and toks[-1] == t.path_close:
+                    s.add(toks, lps, False)
+                else:
+                    s.add(toks, lps, False)
+                    s.add([t.path_close], [math.nan], True)
+            s.add([t.parallel_close, *self.newline, t.summary_open], [math.nan] * tail, True)
+            s.blocks += 1
+            if s.left() >= 2:  # the summary needs a token and its close
+                summarising.append(s)
+            else:
+                s.finish = "length"  # an unclosed <Summary>, as the paper's loop leaves it
+        if summarising:
+            outs = self._request([s.prompt_ids + s.ids for s in summarising], [t.summary_close, self.eos],
+                                 [s.left() - 1 for s in summarising], None)  # fmt: skip
+            for s, (toks, lps) in zip(summarising, outs):
+                if toks and toks[-1] == self.eos:
+                    toks, lps = toks[:-1], lps[:-1]
+                s.add(toks, lps, False)
+                if not toks or toks[-1] != t.summary_close:
+                    s.add([t.summary_close], [math.nan], True)
+        going = []
+        for s in forking:
+            if s.finish:
+                continue
+            if s.blocks >= self.cfg.max_blocks:
+                s.finish = "max_blocks"
+            elif s.left() <= 0:
+                s.finish = "length"
+            else:
+                going.append(s)
+        return going
+
+    def _sample(self, s: _State) -> Sample:
+        text = self.tokenizer.decode(s.ids, skip_special_tokens=False)
+        blocks = s.blocks if self.cfg.variant == "unseen" else parse(text).num_blocks
+        return Sample(s.prompt_index, list(s.prompt_ids), s.ids, s.lps, s.inj, text, s.finish or "length", blocks,
+                      backend=self.backend, exact=self.exact)  # fmt: skip
