@@ -188,7 +188,10 @@ def test_unfixable_error_stops_the_run_cleanly(fake_server, tmp_path):
 
 def test_interrupt_then_resume(fake_server, tmp_path):
     """SIGINT a real run mid-way, tear its last line as a crash would, re-run: every row exactly once."""
-    server = fake_server(schedule=["timeout"] * 400, sleep=0.3)  # slow: about 0.3 s per answer
+    # Slow answers (1 s each, 2 in flight): the run must still be going when its 4th row appears. With
+    # 0.3 s the requests could all finish while the first grading worker started, and the rows then
+    # landed within a poll interval, so the signal came after the run had ended (a flaky pass/fail).
+    server = fake_server(schedule=["timeout"] * 400, sleep=1.0)
     out = tmp_path / "raw.jsonl"
     script = textwrap.dedent(
         f"""
