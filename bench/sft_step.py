@@ -66,7 +66,8 @@ def profile(collator, examples, model, repeats: int = 3) -> None:
     med = lambda f: statistics.median(_timed(f) for _ in range(repeats))  # noqa: E731
     t_pad = med(lambda: collator._pad(examples))
     t_rows = med(lambda: [row_structure(ids[r][real[r]].numpy(), collator.tags, resp[r][real[r]].numpy()) for r in range(len(ids))])
-    t_layout = med(lambda: build_unseen_layout(ids, collator.tags, attention_mask=batch["attention_mask"], structure_mask=resp))
+    build = lambda: build_unseen_layout(ids, collator.tags, attention_mask=batch["attention_mask"], structure_mask=resp)  # noqa: E731
+    t_layout = med(build)
     print(f"profile: padding {1000 * t_pad:.1f} ms, row_structure (parse + positions) over the batch {1000 * t_rows:.1f} ms, "
           f"build_unseen_layout {1000 * t_layout:.1f} ms (mask part ~{1000 * (t_layout - t_rows):.1f} ms)")  # fmt: skip
     cfg = model.config
@@ -76,7 +77,8 @@ def profile(collator, examples, model, repeats: int = 3) -> None:
     q = torch.randn(b, heads, length, dim, requires_grad=True)
     k = torch.randn(b, heads, length, dim, requires_grad=True)
     v = torch.randn(b, heads, length, dim, requires_grad=True)
-    mask = build_unseen_layout(ids, collator.tags, attention_mask=batch["attention_mask"], structure_mask=resp).attention_mask
+    layout = build()
+    mask = layout.attention_mask
 
     def sdpa(**kw):
         F.scaled_dot_product_attention(q, k, v, **kw).sum().backward()
@@ -86,7 +88,7 @@ def profile(collator, examples, model, repeats: int = 3) -> None:
     n_layers = cfg.num_hidden_layers
     print(f"profile: one SDPA forward+backward [{b}x{heads}x{length}x{dim}] is_causal {1000 * t_causal:.1f} ms, "
           f"explicit 4-D bool mask {1000 * t_mask:.1f} ms (x{n_layers} layers: +{n_layers * (t_mask - t_causal):.2f} s per step; "
-          f"kv heads {kv}, blocks in batch {sum(len(x) for x in build_unseen_layout(ids, collator.tags, attention_mask=batch['attention_mask'], structure_mask=resp).blocks)}, "
+          f"kv heads {kv}, blocks in batch {sum(len(x) for x in layout.blocks)}, "
           f"mask {np.prod(mask.shape) / 2**20:.1f} MB)")  # fmt: skip
 
 

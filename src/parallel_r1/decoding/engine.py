@@ -77,6 +77,22 @@ class DecodingConfig:
             raise ValueError("decoding: need temperature >= 0, 0 < top_p <= 1, top_k >= 0")
 
 
+def encode_prompt(tokenizer, prompt, index: int, context: int | None) -> list[int]:
+    """Token ids of one prompt (text is encoded without special tokens); refuses an empty prompt
+    and one that leaves no room in the model's context."""
+    ids = list(prompt) if isinstance(prompt, (list, tuple)) else tokenizer.encode(prompt, add_special_tokens=False)
+    if not ids:
+        raise ValueError(f"decoding: prompt {index} is empty")
+    if context is not None and len(ids) >= context:
+        raise ValueError(f"decoding: prompt {index} has {len(ids)} tokens, the model's context is {context}")
+    return ids
+
+
+def completion_budget(max_new_tokens: int, context: int | None, prompt_len: int) -> int:
+    """Completion tokens a sample may use: ``max_new_tokens``, capped by what the context leaves."""
+    return max_new_tokens if context is None else min(max_new_tokens, context - prompt_len)
+
+
 @dataclass
 class Sample:
     """One generated completion."""
@@ -185,7 +201,7 @@ class ParallelEngine:
         tokens are added) or token ids. Returns samples ordered by (prompt, sample)."""
         if n < 1:
             raise ValueError(f"decoding: n must be >= 1, got {n}")
-        encoded = [self._encode(p, i) for i, p in enumerate(prompts)]
+        encoded = [encode_prompt(self.tokenizer, p, i, self.context) for i, p in enumerate(prompts)]
         gen = None
         if self.cfg.seed is not None:
             gen = torch.Generator(device=self.device).manual_seed(self.cfg.seed)
@@ -201,14 +217,6 @@ class ParallelEngine:
             self.model.train(was_training)
         return out
 
-    def _encode(self, prompt, i: int) -> list[int]:
-        ids = list(prompt) if isinstance(prompt, (list, tuple)) else self.tokenizer.encode(prompt, add_special_tokens=False)
-        if not ids:
-            raise ValueError(f"decoding: prompt {i} is empty")
-        if self.context is not None and len(ids) >= self.context:
-            raise ValueError(f"decoding: prompt {i} has {len(ids)} tokens, the model's context is {self.context}")
-        return ids
-
     # ------------------------------------------------------------------ loop
 
     def _run(self, jobs, first_index: int, gen) -> list[Sample]:
@@ -216,8 +224,7 @@ class ParallelEngine:
         prompt_of = {i: ids for i, ids in jobs}
         samples = []
         for k, (i, ids) in enumerate(jobs):
-            budget = self.cfg.max_new_tokens if self.context is None else min(self.cfg.max_new_tokens, self.context - len(ids))
-            samples.append(_Sample(first_index + k, i, ids, budget))
+            samples.append(_Sample(first_index + k, i, ids, completion_budget(self.cfg.max_new_tokens, self.context, len(ids))))
         cache, valid, logits = self._prefill([prompt_of[i] for i in uniq])
         row_of_prompt = {i: r for r, i in enumerate(uniq)}
         valid = regather(cache, valid, [[(row_of_prompt[s.prompt_index], 0)] for s in samples])

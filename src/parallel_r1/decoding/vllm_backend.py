@@ -31,7 +31,7 @@ import math
 
 from ..format import parse
 from ..structure import TagIds
-from .engine import DecodingConfig, Sample
+from .engine import DecodingConfig, Sample, completion_budget, encode_prompt
 
 
 class _State:
@@ -94,13 +94,8 @@ class VLLMEngine:
             raise ValueError(f"decoding: n must be >= 1, got {n}")
         states = []
         for i, p in enumerate(prompts):
-            ids = list(p) if isinstance(p, (list, tuple)) else self.tokenizer.encode(p, add_special_tokens=False)
-            if not ids:
-                raise ValueError(f"decoding: prompt {i} is empty")
-            if self.context is not None and len(ids) >= self.context:
-                raise ValueError(f"decoding: prompt {i} has {len(ids)} tokens, the model's context is {self.context}")
-            budget = self.cfg.max_new_tokens if self.context is None else min(self.cfg.max_new_tokens, self.context - len(ids))
-            states += [_State(i, ids, budget) for _ in range(n)]
+            ids = encode_prompt(self.tokenizer, p, i, self.context)
+            states += [_State(i, ids, completion_budget(self.cfg.max_new_tokens, self.context, len(ids))) for _ in range(n)]
         if self.cfg.variant == "seen":
             self._seen(states)
         else:
@@ -163,10 +158,8 @@ class VLLMEngine:
                 s.add([t.path_open], [math.nan], True)
                 if toks and toks[-1] == self.eos:
                     toks, lps = toks[:-1], lps[:-1]
-                if toks and toks[-1] == t.path_close:
-                    s.add(toks, lps, False)
-                else:
-                    s.add(toks, lps, False)
+                s.add(toks, lps, False)
+                if not toks or toks[-1] != t.path_close:
                     s.add([t.path_close], [math.nan], True)
             s.add([t.parallel_close, *self.newline, t.summary_open], [math.nan] * tail, True)
             s.blocks += 1
