@@ -1,8 +1,15 @@
 """``parallel-r1``: one sub-command per stage of the curriculum.
 
-Each command lives in its own module, which defines ``add_arguments(parser)`` and
-``run(args) -> int | None``. The registry below maps names to modules and is imported lazily,
-so ``parallel-r1 --help`` is instant and a command only pays for the libraries it uses.
+Every command is a module ``parallel_r1.commands.<name>`` (dashes become underscores) with
+
+* ``HELP``: one line for ``parallel-r1 --help``;
+* ``CONFIG``: a tuple of config dataclasses, read by :func:`parallel_r1.commands._config.parse_config`
+  (``--config recipe.yaml`` plus flag overrides), or ``parse(argv) -> tuple`` for a command with
+  sub-actions (``coldstart generate | filter``);
+* ``run(*configs) -> int``: calls a library function. torch / transformers / TRL are imported
+  inside ``run``, never at module top, so ``parallel-r1 CMD --help`` answers at once.
+
+See docs/INTERFACES.md ("Commands").
 """
 
 from __future__ import annotations
@@ -11,59 +18,86 @@ import argparse
 import importlib
 import sys
 
-# name -> (module, one-line help). Order = the curriculum's order.
-COMMANDS: dict[str, tuple[str, str]] = {
-    "prepare-model": ("parallel_r1.commands.prepare_model", "add the six tag tokens to a model and save a ready-to-train checkpoint"),
-    "midtrain": ("parallel_r1.train.midtrain", "stable-then-decay continued pre-training on a data mixture (OctoThinker)"),
-    "coldstart": ("parallel_r1.coldstart.cli", "teacher traces for the cold start: `coldstart generate` and `coldstart filter`"),
-    "sft": ("parallel_r1.train.sft", "cold-start SFT, Seen (causal) or Unseen (path-isolating attention)"),
-    "rl": ("parallel_r1.train.rl", "GRPO with parallel-thinking rewards and schedules (TRL)"),
-    "rl-readiness": ("parallel_r1.train.readiness", "the OctoThinker comparison: same short RL + eval for each mid-training branch"),
-    "generate": ("parallel_r1.decoding.cli", "sample completions with the parallel decoding engine"),
-    "eval": ("parallel_r1.evaluate", "benchmarks with mean@k / pass@k / maj@k and parallel-thinking metrics"),
-    "score": ("parallel_r1.commands.score", "grade and reward saved completions (jsonl in, jsonl out)"),
-    "analyze": ("parallel_r1.analysis", "parallel-thinking behaviour over a training run"),
-    "report": ("parallel_r1.report", "one self-contained HTML report of a run"),
-    "demo": ("parallel_r1.demo", "the whole curriculum on SmolLM2-135M on a CPU in minutes"),
-}
+# Order = the curriculum's order.
+COMMANDS = (
+    "prepare-model",
+    "midtrain",
+    "coldstart",
+    "sft",
+    "rl",
+    "rl-readiness",
+    "generate",
+    "eval",
+    "score",
+    "analyze",
+    "report",
+    "demo",
+)
+
+
+def command_module(name: str):
+    """The module of command ``name`` (imported on first use)."""
+    return importlib.import_module(f"parallel_r1.commands.{name.replace('-', '_')}")
 
 
 def _top_parser() -> argparse.ArgumentParser:
     width = max(len(n) for n in COMMANDS)
-    lines = "\n".join(f"  {n.ljust(width)}  {h}" for n, (_, h) in COMMANDS.items())
-    return argparse.ArgumentParser(
+    lines = "\n".join(f"  {n.ljust(width)}  {command_module(n).HELP}" for n in COMMANDS)
+    p = argparse.ArgumentParser(
         prog="parallel-r1",
         description="Teach language models parallel thinking with reinforcement learning (Parallel-R1 + OctoThinker).",
-        epilog=f"commands:\n{lines}\n\n`parallel-r1 COMMAND --help` for a command's options.",
+        epilog=f"commands:\n{lines}\n\n`parallel-r1 COMMAND --help` for a command's options; "
+        "every command reads `--config recipe.yaml`.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        usage="parallel-r1 COMMAND [options]",
+        usage="parallel-r1 [--debug] COMMAND [options]",
     )
+    p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    return p
+
+
+def _pop_debug(argv: list[str]) -> tuple[bool, list[str]]:
+    """``--debug`` anywhere, except where it takes a value (TrainingArguments has a ``debug`` field)."""
+    keep, debug = [], False
+    for i, a in enumerate(argv):
+        if a == "--debug" and (i + 1 == len(argv) or argv[i + 1].startswith("-")):
+            debug = True
+        else:
+            keep.append(a)
+    return debug, keep
+
+
+def parse_command(name: str, argv: list[str]) -> tuple:
+    """The configs of command ``name`` from its arguments (``--config`` YAML and flags)."""
+    module = command_module(name)
+    if hasattr(module, "parse"):
+        return module.parse(argv)
+    from .commands._config import parse_config
+
+    return parse_config(f"parallel-r1 {name}", module.HELP, module.CONFIG, argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    debug, argv = _pop_debug(argv)
     if not argv or argv[0] in ("-h", "--help"):
         _top_parser().print_help()
         return 0
-    name = argv[0]
+    name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
         _top_parser().print_usage(sys.stderr)
         print(f"parallel-r1: unknown command {name!r}; known: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
-    module = importlib.import_module(COMMANDS[name][0])
-    parser = argparse.ArgumentParser(prog=f"parallel-r1 {name}", description=COMMANDS[name][1])
-    module.add_arguments(parser)
-    args = parser.parse_args(argv[1:])
     try:
-        return int(module.run(args) or 0)
+        configs = parse_command(name, rest)
+        return int(command_module(name).run(*configs) or 0)
     except KeyboardInterrupt:
         print(f"\nparallel-r1 {name}: interrupted; what was written so far is kept, re-run to continue", file=sys.stderr)
         return 130
     except (FileNotFoundError, ValueError, KeyError, ImportError) as e:  # ImportError: an optional extra (vLLM) missing
-        if getattr(args, "debug", False):
+        if debug:
             raise
         msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
-        # modules prefix their messages with their own name for callers outside the CLI
+        # library functions prefix their messages with the command name for callers outside the CLI
         msg = msg.removeprefix(f"{name}: ")
         print(f"parallel-r1 {name}: error: {msg}", file=sys.stderr)
         return 2

@@ -1,0 +1,78 @@
+"""How every command reads its settings: config dataclasses, a YAML recipe, command-line overrides.
+
+``parse_config`` is TRL's ``TrlParser`` (a ``transformers.HfArgumentParser``) with what a CLI user
+needs on top: ``--config recipe.yaml`` fills the dataclass fields, flags given on the command line
+win over it, every field takes ``--field_name`` and ``--field-name``, and a bad recipe is one clear
+error naming the file (and the key or line) before anything loads. TRL's parser imports neither
+torch nor transformers, so ``parallel-r1 CMD --help`` stays fast.
+
+``load_yaml`` is the one YAML reader, also for nested recipes that are not flat dataclasses
+(``midtrain``, ``rl-readiness``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from pathlib import Path
+
+
+def load_yaml(path: str | os.PathLike) -> dict:
+    """The mapping in a YAML file; a missing file, malformed YAML or a non-mapping is one clear error."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such config file: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ValueError(f"{where}: malformed YAML: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of field: value, got {type(data).__name__}")
+    return data
+
+
+def _split_config_flag(argv: list[str]) -> tuple[str | None, list[str]]:
+    """(the ``--config`` path or None, argv without it)."""
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre.add_argument("--config", default=None)
+    known, rest = pre.parse_known_args(argv)
+    return known.config, rest
+
+
+def parse_config(prog: str, description: str, types: tuple[type, ...], argv: list[str]) -> tuple:
+    """One instance per dataclass in ``types``, from ``--config YAML`` and the flags in ``argv``.
+
+    Precedence: command line > YAML > dataclass default. A YAML key may be any field of any of the
+    ``types``; an ``env:`` mapping sets environment variables (as TRL's recipes do). Unknown YAML
+    keys are a ``ValueError`` naming the file and the keys; unknown flags are argparse's usage error.
+    """
+    from trl.scripts.utils import TrlParser  # lazy: keeps `import parallel_r1.commands.X` light
+
+    parser = TrlParser(types, prog=prog, description=description)
+    parser.add_argument("--config", metavar="YAML", default=None, help="recipe: a YAML mapping of any of these fields; flags given on the command line override it")
+    path, rest = _split_config_flag(argv)
+    if path is not None and not any(a in ("-h", "--help") for a in rest):
+        values = load_yaml(path)
+        env = values.pop("env", {})
+        if not isinstance(env, dict):
+            raise ValueError(f"{path}: `env` must be a mapping of variable: value")
+        fields = {f.name for t in types for f in dataclasses.fields(t) if f.init}
+        unknown = [k for k in values if k not in fields]
+        if unknown:
+            raise ValueError(f"{path}: unknown key(s) {', '.join(map(repr, unknown))} for `{prog}`; known: {', '.join(sorted(fields))}")
+        for key, value in env.items():
+            os.environ[str(key)] = str(value)
+        parser.set_defaults_with_config(**values)
+    *parsed, remaining = parser.parse_args_into_dataclasses(args=rest, return_remaining_strings=True, look_for_args_file=False)
+    if remaining:
+        parser.error(f"unrecognized arguments: {' '.join(remaining)}")
+    # the `--config` action leaves an extra namespace behind; only the dataclasses are returned
+    return tuple(p for p in parsed if not isinstance(p, argparse.Namespace))
