@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import yaml
 
-from parallel_r1 import analysis, report
+from parallel_r1 import analysis, report, tables
 from parallel_r1.cli import main
 from parallel_r1.format import analyze as analyze_trace
 from parallel_r1.io import write_jsonl
@@ -62,10 +62,10 @@ def make_run(root: Path, n_steps: int = 8, per_step: int = 4, pinned: bool = Fal
                 "correct": correct, "reward_mode": mode, "uses_parallel": rep.uses_parallel, "format_ok": rep.format_ok,
                 "num_blocks": rep.num_blocks, "paths_per_block": rep.paths_per_block, "positions": rep.positions,
                 "length": length, "clipped": length >= BUDGET,
-            })  # fmt: skip
+            })
         rollouts += rows
         logged.append({"step": step, "global_step": step * 2, "loss": 0.1 / step, "reward_mode": int(mode == "parallel"), "reward_mode_name": mode,
-                       "parallel_ratio": np.mean([r["uses_parallel"] for r in rows]), "mean_parallel_position": None})  # fmt: skip
+                       "parallel_ratio": np.mean([r["uses_parallel"] for r in rows]), "mean_parallel_position": None})
     if training:
         write_jsonl(run / "rollouts.jsonl", rollouts)
         write_jsonl(run / "metrics.jsonl", logged)
@@ -76,13 +76,13 @@ def make_run(root: Path, n_steps: int = 8, per_step: int = 4, pinned: bool = Fal
         ev = run / "eval" / ckpt
         ev.mkdir(parents=True)
         bench = {"n_problems": 2, "k": 2, "mean@k": acc, "pass@k": min(1.0, acc + 0.25), "maj@k": acc, "best@k": acc + 0.2,
-                 "parallel_ratio": 0.5, "mean_blocks": 0.5, "mean_length": 30.0, "format_error_rate": 0.0}  # fmt: skip
+                 "parallel_ratio": 0.5, "mean_blocks": 0.5, "mean_length": 30.0, "format_error_rate": 0.0}
         (ev / "results.json").write_text(json.dumps({"model": str(run / ckpt), "settings": {}, "benchmarks": {"aime24": bench, "gsm8k": dict(bench, k=1)}}))
         write_jsonl(ev / "completions.jsonl", [
             {"benchmark": "aime24", "problem_id": str(p), "sample_index": s, "prompt": "Solve <x>", "completion": trace(9, p, False),
              "answer": "7", "pred": "7", "correct": True, "uses_parallel": True, "format_ok": True, "num_blocks": 1,
              "positions": analyze_trace(trace(9, p, False)).positions, "length": 30, "finish_reason": "eos"}
-            for p in range(2) for s in range(2)])  # fmt: skip
+            for p in range(2) for s in range(2)])
     return run
 
 
@@ -134,7 +134,7 @@ def test_analysis_from_metrics_only_and_bad_folders(tmp_path):
 
 def test_analyze_cli_writes_json_and_prints_summary(tmp_path, capsys):
     run = make_run(tmp_path)
-    assert main(["analyze", str(run)]) == 0
+    assert main(["analyze", "--run_dir", str(run)]) == 0
     out = capsys.readouterr().out
     assert "parallel ratio" in out and "| checkpoint-8 |" in out and "| model | AIME24 mean@2 | AIME24 pass@2 |" in out
     saved = json.loads((run / "analysis.json").read_text())
@@ -145,22 +145,22 @@ def test_summary_rows_and_markdown_table(tmp_path):
     run = make_run(tmp_path, eval_tags=("rl", "sft", "base"))  # written out of order on purpose
     evals = analysis.load_evals(run)
     assert list(evals) == ["base", "sft", "rl"]  # curriculum order, not alphabetical
-    rows = report.summary_rows(evals)
+    rows = tables.summary_rows(evals)
     assert [r["model"] for r in rows] == ["base", "sft", "rl"]
     rl = rows[2]["benchmarks"]
     # written in order rl, sft, base: rl got mean@k 0.25
     assert rl["aime24"] == {"k": 2, "n_problems": 2, "accuracy": 0.25, "pass@k": 0.5, "parallel_ratio": 0.5, "mean_length": 30.0}
     assert rl["gsm8k"]["pass@k"] is None  # k = 1: pass@1 is mean@1, not repeated
     assert rows[0]["avg_accuracy"] == pytest.approx(0.75)
-    md = report.format_summary_markdown(rows).splitlines()
+    md = tables.format_summary_markdown(rows).splitlines()
     assert md[0] == "| model | AIME24 mean@2 | AIME24 pass@2 | AIME24 parallel % | AIME24 length | GSM8K mean@1 | GSM8K parallel % | GSM8K length | avg acc |"
     assert md[2] == "| base | 75.0 | 100.0 | 50.0 | 30 | 75.0 | 50.0 | 30 | 75.0 |"
     assert [l.split(" | ")[0] for l in md[2:]] == ["| base", "| sft", "| rl"]
-    assert report.eval_summary(run) == "\n".join(md)
-    assert report.format_summary_markdown([]) == "(no evaluation results)"
+    assert analysis.eval_summary(run) == "\n".join(md)
+    assert tables.format_summary_markdown([]) == "(no evaluation results)"
     # models evaluated on different benchmarks / k: missing cells are "-", headers show both k
     evals["base"]["benchmarks"] = {"aime24": dict(evals["base"]["benchmarks"]["aime24"], k=4)}
-    md = report.format_summary_markdown(report.summary_rows(evals)).splitlines()
+    md = tables.format_summary_markdown(tables.summary_rows(evals)).splitlines()
     assert "AIME24 mean@2/4" in md[0] and md[2].count(" - ") == 3
 
 
@@ -200,9 +200,9 @@ def _chromium() -> str:
 def _chrome(html_path: Path, tmp: Path, *mode: str) -> subprocess.CompletedProcess:
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp / 'profile'}", "--enable-logging=stderr", "--v=0", "--window-size=1280,1800"]  # fmt: skip
+             f"--user-data-dir={tmp / 'profile'}", "--enable-logging=stderr", "--v=0", "--window-size=1280,1800"]
     return subprocess.run([_chromium(), *flags, *mode, html_path.as_uri()], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "HOME": str(tmp)})  # fmt: skip
+                          env={**os.environ, "HOME": str(tmp)})
 
 
 def console_errors(stderr: str) -> list[str]:
@@ -212,7 +212,7 @@ def console_errors(stderr: str) -> list[str]:
 
 def test_report_renders_in_headless_chromium(tmp_path):
     run = make_run(tmp_path, eval_tags=("base", "sft", "checkpoint-8", "rl"))
-    assert main(["report", str(run)]) == 0
+    assert main(["report", "--run-dir", str(run)]) == 0
     page = run / "report.html"
     html_text = page.read_text()
     assert "http://" not in html_text and "https://" not in html_text and "<script" not in html_text

@@ -72,7 +72,7 @@ class FakeOpenAI:
                 payload = json.dumps(
                     {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
                      "choices": [] if kind == "empty" else choices}
-                ).encode()  # fmt: skip
+                ).encode()
                 if kind == "malformed":
                     payload = payload[: len(payload) // 2]
                 if kind == "nonutf8":
@@ -162,7 +162,7 @@ def test_every_row_exactly_once_after_injected_faults(fake_server, tmp_path):
     "fault, logged",
     [("empty", "empty choice list"), ("nonutf8", "UnicodeDecodeError"), ("malformed", "JSONDecodeError"), ("500", "InternalServerError"),
      ("429", "RateLimitError")],
-)  # fmt: skip
+)
 def test_request_that_keeps_failing_is_left_for_the_next_run(fake_server, tmp_path, fault, logged):
     """A teacher that always answers one problem with garbage: counted and logged, not written, retried next run."""
     server = fake_server(fail_always={3: fault})
@@ -285,21 +285,21 @@ def test_cli_generate_filter_and_sft_rows(fake_server, tmp_path, capsys):
     src = _write(tmp_path / "problems.jsonl", [dict(id=f"q{i}", problem=f"What is {i} plus {i + 2}?", answer=str(2 * i + 2)) for i in range(4)])
     raw, sft = tmp_path / "raw.jsonl", tmp_path / "sft.jsonl"
     args = ["coldstart", "generate", "--teacher", "openai", "--base-url", server.url, "--model", "m", "--problems", str(src),
-            "--out", str(raw), "--n", "2", "--backoff", "0.01", "--timeout", "2", "--no-progress",
-            "--api-key-env", "PARALLEL_R1_TEST_NO_KEY"]  # fmt: skip
+            "--output", str(raw), "--n", "2", "--backoff", "0.01", "--timeout", "2", "--no-progress",
+            "--api-key-env", "PARALLEL_R1_TEST_NO_KEY"]
     assert main(args) == 0
     assert "wrote 8 rows" in capsys.readouterr().out and len(keys(raw)) == 8
     assert main(args) == 0 and "wrote 0 rows" in capsys.readouterr().out and len(keys(raw)) == 8
     with open(raw, "a") as f:  # a row a broken teacher might leave: no response
         f.write(json.dumps(dict(problem_id="q9", sample_index=0, source="problems", problem="What is 9 plus 11?", answer="20", response=None)) + "\n")
-    assert main(["coldstart", "filter", "--input", str(raw), "--out", str(sft), "--no-gsm8k-join"]) == 0
+    assert main(["coldstart", "filter", "--input", str(raw), "--output", str(sft), "--no-gsm8k-join"]) == 0
     assert "kept 8/9 traces" in capsys.readouterr().out
     report = json.loads(Path(str(sft) + ".report.json").read_text())
     assert report["dropped"]["no_response"] == 1 and report["per_source"]["problems"] == dict(total=9, kept=8, no_response=1)
     rows = load_traces(str(sft))
     assert len(rows) == 8 and all(parse(r["response"]).num_blocks == 1 for r in rows)
     # missing columns / no such file: one clear line, exit code 2
-    assert main(["coldstart", "filter", "--input", str(tmp_path / "nope.parquet"), "--out", str(sft)]) == 2
+    assert main(["coldstart", "filter", "--input", str(tmp_path / "nope.parquet"), "--output", str(sft)]) == 2
     assert "no such file" in capsys.readouterr().err
 
 
@@ -310,7 +310,7 @@ def test_local_teacher_through_the_cli_resumes(tiny_checkpoint, tmp_path, capsys
     src = _write(tmp_path / "problems.jsonl", [dict(id=f"q{i}", problem=f"What is {i} plus 1?", answer=str(i + 1)) for i in range(3)])
     out = tmp_path / "local.jsonl"
     args = ["coldstart", "generate", "--teacher", "local", "--model", str(tiny_checkpoint), "--problems", str(src),
-            "--out", str(out), "--max-tokens", "12", "--batch-size", "2", "--temperature", "1.0", "--no-progress"]  # fmt: skip
+            "--output", str(out), "--max-new-tokens", "12", "--batch-size", "2", "--temperature", "1.0", "--no-progress"]
     assert main(args + ["--limit", "2"]) == 0 and set(keys(out)) == {("problems-q0", 0), ("problems-q1", 0)}
     assert main(args + ["--n", "2"]) == 0
     got = keys(out)
@@ -334,7 +334,7 @@ def test_prepare_model_adds_tags_once_with_mean_of_pieces(arch, tmp_path, capsys
     tok.save_pretrained(tmp_path / "base")
     pieces = {t: tok.encode(t, add_special_tokens=False) for t in (PARALLEL_OPEN, PATH_CLOSE)}
     assert all(len(p) > 1 for p in pieces.values())
-    assert main(["prepare-model", "--model", str(tmp_path / "base"), "--out", str(tmp_path / "ready")]) == 0
+    assert main(["prepare-model", "--model", str(tmp_path / "base"), "--output_dir", str(tmp_path / "ready")]) == 0
     tok2, m2 = load_tokenizer(tmp_path / "ready"), load_model(tmp_path / "ready")
     assert len(tok2) == len(tok) + 6 and m2.get_input_embeddings().weight.shape[0] == len(tok2)
     for tag, ids in pieces.items():
@@ -344,7 +344,7 @@ def test_prepare_model_adds_tags_once_with_mean_of_pieces(arch, tmp_path, capsys
     n_old = len(tok)
     torch.testing.assert_close(m2.get_input_embeddings().weight[:n_old], model.get_input_embeddings().weight)
     # again on the prepared checkpoint: nothing added, nothing moved
-    assert main(["prepare-model", "--model", str(tmp_path / "ready"), "--out", str(tmp_path / "again")]) == 0
+    assert main(["prepare-model", "--model", str(tmp_path / "ready"), "--output_dir", str(tmp_path / "again")]) == 0
     tok3, m3 = load_tokenizer(tmp_path / "again"), load_model(tmp_path / "again")
     assert len(tok3) == len(tok2)
     torch.testing.assert_close(m3.get_input_embeddings().weight, m2.get_input_embeddings().weight, rtol=0, atol=0)

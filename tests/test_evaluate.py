@@ -36,8 +36,8 @@ def bench(tmp_path) -> Path:
 
 
 def cfg_for(model, out, bench, **kw) -> E.EvalConfig:
-    base = dict(model=str(model), out=str(out), benchmarks=str(bench), template="no_prompt", max_new_tokens=10,
-                num_paths=2, max_blocks=1, batch_size=4, seed=0, grading_workers=1)  # fmt: skip
+    base = dict(model=str(model), output_dir=str(out), benchmarks=str(bench), template="no_prompt", max_new_tokens=10,
+                num_paths=2, max_blocks=1, batch_size=4, seed=0, grading_workers=1)
     return E.EvalConfig(**{**base, **kw})
 
 
@@ -71,7 +71,7 @@ def test_cli_eval_writes_results_completions_and_table(tiny_checkpoint, bench, t
     out = tmp_path / "ev"
     argv = ["eval", "--model", str(tiny_checkpoint), "--benchmarks", str(bench), "--k", "2", "--samples", "3",
             "--template", "no_prompt", "--max-new-tokens", "10", "--max-blocks", "1", "--batch-size", "4",
-            "--seed", "0", "--grading-workers", "1", "--limit", "3", "--out", str(out)]  # fmt: skip
+            "--seed", "0", "--grading-workers", "1", "--limit", "3", "--output-dir", str(out)]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     # the paper's layout: benchmarks as columns, metric rows, an average column
@@ -164,26 +164,26 @@ def _cli(argv, capsys) -> tuple[int, str]:
 def test_unknown_benchmark_lists_the_known_ones_before_the_model_loads(tmp_path, capsys):
     not_a_model = tmp_path / "empty_model"
     not_a_model.mkdir()  # exists, but would fail to load: the benchmark error must come first
-    rc, err = _cli(["eval", "--model", str(not_a_model), "--benchmarks", "aime24,aime2024", "--out", str(tmp_path / "o")], capsys)
+    rc, err = _cli(["eval", "--model", str(not_a_model), "--benchmarks", "aime24,aime2024", "--output_dir", str(tmp_path / "o")], capsys)
     assert rc == 2
     assert "aime2024" in err and all(n in err for n in ("aime24", "aime25", "amc23", "math500", "gsm8k"))
     assert not (tmp_path / "o").exists()
 
 
 def test_model_path_that_does_not_exist(tmp_path, capsys):
-    rc, err = _cli(["eval", "--model", str(tmp_path / "no_such_model"), "--benchmarks", "aime24", "--out", str(tmp_path / "o")], capsys)
+    rc, err = _cli(["eval", "--model", str(tmp_path / "no_such_model"), "--benchmarks", "aime24", "--output_dir", str(tmp_path / "o")], capsys)
     assert rc == 2 and "does not exist" in err and "no_such_model" in err
     with pytest.raises(FileNotFoundError, match="does not exist"):
         E.load_for_eval(str(tmp_path / "no_such_model"))
 
 
 def test_k_larger_than_the_samples_available(tmp_path, capsys):
-    rc, err = _cli(["eval", "--model", "m", "--benchmarks", "aime24", "--k", "aime24=4", "--samples", "aime24=2", "--out", str(tmp_path / "o")], capsys)
+    rc, err = _cli(["eval", "--model", "m", "--benchmarks", "aime24", "--k", "aime24=4", "--samples", "aime24=2", "--output_dir", str(tmp_path / "o")], capsys)
     assert rc == 2 and "k=4" in err and "2 samples" in err
     with pytest.raises(ValueError, match="k for aime24 must be >= 1"):
-        E.EvalConfig(model="m", out="o", benchmarks="aime24", k="0")
-    with pytest.raises(ValueError, match="amc23, which are not in --benchmarks"):
-        E.EvalConfig(model="m", out="o", benchmarks="aime24", k="amc23=4")
+        E.EvalConfig(model="m", output_dir="o", benchmarks="aime24", k="0")
+    with pytest.raises(ValueError, match="amc23, which are not in benchmarks"):
+        E.EvalConfig(model="m", output_dir="o", benchmarks="aime24", k="amc23=4")
     # the summary refuses problems with fewer than k finished samples rather than averaging fewer
     rows = [{"problem_id": "p", "sample_index": i, "correct": True, "pred": "1"} for i in range(2)]
     with pytest.raises(ValueError, match="fewer than k=4 samples"):
@@ -194,7 +194,7 @@ def test_results_folder_of_another_run(bench, tmp_path, capsys):
     out = tmp_path / "ev"
     E.evaluate(cfg_for("model_a", out, bench, k={str(bench): 1}), Scripted(), progress=False)
     for change, field in (({"model": "model_b"}, "model"), ({"max_new_tokens": 99}, "max_new_tokens"),
-                          ({"template": "baseline", "temperature": 0.5}, "temperature")):  # fmt: skip
+                          ({"template": "baseline", "temperature": 0.5}, "temperature")):
         with pytest.raises(ValueError, match=f"holds results of another run.*{field}"):
             kw = {"model": "model_a", **change}
             E.evaluate(cfg_for(kw.pop("model"), out, bench, k={str(bench): 1}, **kw), Scripted(), progress=False)
@@ -202,7 +202,7 @@ def test_results_folder_of_another_run(bench, tmp_path, capsys):
     not_a_model = tmp_path / "empty_model"
     not_a_model.mkdir()
     rc, err = _cli(["eval", "--model", str(not_a_model), "--benchmarks", str(bench), "--k", "1", "--template", "no_prompt",
-                    "--max-new-tokens", "10", "--out", str(out)], capsys)  # fmt: skip
+                    "--max-new-tokens", "10", "--output_dir", str(out)], capsys)
     assert rc == 2 and "holds results of another run" in err and "model: 'model_a' there" in err
     # a folder with results but no run.json is not continued either
     foreign = tmp_path / "foreign"
@@ -235,8 +235,8 @@ def test_fewshot_prompts_and_stops_come_from_data_dir(data_dir, tmp_path):
     (mine / "fewshot" / "octothinker_prompts.json").write_text(json.dumps(sets))
 
     gen = Scripted({"Janet": "A: 16 - 3 - 4 = 9, 9 * 2 = 18. The answer is 18.\nFinal Answer: 18\nNEXT: Final Answer: 7"})
-    cfg = E.EvalConfig(model="m", out=str(tmp_path / "ev"), benchmarks="gsm8k", template="fewshot", limit=2,
-                       data_dir=str(mine), grading_workers=1)  # fmt: skip
+    cfg = E.EvalConfig(model="m", output_dir=str(tmp_path / "ev"), benchmarks="gsm8k", template="fewshot", limit=2,
+                       data_dir=str(mine), grading_workers=1)
     E.evaluate(cfg, gen, progress=False)
     rows = rows_of(tmp_path / "ev")
     assert all(r["prompt"].startswith("Q: MY-EXEMPLAR") and r["prompt"].endswith("\nA:") for r in rows)
@@ -245,8 +245,8 @@ def test_fewshot_prompts_and_stops_come_from_data_dir(data_dir, tmp_path):
     assert janet["pred"] == "18" and janet["correct"]
 
     # the shipped file (default data folder) has other exemplars: the flag really switched files
-    E.evaluate(E.EvalConfig(model="m", out=str(tmp_path / "ev2"), benchmarks="gsm8k", template="fewshot", limit=1, grading_workers=1),
-               Scripted(), progress=False)  # fmt: skip
+    E.evaluate(E.EvalConfig(model="m", output_dir=str(tmp_path / "ev2"), benchmarks="gsm8k", template="fewshot", limit=1, grading_workers=1),
+               Scripted(), progress=False)
     assert "MY-EXEMPLAR" not in rows_of(tmp_path / "ev2")[0]["prompt"]
 
     # a data folder without the prompt file fails before anything is generated
@@ -254,7 +254,7 @@ def test_fewshot_prompts_and_stops_come_from_data_dir(data_dir, tmp_path):
     shutil.copytree(data_dir / "gsm8k", bare / "gsm8k")
     gen = Scripted()
     with pytest.raises(FileNotFoundError, match="few-shot prompts not found"):
-        E.evaluate(E.EvalConfig(model="m", out=str(tmp_path / "ev3"), benchmarks="gsm8k", template="fewshot", limit=1, data_dir=str(bare)), gen, progress=False)
+        E.evaluate(E.EvalConfig(model="m", output_dir=str(tmp_path / "ev3"), benchmarks="gsm8k", template="fewshot", limit=1, data_dir=str(bare)), gen, progress=False)
     assert gen.calls == 0 and not (tmp_path / "ev3").exists()
 
 

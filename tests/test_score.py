@@ -41,7 +41,7 @@ def read_jsonl(path):
 def score(tmp_path, *extra, rows=ROWS):
     src = write_jsonl(tmp_path / "in.jsonl", rows)
     out = tmp_path / "out.jsonl"
-    assert main(["score", str(src), "-o", str(out), *extra]) == 0
+    assert main(["score", "--input", str(src), "--output", str(out), *extra]) == 0
     return read_jsonl(out)
 
 
@@ -61,7 +61,7 @@ def test_every_reward_by_default_matches_compute_reward(tmp_path):
     by_id = {r["id"]: r for r in out}
     assert [by_id[i]["correct"] for i in ("pr", "mr", "pw", "gsm", "gsm-wrong", "boxed", "none")] == [
         True, True, False, True, False, True, False,
-    ]  # fmt: skip
+    ]
     assert by_id["pr"]["positions"][0] == pytest.approx(len("Two ways.") / len(PR))
     # GSM8K worked solutions are graded on their "#### N"
     assert by_id["gsm"]["accuracy_reward"] == 1.0 and by_id["gsm"]["gsm8k/accuracy_reward"] == 1.0
@@ -71,8 +71,8 @@ def test_every_reward_by_default_matches_compute_reward(tmp_path):
 
 def test_alternating_reward_depends_on_step(tmp_path):
     names = ["accuracy_parallel_interv_reward", "alternating", "accuracy_reward"]
-    at1 = {r["id"]: r for r in score(tmp_path, "--reward", *names, "--step", "1")}
-    at9 = {r["id"]: r for r in score(tmp_path, "--reward", *names, "--step", "9")}
+    at1 = {r["id"]: r for r in score(tmp_path, "--rewards", *names, "--step", "1")}
+    at9 = {r["id"]: r for r in score(tmp_path, "--rewards", *names, "--step", "9")}
     for name in names[:2]:
         # correct, parallel, well formed: 1.0 on accuracy steps, 1.2 on parallel steps
         assert (at1["pr"][name], at9["pr"][name]) == (1.0, 1.2)
@@ -82,21 +82,21 @@ def test_alternating_reward_depends_on_step(tmp_path):
         assert (at1["pw"][name], at9["pw"][name]) == (-1.0, -1.0)
     assert at1["mr"]["accuracy_reward"] == at9["mr"]["accuracy_reward"] == 1.0
     assert set(at1["pr"]) == set(ROWS[0]) | {"correct", "pred", "uses_parallel", "format_ok", "num_blocks",
-                                            "positions", *names}  # fmt: skip
+                                            "positions", *names}
     # the scaffold stops alternating after its switch step
     assert get_schedule("scaffold").mode(9) == "parallel"
-    assert score(tmp_path, "--reward", "scaffold", "--step", "209")[0]["scaffold"] == 1.0
-    assert score(tmp_path, "--reward", "scaffold", "--step", "9")[0]["scaffold"] == 1.2
+    assert score(tmp_path, "--rewards", "scaffold", "--step", "209")[0]["scaffold"] == 1.0
+    assert score(tmp_path, "--rewards", "scaffold", "--step", "9")[0]["scaffold"] == 1.2
 
 
 def test_grader_option(tmp_path):
     rows = [{"completion": "Final Answer: 0.5", "answer": "\\frac{1}{2}"}]
-    default = score(tmp_path, "--reward", "accuracy_reward", rows=rows)[0]
+    default = score(tmp_path, "--rewards", "accuracy_reward", rows=rows)[0]
     assert default["correct"] is True  # `correct` uses math_verify
     assert default["accuracy_reward"] == -1.0  # the paper's reward uses its exact match
-    minerva = score(tmp_path, "--reward", "accuracy_reward", "--grader", "minerva_exact", rows=rows)[0]
+    minerva = score(tmp_path, "--rewards", "accuracy_reward", "--grader", "minerva_exact", rows=rows)[0]
     assert minerva["correct"] is False and minerva["accuracy_reward"] == -1.0
-    mv = score(tmp_path, "--reward", "accuracy_reward", "--grader", "math_verify", rows=rows)[0]
+    mv = score(tmp_path, "--rewards", "accuracy_reward", "--grader", "math_verify", rows=rows)[0]
     assert mv["correct"] is True and mv["accuracy_reward"] == 1.0
 
 
@@ -104,7 +104,7 @@ def test_order_kept_across_chunks(tmp_path):
     from parallel_r1.commands import score as score_cmd
 
     rows = [{"n": i, "completion": f"Final Answer: {i % 7}", "answer": str(i % 5)} for i in range(2 * score_cmd.CHUNK + 5)]
-    out = score(tmp_path, "--reward", "accuracy_reward", "gsm8k/accuracy_reward", "--grader", "minerva_exact", rows=rows)
+    out = score(tmp_path, "--rewards", "accuracy_reward", "gsm8k/accuracy_reward", "--grader", "minerva_exact", rows=rows)
     assert [r["n"] for r in out] == list(range(len(rows)))
     assert [r["accuracy_reward"] for r in out] == [1.0 if i % 7 == i % 5 else -1.0 for i in range(len(rows))]
     assert [r["gsm8k/accuracy_reward"] for r in out] == [1.0 if i % 7 == i % 5 else 0.0 for i in range(len(rows))]
@@ -112,7 +112,7 @@ def test_order_kept_across_chunks(tmp_path):
 
 def test_stdout_without_out(tmp_path, capsys):
     src = write_jsonl(tmp_path / "in.jsonl", ROWS[:3])
-    assert main(["score", str(src), "--reward", "emphase_parallel"]) == 0
+    assert main(["score", "--input", str(src), "--rewards", "emphase_parallel"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [json.loads(line)["emphase_parallel"] for line in lines] == [1.2, -1.0, -1.0]
 
@@ -121,7 +121,7 @@ def test_malformed_line_names_file_and_line(tmp_path, capsys):
     src = tmp_path / "bad.jsonl"
     src.write_text(json.dumps(ROWS[0]) + "\n\n" + '{"completion": "x", "answer": \n' + json.dumps(ROWS[1]) + "\n")
     out = tmp_path / "out.jsonl"
-    assert main(["score", str(src), "-o", str(out)]) == 2
+    assert main(["score", "--input", str(src), "--output", str(out)]) == 2
     err = capsys.readouterr().err
     assert f"{src}:3" in err and len(err.strip().splitlines()) == 1
     assert not out.exists()  # nothing half-written
@@ -134,20 +134,20 @@ def test_malformed_line_names_file_and_line(tmp_path, capsys):
         ([{"answer": "1"}], [], "row 1: missing field 'completion'"),
         ([{"completion": 5, "answer": "1"}], [], "'completion' must be a string"),
         ([{"completion": "x", "answer": None}], [], "'answer' must be a string or a number"),
-        ([{"completion": "x", "answer": "1"}], ["--reward", "no_such_reward"], "no_such_reward"),
+        ([{"completion": "x", "answer": "1"}], ["--rewards", "no_such_reward"], "no_such_reward"),
         ([{"completion": "x", "answer": "1"}], ["--grader", "sympy"], "sympy"),
         ([{"completion": "x", "answer": "1"}], ["--step", "0"], "--step"),
     ],
 )
 def test_bad_input_is_one_clean_error(tmp_path, capsys, rows, args, message):
     src = write_jsonl(tmp_path / "in.jsonl", rows)
-    assert main(["score", str(src), *args]) == 2
+    assert main(["score", "--input", str(src), *args]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
 
 
 def test_missing_file(tmp_path, capsys):
-    assert main(["score", str(tmp_path / "nope.jsonl")]) == 2
+    assert main(["score", "--input", str(tmp_path / "nope.jsonl")]) == 2
     assert "nope.jsonl" in capsys.readouterr().err
 
 

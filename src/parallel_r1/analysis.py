@@ -1,4 +1,4 @@
-"""``parallel-r1 analyze RUN_DIR``: parallel-thinking behaviour over a training run.
+"""Parallel-thinking behaviour over a training run (``parallel-r1 analyze``).
 
 Reads the run folder of ``parallel-r1 rl`` (docs/INTERFACES.md): ``rollouts.jsonl`` (one row
 per completion), ``metrics.jsonl`` (one row per RL step), ``config.yaml`` and
@@ -10,7 +10,7 @@ per completion), ``metrics.jsonl`` (one row per RL step), ``config.yaml`` and
   completions clipped by the budget, format-error rate;
 * accuracy and reward per reward mode (the alternating schedule's accuracy / parallel steps
   are separate series, so the reward scale change between modes is visible);
-* the OctoThinker length pathology (OCTOTHINKER.md §2.5): a run is flagged when more than
+* the OctoThinker length pathology (docs/eval.md): a run is flagged when more than
   ``clip_threshold`` (default 50 %) of the completions of its last steps hit the budget;
 * the early/late shift of the mean ``<Parallel>`` position (first vs last third of the steps);
 * every evaluated checkpoint's results table.
@@ -28,11 +28,14 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from . import metrics as M
-from .io import atomic_write_json, read_jsonl
+from .io import read_jsonl
+from .tables import format_summary_markdown, summary_rows
 
 CLIP_THRESHOLD = 0.5
-STEP_KEYS = ("parallel_ratio", "mean_blocks", "mean_parallel_position", "format_error_rate", "accuracy",
-             "reward", "mean_length", "max_length", "clipped_ratio")  # fmt: skip
+STEP_KEYS = (
+    "parallel_ratio", "mean_blocks", "mean_parallel_position", "format_error_rate", "accuracy",
+    "reward", "mean_length", "max_length", "clipped_ratio",
+)
 
 
 def _num(x) -> float | None:
@@ -49,12 +52,9 @@ def load_config(run_dir: Path) -> dict:
     path = run_dir / "config.yaml"
     if not path.exists():
         return {}
-    import yaml
+    from .commands._config import load_yaml
 
-    try:
-        return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise ValueError(f"{path}: not valid YAML ({e})") from None
+    return load_yaml(path)
 
 
 def budget_of(config: dict) -> int | None:
@@ -90,7 +90,7 @@ def steps_from_rollouts(rows: list[dict], budget: int | None = None) -> list[dic
             "mean_length": M.mean_length(lengths),
             "max_length": max(lengths),
             "clipped_ratio": M.clipped_ratio(clipped),
-        })  # fmt: skip
+        })
     return out
 
 
@@ -124,7 +124,7 @@ def by_reward_mode(steps: list[dict]) -> dict[str, dict[str, list]]:
 
 
 def length_pathology(steps: list[dict], budget: int | None, threshold: float = CLIP_THRESHOLD, last: int | None = None) -> dict:
-    """Do completion lengths pin at the budget over the last steps? (OCTOTHINKER.md §2.5)
+    """Do completion lengths pin at the budget over the last steps? (docs/eval.md)
 
     ``last`` steps default to the last quarter of the run (at least 1, at most 10).
     """
@@ -227,7 +227,7 @@ def format_summary(a: dict) -> str:
         lines.append(f"{'':22}{'step ' + str(first['step']):>12}{'step ' + str(last['step']):>12}")
         for label, key, pct in (("parallel ratio", "parallel_ratio", True), ("<Parallel> position", "mean_parallel_position", False),
                                 ("accuracy", "accuracy", True), ("reward", "reward", False), ("mean length", "mean_length", False),
-                                ("clipped", "clipped_ratio", True), ("format errors", "format_error_rate", True)):  # fmt: skip
+                                ("clipped", "clipped_ratio", True), ("format errors", "format_error_rate", True)):
             lines.append(f"{label:22}{_f(first.get(key), pct):>12}{_f(last.get(key), pct):>12}")
     t = a["position_trend"]
     if t["shift"] is not None:
@@ -241,22 +241,10 @@ def format_summary(a: dict) -> str:
     elif "clipped_share_last_steps" in lp:
         lines.append(f"lengths ok: {lp['clipped_share_last_steps']:.0%} clipped over the last {len(lp['last_steps'])} steps")
     if a["evals"]:
-        from .report import format_summary_markdown, summary_rows
-
         lines += ["", "evaluations (eval/<tag>/results.json):", format_summary_markdown(summary_rows(a["evals"]))]
     return "\n".join(lines)
 
 
-def add_arguments(parser) -> None:
-    parser.add_argument("run_dir", help="run folder written by `parallel-r1 rl`")
-    parser.add_argument("--clip-threshold", type=float, default=CLIP_THRESHOLD, help="flag the length pathology when more than this share of the last steps' completions hit the budget (default 0.5)")
-    parser.add_argument("--last-steps", type=int, default=None, help="how many final steps the length check looks at (default: the last quarter, 1-10)")
-    parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
-
-
-def run(args) -> int:
-    a = analyze_run(args.run_dir, args.clip_threshold, args.last_steps)
-    atomic_write_json(Path(args.run_dir) / "analysis.json", a)
-    print(format_summary(a))
-    print(f"wrote {Path(args.run_dir) / 'analysis.json'}")
-    return 0
+def eval_summary(run_dir: str | Path) -> str:
+    """The combined markdown table of every ``RUN_DIR/eval/<tag>/results.json`` (for printing)."""
+    return format_summary_markdown(summary_rows(load_evals(Path(run_dir))))

@@ -1,6 +1,6 @@
-"""``parallel-r1 eval``: the paper's benchmark table (spec PARALLEL_R1.md §6, OCTOTHINKER.md §3).
+"""Benchmark evaluation: the paper's main table (docs/eval.md), behind ``parallel-r1 eval``.
 
-    parallel-r1 eval --model PATH --benchmarks aime24,aime25,amc23,math500 --out OUT
+    parallel-r1 eval --model PATH --benchmarks aime24 aime25 amc23 math500 --output_dir OUT
 
 For each benchmark, every problem gets ``n`` samples (default ``n = k``; paper: AIME/AMC 16,
 MATH 1) from the decoding engine (:class:`parallel_r1.decoding.ParallelEngine`, Seen or Unseen).
@@ -13,7 +13,7 @@ Resuming. ``OUT/run.json`` records the model and every setting that changes what
 (template, variant, sampling, budget, grader, ...). Re-running with the same ones continues:
 samples already in ``completions.jsonl`` are kept, only the missing (problem, sample_index)
 pairs are generated. Different ones are an error naming the fields, so two runs never mix in
-one folder. ``--limit``, ``--k`` and ``--benchmarks`` may change between runs (more samples
+one folder. ``limit``, ``k`` and ``benchmarks`` may change between runs (more samples
 or problems are just more of the same distribution).
 
 Choices where the papers are silent:
@@ -21,7 +21,7 @@ Choices where the papers are silent:
 * A model without the six tag tokens (a base or instruct model straight from the hub, e.g.
   ``smollm2``) gets them added in memory (``models.add_tag_tokens``, the same mean-of-pieces
   rows as ``prepare-model``); nothing is written to the model folder. ``run.json`` records it.
-* Few-shot prompts (``--template fewshot``) are for base models: no chat template; the
+* Few-shot prompts (``template: fewshot``) are for base models: no chat template; the
   completion is cut at the first stop string (``\\nQ:``, ``\\nProblem:``) after generation,
   as OctoThinker's extraction cuts at the next question; ``length`` stays the generated tokens.
 * Relative ``<Parallel>`` positions are in tokens when the engine gives token ids, else in
@@ -31,6 +31,7 @@ Choices where the papers are silent:
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import sys
 from collections import defaultdict
@@ -44,22 +45,27 @@ from .io import JsonlAppender, atomic_write_json, read_jsonl
 
 # Samples per problem by default (the paper: AIME/AMC mean@16 + pass@16, MATH mean@1).
 DEFAULT_K = {"aime24": 16, "aime25": 16, "amc23": 16, "math500": 1, "math": 1, "gsm8k": 1}
-DISPLAY = {"aime24": "AIME24", "aime25": "AIME25", "amc23": "AMC23", "math500": "MATH500", "math": "MATH", "gsm8k": "GSM8K"}
 TEMPLATE_CHOICES = ("parallel_v3", "baseline", "fewshot", "no_prompt", "parallel_v2", "orz")
 # Settings that change what a sample is: a results folder only continues under the same ones.
-IDENTITY = ("model", "template", "variant", "grader", "extractor", "temperature", "top_p", "top_k",
-            "max_new_tokens", "num_paths", "max_blocks", "max_path_tokens", "path_temperature")  # fmt: skip
+IDENTITY = (
+    "model", "template", "variant", "grader", "extractor", "temperature", "top_p", "top_k",
+    "max_new_tokens", "num_paths", "max_blocks", "max_path_tokens", "path_temperature",
+)
 
 
 @dataclass
 class EvalConfig:
-    """Settings of one evaluation (``parallel-r1 eval``; also loadable from ``--config YAML``)."""
+    """Settings of one evaluation (``parallel-r1 eval``, a ``--config`` YAML, or Python).
 
-    model: str = field(default="", metadata={"help": "Model: local folder, hub id, or alias (`smollm2`)."})
-    out: str = field(default="", metadata={"help": "Results folder: results.json, completions.jsonl, run.json. Re-running continues it."})
-    benchmarks: list[str] | str = field(default_factory=lambda: ["aime24", "aime25", "amc23", "math500"], metadata={"help": "Comma-separated benchmark names (parallel_r1.data.registry.KNOWN) or hub ids / files."})
-    k: dict[str, int] | str = field(default_factory=dict, metadata={"help": "k per benchmark, e.g. `aime24=16,amc23=16,math500=1` or one number for all; unset ones use the paper's table (AIME/AMC 16, MATH/GSM8K 1)."})
-    samples: dict[str, int] | str = field(default_factory=dict, metadata={"help": "Samples per problem when more than k are wanted (better pass@k estimates), same syntax as --k; default n = k."})
+    ``k`` and ``samples`` are given as text (``"aime24=16,math500=1"`` or ``"4"``), a number or a
+    mapping, and hold ``{benchmark: int}`` after construction.
+    """
+
+    model: str = field(metadata={"help": "Model: local folder, hub id, or alias (`smollm2`)."})
+    output_dir: str = field(metadata={"help": "Results folder: results.json, completions.jsonl, run.json. Re-running continues it."})
+    benchmarks: list[str] = field(default_factory=lambda: ["aime24", "aime25", "amc23", "math500"], metadata={"help": "Benchmark names (parallel_r1.data.registry.KNOWN), hub ids or files; space- or comma-separated."})
+    k: str = field(default="", metadata={"help": "k per benchmark, e.g. `aime24=16,amc23=16,math500=1` or one number for all; unset ones use the paper's table (AIME/AMC 16, MATH/GSM8K 1)."})
+    samples: str = field(default="", metadata={"help": "Samples per problem when more than k are wanted (better pass@k estimates), same syntax as k; default n = k."})
     template: str = field(default="parallel_v3", metadata={"help": "Prompt: parallel_v3 (the paper's final prompt), baseline, fewshot (OctoThinker few-shot, base models), no_prompt, parallel_v2 (pilot SFT data), orz (OctoThinker RL template, \\boxed{} answers)."})
     variant: str = field(default="unseen", metadata={"help": "Generation: `unseen` (paths isolated, engine-orchestrated) or `seen` (free causal generation)."})
     grader: str = field(default="math_verify", metadata={"help": "Answer checker: math_verify or minerva_exact."})
@@ -79,15 +85,14 @@ class EvalConfig:
     grading_workers: int | None = field(default=None, metadata={"help": "Grader processes (default: CPUs)."})
 
     def __post_init__(self):
-        if isinstance(self.benchmarks, str):
-            self.benchmarks = [b.strip() for b in self.benchmarks.split(",") if b.strip()]
-        self.benchmarks = list(dict.fromkeys(self.benchmarks))
+        names = [self.benchmarks] if isinstance(self.benchmarks, str) else self.benchmarks
+        self.benchmarks = list(dict.fromkeys(b.strip() for n in names for b in str(n).split(",") if b.strip()))
         self.k = _per_benchmark(self.k, self.benchmarks, "k")
         self.samples = _per_benchmark(self.samples, self.benchmarks, "samples")
         if not self.model:
-            raise ValueError("eval: --model is required")
-        if not self.out:
-            raise ValueError("eval: --out is required")
+            raise ValueError("eval: model is required")
+        if not self.output_dir:
+            raise ValueError("eval: output_dir is required")
         if not self.benchmarks:
             raise ValueError("eval: no benchmark given")
         if self.template not in TEMPLATE_CHOICES:
@@ -105,7 +110,7 @@ class EvalConfig:
             if k < 1:
                 raise ValueError(f"eval: k for {name} must be >= 1, got {k}")
             if k > n:
-                raise ValueError(f"eval: k={k} for {name} is larger than the {n} samples per problem (--samples {name}={n})")
+                raise ValueError(f"eval: k={k} for {name} is larger than the {n} samples per problem (samples {name}={n})")
 
     def k_of(self, name: str) -> int:
         return self.k.get(name, DEFAULT_K.get(name, 1))
@@ -133,17 +138,17 @@ def _per_benchmark(value, benchmarks: Sequence[str], what: str) -> dict[str, int
         try:
             return {b: int(value) for b in benchmarks}
         except ValueError:
-            raise ValueError(f"eval: --{what} {value!r}: expected a number or name=N pairs") from None
+            raise ValueError(f"eval: {what} {value!r}: expected a number or name=N pairs") from None
     out = {}
     for part in value.split(","):
         name, _, num = part.partition("=")
         try:
             out[name.strip()] = int(num)
         except ValueError:
-            raise ValueError(f"eval: --{what} {part!r}: expected name=N with an integer N") from None
+            raise ValueError(f"eval: {what} {part!r}: expected name=N with an integer N") from None
     unknown = sorted(set(out) - set(benchmarks))
     if unknown:
-        raise ValueError(f"eval: --{what} names {', '.join(unknown)}, which are not in --benchmarks ({', '.join(benchmarks)})")
+        raise ValueError(f"eval: {what} names {', '.join(unknown)}, which are not in benchmarks ({', '.join(benchmarks)})")
     return out
 
 
@@ -183,7 +188,7 @@ def engine_generate_fn(model, tokenizer, cfg: EvalConfig) -> GenerateFn:
             max_new_tokens=cfg.max_new_tokens, max_path_tokens=cfg.max_path_tokens or cfg.max_new_tokens,
             temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
             path_temperature=cfg.path_temperature, seed=seed,
-        )  # fmt: skip
+        )
         samples = ParallelEngine(model, tokenizer, dcfg).generate(prompts, n=1)
         samples = sorted(samples, key=lambda s: s.prompt_index)
         out = []
@@ -232,7 +237,7 @@ def _split(name: str) -> str | None:
 
 
 def build_prompts(name: str, problems, tokenizer, template: str, data_dir: str | os.PathLike | None = None) -> BenchmarkPrompts:
-    """Prompts of one benchmark; few-shot exemplars come from ``data_dir`` (``--data-dir``) too."""
+    """Prompts of one benchmark; few-shot exemplars come from ``data_dir`` too."""
     from .prompts import build_prompt
 
     if template == "fewshot":
@@ -254,23 +259,21 @@ def _cut(text: str, stop: Sequence[str]) -> str:
 def check_run_folder(out: Path, cfg: EvalConfig) -> None:
     """Fail when ``out`` holds results of another run (other model or sample-changing settings).
 
-    Called before the model loads, so a wrong ``--out`` costs nothing.
+    Called before the model loads, so a wrong ``output_dir`` costs nothing.
     """
     path = out / "run.json"
     if path.exists():
-        import json
-
         try:
             old = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
-            raise ValueError(f"eval: {path} is not valid JSON ({e.msg}); use another --out") from None
+            raise ValueError(f"eval: {path} is not valid JSON ({e.msg}); use another output_dir") from None
         old_ident, ident = old.get("identity", {}), cfg.identity()
         diff = [f for f in IDENTITY if old_ident.get(f) != ident.get(f)]
         if diff:
             detail = "; ".join(f"{f}: {old_ident.get(f)!r} there, {ident.get(f)!r} now" for f in diff)
-            raise ValueError(f"eval: {out} holds results of another run ({detail}); use another --out")
+            raise ValueError(f"eval: {out} holds results of another run ({detail}); use another output_dir")
     elif (out / "completions.jsonl").exists() or (out / "results.json").exists():
-        raise ValueError(f"eval: {out} has results but no run.json; it is not an eval folder of this tool, use another --out")
+        raise ValueError(f"eval: {out} has results but no run.json; it is not an eval folder of this tool, use another output_dir")
 
 
 def open_run_folder(out: Path, cfg: EvalConfig, extra: dict | None = None) -> None:
@@ -320,36 +323,6 @@ def summarize(rows: Sequence[dict], k: int, n: int) -> dict:
     }
 
 
-def _pct(x) -> str:
-    return "-" if x is None else f"{100 * x:.1f}"
-
-
-def format_table(results: dict, title: str | None = None) -> str:
-    """The paper's main-table layout: benchmarks as columns, metrics as rows, plus the average."""
-    bench = results["benchmarks"]
-    names = list(bench)
-    heads = [f"{DISPLAY.get(b, b)} (k={bench[b]['k']})" for b in names] + ["Avg."]
-    rows = [
-        ("mean@k", "mean@k"), ("pass@k", "pass@k"), ("maj@k", "maj@k"), ("best@k (verl)", "best@k"),
-        ("parallel ratio %", "parallel_ratio"), ("format errors %", "format_error_rate"),
-    ]  # fmt: skip
-    table = []
-    for label, key in rows:
-        vals = [bench[b].get(key) for b in names]
-        have = [v for v in vals if v is not None]
-        table.append([label] + [_pct(v) for v in vals] + [_pct(sum(have) / len(have)) if have else "-"])
-    for label, key, fmt in (("mean blocks", "mean_blocks", "{:.2f}"), ("mean length", "mean_length", "{:.0f}")):
-        vals = [bench[b].get(key) for b in names]
-        table.append([label] + ["-" if v is None else fmt.format(v) for v in vals] + [""])
-    table.append(["problems"] + [str(bench[b]["n_problems"]) for b in names] + [""])
-    widths = [max(len(str(r[i])) for r in [["", *heads], *table]) for i in range(len(heads) + 1)]
-    line = lambda cells: "  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
-    out = [title] if title else []
-    out += [line(["", *heads]), line(["-" * w for w in widths])]
-    out += [line(r) for r in table]
-    return "\n".join(out)
-
-
 # ----------------------------------------------------------------------------- driver
 
 
@@ -361,7 +334,7 @@ def evaluate(cfg: EvalConfig, generate_fn: GenerateFn | None = None, tokenizer=N
     """
     from .grading import EXTRACTORS, gold_answer, grade_answers
 
-    out = Path(cfg.out)
+    out = Path(cfg.output_dir)
     # Everything that can be wrong with the input fails here, before the model loads.
     benches = {name: load_benchmark(name, cfg) for name in cfg.benchmarks}
     if cfg.template == "fewshot":
@@ -408,19 +381,19 @@ def evaluate(cfg: EvalConfig, generate_fn: GenerateFn | None = None, tokenizer=N
                         "pred": pred, "correct": bool(ok), "uses_parallel": rep.uses_parallel, "format_ok": rep.format_ok,
                         "num_blocks": rep.num_blocks, "positions": rep.positions if c.positions is None else c.positions,
                         "length": c.length, "finish_reason": c.finish_reason,
-                    })  # fmt: skip
+                    })
                 sink.write_many(rows)
                 for r in rows:
                     done[(name, r["problem_id"], r["sample_index"])] = r
                 bar.update(len(batch))
             bar.close()
 
-    results = {"model": cfg.identity()["model"], "settings": _settings(cfg), "benchmarks": {}}
+    results = {"model": cfg.identity()["model"], "settings": run_identity(cfg), "benchmarks": {}}
     for name, problems in benches.items():
         n = cfg.n_of(name)
         rows = [done[(name, str(p.id), s)] for p in problems for s in range(n)]
         results["benchmarks"][name] = summarize(rows, cfg.k_of(name), n)
-    # Benchmarks evaluated into this folder by an earlier call (other --benchmarks) stay in it.
+    # Benchmarks evaluated into this folder by an earlier call (other benchmarks) stay in it.
     old = _read_results(out / "results.json")
     for name, res in old.get("benchmarks", {}).items():
         results["benchmarks"].setdefault(name, res)
@@ -431,17 +404,18 @@ def evaluate(cfg: EvalConfig, generate_fn: GenerateFn | None = None, tokenizer=N
 def _read_results(path: Path) -> dict:
     if not path.exists():
         return {}
-    import json
-
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError:
         return {}  # a torn write of ours: it is rebuilt from completions.jsonl
 
 
-def _settings(cfg: EvalConfig) -> dict:
+def run_identity(cfg: EvalConfig) -> dict:
+    """The settings ``results.json`` records: every field but where the model and the results are
+    and how many grading processes ran, with ``k`` and ``samples`` resolved per benchmark.
+    Two evaluations are comparable when their identities are equal (``rl-readiness`` checks it)."""
     d = dataclasses.asdict(cfg)
-    for f in ("model", "out", "grading_workers"):
+    for f in ("model", "output_dir", "grading_workers"):
         d.pop(f)
     d["k"] = {b: cfg.k_of(b) for b in cfg.benchmarks}
     d["samples"] = {b: cfg.n_of(b) for b in cfg.benchmarks}
@@ -466,56 +440,3 @@ def load_for_eval(model_path: str):
         added = True
         print(f"eval: {model_path} has no tag tokens; added them in memory (as prepare-model does)", file=sys.stderr)
     return model, tok, added
-
-
-# ----------------------------------------------------------------------------- CLI
-
-
-def add_arguments(parser) -> None:
-    import argparse
-
-    parser.add_argument("--config", default=None, help="YAML file with any of the fields below; command-line values override it")
-    for f in dataclasses.fields(EvalConfig):
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        shown = ",".join(default) if isinstance(default, list) else default
-        kind = {int: int, float: float}.get(type(default) if default is not None else None, str)
-        if f.name in ("top_k", "max_path_tokens", "limit", "seed", "grading_workers", "path_temperature"):
-            kind = _optional(float if f.name == "path_temperature" else int)
-        parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=argparse.SUPPRESS,
-                            help=f"{f.metadata['help']} (default: {shown if shown not in ('', {}) else 'unset'})")  # fmt: skip
-    parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
-
-
-def _optional(kind):
-    def parse(s: str):
-        return None if s.lower() in ("none", "") else kind(s)
-
-    parse.__name__ = kind.__name__
-    return parse
-
-
-def config_from_args(args) -> EvalConfig:
-    values = {}
-    if getattr(args, "config", None):
-        import yaml
-
-        path = Path(args.config)
-        if not path.exists():
-            raise FileNotFoundError(f"eval: no such config file: {path}")
-        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        unknown = sorted(set(values) - {f.name for f in dataclasses.fields(EvalConfig)})
-        if unknown:
-            raise KeyError(f"{path}: unknown field(s) {', '.join(unknown)}")
-    values.update({f.name: getattr(args, f.name) for f in dataclasses.fields(EvalConfig) if hasattr(args, f.name)})
-    return EvalConfig(**values)
-
-
-def run(args) -> int:
-    cfg = config_from_args(args)
-    from .models import check_model_source
-
-    check_model_source(cfg.model)
-    results = evaluate(cfg)
-    print(format_table(results, title=f"{results['model']}  ({cfg.template}, {cfg.variant}, T={cfg.temperature}, max {cfg.max_new_tokens} tokens)"))
-    print(f"\nwrote {Path(cfg.out) / 'results.json'} and {Path(cfg.out) / 'completions.jsonl'}")
-    return 0

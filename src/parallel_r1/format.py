@@ -1,4 +1,4 @@
-"""The grammar of parallel thinking (spec PARALLEL_R1.md §1.2, §4.1).
+"""The grammar of parallel thinking (README, "What parallel thinking looks like").
 
 Canonical layout of a response::
 
@@ -14,9 +14,9 @@ Choices where the paper's code is silent or loose (each is tested):
   two additions that no pilot trace trips: a ``<Path>`` must sit directly inside a
   ``<Parallel>``, and a tag other than ``<Summary>`` right after ``</Parallel>`` is an error
   ("a summary right after each ``</Parallel>``"). Like the paper's checker it does not look
-  at ``</Summary>`` by default: pilot row 327 ends inside an unclosed summary and the spec
+  at ``</Summary>`` by default: pilot row 327 ends inside an unclosed summary and the paper
   counts all 341 pilot traces as valid. ``strict=True`` also requires every ``<Summary>`` to
-  be closed by ``</Summary>`` (the spec's §8.3 reading). Nesting a block inside a path is
+  be closed by ``</Summary>``. Nesting a block inside a path is
   tolerated, as in the paper.
 * ``uses_parallel`` follows the reward code: the text contains ``<Parallel>`` at least once,
   valid or not. ``num_blocks`` counts blocks that closed properly.
@@ -78,7 +78,7 @@ class ParsedTrace:
 
 
 def check_format(text: str, strict: bool = False) -> list[str]:
-    """The stack checker of §4.1 (with the choices in the module docstring).
+    """The paper's stack checker (with the choices in the module docstring).
 
     Returns a list of error messages, empty when the format is valid. A response with no
     tag at all is valid (sequential reasoning is allowed).
@@ -195,7 +195,7 @@ _NORMALISE = (
 
 
 def normalize(text: str) -> str:
-    """Canonical whitespace between tags (§1.2): none inside a block, one ``\\n`` before ``<Summary>``.
+    """Canonical whitespace between tags (the layout above): none inside a block, one ``\\n`` before ``<Summary>``.
 
     Text inside paths and summaries is untouched. Idempotent.
     """
@@ -233,16 +233,6 @@ class TraceReport:
     paths_per_block: list[int]
     positions: list[float]
     errors: list[str]
-
-    def as_dict(self) -> dict:
-        return dict(
-            uses_parallel=self.uses_parallel,
-            format_ok=self.format_ok,
-            num_blocks=self.num_blocks,
-            paths_per_block=self.paths_per_block,
-            positions=self.positions,
-            format_errors=self.errors,
-        )
 
 
 def analyze(

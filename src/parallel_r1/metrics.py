@@ -1,4 +1,4 @@
-"""Benchmark and behaviour metrics as pure functions (spec PARALLEL_R1.md §6).
+"""Benchmark and behaviour metrics as pure functions (docs/eval.md).
 
 Accuracy over ``n`` samples per problem, the way the paper and its baselines report it:
 
@@ -11,9 +11,9 @@ Accuracy over ``n`` samples per problem, the way the paper and its baselines rep
   pass@k and is here only to compare with numbers logged by verl.
 * ``maj@k``: majority vote over the first k samples' extracted answers; the vote's answer is
   graded by the correctness of its first sample (as verl's ``calc_maj_val``). Answers are
-  compared as stripped strings; missing answers do not vote. The spec is silent on both.
+  compared as stripped strings; missing answers do not vote. The papers are silent on both.
 
-Behaviour of the responses (no code in the paper's repo; spec §6 "natural definitions"):
+Behaviour of the responses (no code in the paper's repo; the natural definitions):
 
 * parallel ratio: share of responses with at least one ``<Parallel>``;
 * mean relative position: mean over *all blocks* of all responses of
@@ -169,7 +169,19 @@ def mean_parallel_position(positions: Sequence[Sequence[float]]) -> float | None
 
 
 __all__ = [
-    "BOOTSTRAP_RESAMPLES", "BOOTSTRAP_SEED", "best_at_k", "bootstrap_best_at_k", "clipped_ratio",
-    "format_error_rate", "maj_at_k", "majority_correct", "mean_at_k", "mean_blocks", "mean_length",
-    "mean_parallel_position", "parallel_ratio", "pass_at_k", "pass_at_k_mean",
-]  # fmt: skip
+    "BOOTSTRAP_RESAMPLES",
+    "BOOTSTRAP_SEED",
+    "best_at_k",
+    "bootstrap_best_at_k",
+    "clipped_ratio",
+    "format_error_rate",
+    "maj_at_k",
+    "majority_correct",
+    "mean_at_k",
+    "mean_blocks",
+    "mean_length",
+    "mean_parallel_position",
+    "parallel_ratio",
+    "pass_at_k",
+    "pass_at_k_mean",
+]

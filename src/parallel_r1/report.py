@@ -1,4 +1,4 @@
-"""``parallel-r1 report RUN_DIR``: one self-contained HTML page about a run.
+"""One self-contained HTML page about a run (``parallel-r1 report``).
 
 The page holds the curves of :mod:`parallel_r1.analysis` (matplotlib, embedded as base64 PNG),
 the evaluation tables of ``eval/<tag>/results.json``, and a trace viewer: sampled completions
@@ -6,7 +6,7 @@ with each ``<Parallel>`` block's paths side by side (CSS flex columns) and its s
 them (``format.parse``; nested blocks are drawn inside their path). No script, no external
 URL: it opens offline and in any browser. Every piece of model text is HTML-escaped.
 
-Which traces are shown (the spec is silent): from ``rollouts.jsonl``, up to ``--traces`` rows
+Which traces are shown (the papers are silent): from ``rollouts.jsonl``, up to ``traces`` rows
 spread evenly over the run's steps, preferring completions that use ``<Parallel>``; then the
 same number from the last evaluation's ``completions.jsonl``.
 """
@@ -21,6 +21,7 @@ from pathlib import Path
 from .analysis import analyze_run
 from .format import parse
 from .io import atomic_write_text, read_jsonl
+from .tables import results_table, steps_table, summary_rows, summary_table_html
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#1d1d1f;background:#fff}
@@ -197,146 +198,6 @@ def _trace_card(r: dict) -> str:
     )
 
 
-# ----------------------------------------------------------------------------- tables
-
-
-def _pct(x) -> str:
-    return "-" if x is None else f"{100 * x:.1f}"
-
-
-# ----------------------------------------------------------------------------- combined summary
-
-SUMMARY_METRICS = (("accuracy", "mean@k"), ("pass@k", "pass@k"), ("parallel %", "parallel_ratio"), ("length", "mean_length"))
-
-
-def summary_rows(evals: dict[str, dict]) -> list[dict]:
-    """One row per evaluated model, for the combined table (report, ``analyze``, the demo).
-
-    Args:
-        evals: ``{tag: results.json content}``, e.g. :func:`parallel_r1.analysis.load_evals` of
-            a run folder (the demo's ``RL_DIR/eval/{base,sft,rl}``) or ``{tag: evaluate(cfg)}``.
-
-    Returns:
-        ``[{"model": tag, "path": results["model"], "benchmarks": {name: {"k", "n_problems",
-        "accuracy" (mean@k), "pass@k" (None when k == 1), "parallel_ratio", "mean_length"}},
-        "avg_accuracy"}]`` in the order of ``evals``.
-    """
-    rows = []
-    for tag, res in evals.items():
-        cells = {}
-        for name, b in (res.get("benchmarks") or {}).items():
-            k = b.get("k") or 1
-            cells[name] = {
-                "k": k, "n_problems": b.get("n_problems"), "accuracy": b.get("mean@k"),
-                "pass@k": b.get("pass@k") if k > 1 else None,
-                "parallel_ratio": b.get("parallel_ratio"), "mean_length": b.get("mean_length"),
-            }  # fmt: skip
-        accs = [c["accuracy"] for c in cells.values() if c["accuracy"] is not None]
-        rows.append({"model": tag, "path": res.get("model"), "benchmarks": cells, "avg_accuracy": sum(accs) / len(accs) if accs else None})
-    return rows
-
-
-def _summary_columns(rows: list[dict]) -> list[tuple[str, str, str]]:
-    """(benchmark, metric key, header) for every column: benchmarks in first-seen order; pass@k
-    only for benchmarks evaluated with k > 1 by some model."""
-    benches: dict[str, set[int]] = {}
-    for r in rows:
-        for name, c in r["benchmarks"].items():
-            benches.setdefault(name, set()).add(c["k"])
-    cols = []
-    for name, ks in benches.items():
-        kk = "/".join(str(k) for k in sorted(ks))
-        for label, key in (("mean@" + kk, "accuracy"), ("pass@" + kk, "pass@k"), ("parallel %", "parallel_ratio"), ("length", "mean_length")):
-            if key == "pass@k" and max(ks) <= 1:
-                continue
-            cols.append((name, key, label))
-    return cols
-
-
-def _cell(key: str, v) -> str:
-    if v is None:
-        return "-"
-    return f"{v:.0f}" if key == "mean_length" else f"{100 * v:.1f}"
-
-
-def format_summary_markdown(rows: list[dict]) -> str:
-    """The combined table as GitHub markdown: a row per model; per benchmark accuracy (mean@k, %),
-    pass@k (%, when k > 1), parallel ratio (%) and mean length (tokens); then the average accuracy."""
-    if not rows:
-        return "(no evaluation results)"
-    from .evaluate import DISPLAY
-
-    cols = _summary_columns(rows)
-    head = ["model"] + [f"{DISPLAY.get(b, b)} {label}" for b, _, label in cols] + ["avg acc"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
-    for r in rows:
-        cells = [r["model"]] + [_cell(key, r["benchmarks"].get(b, {}).get(key)) for b, key, _ in cols] + [_cell("accuracy", r["avg_accuracy"])]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def summary_table_html(rows: list[dict]) -> str:
-    """The combined table in HTML: benchmarks as column groups, a row per model."""
-    if not rows:
-        return ""
-    from .evaluate import DISPLAY
-
-    cols = _summary_columns(rows)
-    groups: dict[str, int] = {}
-    for b, _, _ in cols:
-        groups[b] = groups.get(b, 0) + 1
-    top = "<tr><th rowspan='2'>model</th>" + "".join(f"<th colspan='{n}'>{html.escape(DISPLAY.get(b, b))}</th>" for b, n in groups.items()) + "<th rowspan='2'>avg acc %</th></tr>"
-    sub = "<tr>" + "".join(f"<th>{html.escape(label)}</th>" for _, _, label in cols) + "</tr>"
-    body = "".join(
-        f"<tr><td title='{html.escape(str(r['path'] or ''))}'>{html.escape(r['model'])}</td>"
-        + "".join(f"<td>{_cell(key, r['benchmarks'].get(b, {}).get(key))}</td>" for b, key, _ in cols)
-        + f"<td>{_cell('accuracy', r['avg_accuracy'])}</td></tr>"
-        for r in rows
-    )
-    note = "<div class='meta'>accuracy = mean@k, pass@k = unbiased estimator (Chen et al. 2021), both in %; parallel % = completions with a &lt;Parallel&gt; block; length = mean completion tokens.</div>"
-    return f"<table id='eval-summary' class='summary-table'>{top}{sub}{body}</table>{note}"
-
-
-def eval_summary(run_dir: str | Path) -> str:
-    """The combined markdown table of every ``RUN_DIR/eval/<tag>/results.json`` (for printing)."""
-    from .analysis import load_evals
-
-    return format_summary_markdown(summary_rows(load_evals(Path(run_dir))))
-
-
-def results_table(tag: str, res: dict) -> str:
-    bench = res.get("benchmarks", {})
-    names = list(bench)
-    head = "".join(f"<th>{html.escape(b)} (k={html.escape(str(bench[b].get('k')))})</th>" for b in names)
-    rows = []
-    for label, key in (("mean@k", "mean@k"), ("pass@k", "pass@k"), ("maj@k", "maj@k"), ("best@k (verl)", "best@k"),
-                       ("parallel ratio %", "parallel_ratio"), ("format errors %", "format_error_rate")):  # fmt: skip
-        rows.append(f"<tr><td>{label}</td>" + "".join(f"<td>{_pct(bench[b].get(key))}</td>" for b in names) + "</tr>")
-    for label, key in (("mean blocks", "mean_blocks"), ("mean length", "mean_length"), ("problems", "n_problems")):
-        vals = [bench[b].get(key) for b in names]
-        rows.append(f"<tr><td>{label}</td>" + "".join(f"<td>{'-' if v is None else round(v, 2)}</td>" for v in vals) + "</tr>")
-    model = html.escape(str(res.get("model", "")))
-    return f"<h3>{html.escape(tag)}</h3><div class='meta'>{model}</div><table><tr><th></th>{head}</tr>{''.join(rows)}</table>"
-
-
-def steps_table(steps: list[dict]) -> str:
-    cols = [("step", "step"), ("mode", "reward_mode"), ("parallel %", "parallel_ratio"), ("position", "mean_parallel_position"),
-            ("accuracy %", "accuracy"), ("reward", "reward"), ("mean len", "mean_length"), ("clipped %", "clipped_ratio"),
-            ("format err %", "format_error_rate")]  # fmt: skip
-    pct = {"parallel_ratio", "accuracy", "clipped_ratio", "format_error_rate"}
-
-    def cell(key, v):
-        if v is None:
-            return "-"
-        if key in pct:
-            return _pct(v)
-        return f"{v:.2f}" if isinstance(v, float) else html.escape(str(v))
-
-    head = "".join(f"<th>{c}</th>" for c, _ in cols)
-    body = "".join("<tr>" + "".join(f"<td>{cell(k, s.get(k))}</td>" for _, k in cols) + "</tr>" for s in steps)
-    return f"<table><tr>{head}</tr>{body}</table>"
-
-
 # ----------------------------------------------------------------------------- page
 
 
@@ -346,7 +207,7 @@ def build_report(run_dir: str | Path, traces: int = 6) -> str:
     parts = [f"<h1>Parallel-R1 run report</h1><div class='meta'>{html.escape(str(run_dir.resolve()))} · {a['n_steps']} RL steps · {a['n_rollouts']} rollouts · budget {a['budget'] or 'unknown'} tokens</div>"]
     lp = a["length_pathology"]
     if lp.get("flagged"):
-        parts.append(f"<div class='flag'><b>Length pathology:</b> {lp['clipped_share_last_steps']:.0%} of the completions of steps {lp['last_steps'][0]}-{lp['last_steps'][-1]} hit the token budget (threshold {lp['threshold']:.0%}; OctoThinker §2.5).</div>")
+        parts.append(f"<div class='flag'><b>Length pathology:</b> {lp['clipped_share_last_steps']:.0%} of the completions of steps {lp['last_steps'][0]}-{lp['last_steps'][-1]} hit the token budget (threshold {lp['threshold']:.0%}; the OctoThinker length pathology).</div>")
     elif "clipped_share_last_steps" in lp:
         parts.append(f"<div class='ok'>Lengths do not pin at the budget: {lp['clipped_share_last_steps']:.0%} clipped over the last {len(lp['last_steps'])} steps.</div>")
     t = a["position_trend"]
@@ -387,20 +248,8 @@ def build_report(run_dir: str | Path, traces: int = 6) -> str:
     return f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>Parallel-R1 report: {html.escape(run_dir.name)}</title><style>{CSS}</style></head>\n<body>\n{body}\n</body></html>\n'
 
 
-def add_arguments(parser) -> None:
-    parser.add_argument("run_dir", help="run folder written by `parallel-r1 rl`")
-    parser.add_argument("--out", default=None, help="HTML file to write (default RUN_DIR/report.html)")
-    parser.add_argument("--traces", type=int, default=6, help="completions to show from the rollouts and from the last eval (default 6 each)")
-    parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
-
-
-def run(args) -> int:
-    page = build_report(args.run_dir, args.traces)
-    out = Path(args.out) if args.out else Path(args.run_dir) / "report.html"
-    atomic_write_text(out, page)
-    print(f"wrote {out} ({len(page) // 1024} KiB)")
-    return 0
-
-
-__all__ = ["build_report", "eval_summary", "format_summary_markdown", "make_plots", "pick_traces", "render_trace", "results_table",
-           "summary_rows", "summary_table_html"]
+def write_report(run_dir: str | Path, output: str | Path | None = None, traces: int = 6) -> Path:
+    """Write :func:`build_report` of ``run_dir`` to ``output`` (default ``RUN_DIR/report.html``) atomically."""
+    out = Path(output) if output else Path(run_dir) / "report.html"
+    atomic_write_text(out, build_report(run_dir, traces))
+    return out

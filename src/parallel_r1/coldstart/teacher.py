@@ -1,12 +1,12 @@
-"""Teachers that write parallel-thinking traces, and the resumable generation loop (spec §2).
+"""Teachers that write parallel-thinking traces, and the resumable generation loop (docs/coldstart.md).
 
-The paper's teacher prompt and generation code are not public (§2, §9.1). We ship
+The paper's teacher prompt and generation code are not public. We ship
 :data:`DEFAULT_TEACHER_PROMPT`: the final v3 prompt's instructions plus an explicit skeleton of
-the canonical layout (§1.2) and the ``Final Answer:`` line, since a teacher that is shown the
-layout reproduces it far more often than one told about it in prose. Pass ``--prompt-file`` to
-use another text (one ``{Problem}`` placeholder, literal braces doubled).
+the canonical layout (README, "What parallel thinking looks like") and the ``Final Answer:`` line,
+since a teacher that is shown the layout reproduces it far more often than one told about it in
+prose. ``prompt_file`` selects another text (one ``{Problem}`` placeholder, literal braces doubled).
 
-Teachers (by name in :data:`TEACHERS`):
+Teachers (``coldstart generate --teacher``):
 
 * ``openai``: any OpenAI-compatible chat endpoint (vLLM, SGLang, a hosted API) through the
   ``openai`` client. Base URL and model from the command line, key from an environment variable.
@@ -181,9 +181,6 @@ class SyntheticTeacher:
         return [Completion(teacher_trace(p), "stop") for p in problems]
 
 
-TEACHERS = ("openai", "local", "synthetic")
-
-
 # ----------------------------------------------------------------------------------- the run loop
 
 
@@ -243,9 +240,6 @@ class GenerateStats:
     skipped: int = 0  # already on disk
     failed: int = 0
     successes: int = 0  # valid parallel format and correct answer
-
-    def as_dict(self) -> dict:
-        return dict(written=self.written, skipped=self.skipped, failed=self.failed, successes=self.successes)
 
 
 def score_row(text: str, gold: str) -> dict:

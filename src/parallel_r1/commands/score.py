@@ -1,9 +1,9 @@
-"""``parallel-r1 score IN.jsonl [-o OUT.jsonl] [--reward NAME ...] [--step N] [--grader NAME]``.
+"""``parallel-r1 score --input IN.jsonl [--output OUT.jsonl] [--rewards NAME ...] [--step N] [--grader NAME]``.
 
 Grade and reward saved completions: each input row ``{"completion": ..., "answer": ...}``
 (extra fields kept; ``answer`` may be a GSM8K worked solution ending ``#### N``) becomes one
 output row, in order, with ``correct``, ``pred``, ``uses_parallel``, ``format_ok``,
-``num_blocks``, ``positions`` and one field per reward named with ``--reward`` (default: every
+``num_blocks``, ``positions`` and one field per reward named in ``--rewards`` (default: every
 reward in :data:`parallel_r1.rewards.REWARDS`; schedule names such as ``alternating`` work too),
 evaluated at training step ``--step``.
 
@@ -18,24 +18,26 @@ from __future__ import annotations
 import json
 import sys
 from collections import defaultdict
+from dataclasses import dataclass, field
+
+HELP = "grade and reward saved completions (jsonl in, jsonl out)"
 
 CHUNK = 256  # rows graded together; output is written chunk by chunk
 
 
-def add_arguments(p) -> None:
-    p.add_argument("input", metavar="IN.jsonl", help='rows {"completion": ..., "answer": ...}; other fields are kept')
-    p.add_argument("-o", "--out", metavar="OUT.jsonl", help="output file (default: stdout)")
-    p.add_argument(
-        "--reward",
-        nargs="+",
-        metavar="NAME",
-        help="rewards or schedules to evaluate (default: every reward); see docs/rewards.md",
-    )
-    p.add_argument("--step", type=int, default=1, help="training step the rewards are evaluated at (starts at 1)")
-    p.add_argument("--grader", help="math_verify | minerva_exact (default: math_verify for `correct`, the paper's per reward)")
-    p.add_argument("--extractor", default="auto", help="answer extraction for `correct`: final_answer | boxed | auto")
-    p.add_argument("--workers", type=int, help="grading processes (default: all CPUs)")
-    p.add_argument("--timeout", type=float, default=5.0, help="seconds per answer before it is graded wrong")
+@dataclass
+class ScoreConfig:
+    input: str = field(metadata={"help": 'jsonl of rows {"completion": ..., "answer": ...}; other fields are kept.'})
+    output: str | None = field(default=None, metadata={"help": "Output jsonl (default: stdout)."})
+    rewards: list[str] | None = field(default=None, metadata={"help": "Rewards or schedules to evaluate (default: every reward); see docs/rewards.md."})
+    step: int = field(default=1, metadata={"help": "Training step the rewards are evaluated at (starts at 1)."})
+    grader: str | None = field(default=None, metadata={"help": "math_verify | minerva_exact (default: math_verify for `correct`, the paper's per reward)."})
+    extractor: str = field(default="auto", metadata={"help": "Answer extraction for `correct`: final_answer | boxed | auto."})
+    workers: int | None = field(default=None, metadata={"help": "Grading processes (default: all CPUs)."})
+    timeout: float = field(default=5.0, metadata={"help": "Seconds per answer before it is graded wrong."})
+
+
+CONFIG = (ScoreConfig,)
 
 
 def _load(path: str) -> list[dict]:
@@ -43,9 +45,9 @@ def _load(path: str) -> list[dict]:
 
     rows = list(read_jsonl(path))
     for k, row in enumerate(rows, 1):
-        for field in ("completion", "answer"):
-            if field not in row:
-                raise ValueError(f"{path}: row {k}: missing field {field!r}")
+        for key in ("completion", "answer"):
+            if key not in row:
+                raise ValueError(f"{path}: row {k}: missing field {key!r}")
         if not isinstance(row["completion"], str):
             raise ValueError(f"{path}: row {k}: 'completion' must be a string, got {type(row['completion']).__name__}")
         if row["answer"] is None or isinstance(row["answer"], (dict, list)):
@@ -53,8 +55,15 @@ def _load(path: str) -> list[dict]:
     return rows
 
 
-def score_rows(rows: list[dict], rewards: list[str], step: int = 1, grader: str | None = None,
-               extractor: str = "auto", workers: int | None = None, timeout: float = 5.0) -> list[dict]:  # fmt: skip
+def score_rows(
+    rows: list[dict],
+    rewards: list[str],
+    step: int = 1,
+    grader: str | None = None,
+    extractor: str = "auto",
+    workers: int | None = None,
+    timeout: float = 5.0,
+) -> list[dict]:
     """The output rows for ``rows`` (see the module docstring)."""
     from .. import grading
     from ..format import analyze
@@ -98,31 +107,31 @@ def score_rows(rows: list[dict], rewards: list[str], step: int = 1, grader: str 
     return out
 
 
-def run(args) -> int:
+def run(cfg: ScoreConfig) -> int:
     from .. import grading
     from ..rewards import REWARDS, get_schedule
 
-    if args.grader is not None and args.grader not in grading.GRADERS:
-        raise KeyError(f"unknown grader {args.grader!r}; known: {', '.join(grading.GRADERS)}")
-    if args.extractor not in grading.EXTRACTORS:
-        raise KeyError(f"unknown extractor {args.extractor!r}; known: {', '.join(grading.EXTRACTORS)}")
-    if args.step < 1:
-        raise ValueError(f"--step must be >= 1 (the paper's steps start at 1), got {args.step}")
-    rewards = args.reward or list(REWARDS)
+    if cfg.grader is not None and cfg.grader not in grading.GRADERS:
+        raise KeyError(f"unknown grader {cfg.grader!r}; known: {', '.join(grading.GRADERS)}")
+    if cfg.extractor not in grading.EXTRACTORS:
+        raise KeyError(f"unknown extractor {cfg.extractor!r}; known: {', '.join(grading.EXTRACTORS)}")
+    if cfg.step < 1:
+        raise ValueError(f"--step must be >= 1 (the paper's steps start at 1), got {cfg.step}")
+    rewards = cfg.rewards or list(REWARDS)
     for name in rewards:
         get_schedule(name)  # unknown names fail before any work
-    rows = _load(args.input)
+    rows = _load(cfg.input)
 
-    out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
+    out = open(cfg.output, "w", encoding="utf-8") if cfg.output else sys.stdout
     try:
         for start in range(0, len(rows), CHUNK):
-            chunk = score_rows(rows[start : start + CHUNK], rewards, args.step, args.grader, args.extractor,
-                               args.workers, args.timeout)  # fmt: skip
-            out.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in chunk))
+            chunk = rows[start : start + CHUNK]
+            scored = score_rows(chunk, rewards, cfg.step, cfg.grader, cfg.extractor, cfg.workers, cfg.timeout)
+            out.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in scored))
             out.flush()
     finally:
-        if args.out:
+        if cfg.output:
             out.close()
-    if args.out:
-        print(f"scored {len(rows)} rows -> {args.out}", file=sys.stderr)
+    if cfg.output:
+        print(f"scored {len(rows)} rows -> {cfg.output}", file=sys.stderr)
     return 0

@@ -1,0 +1,108 @@
+"""``parallel-r1 generate``: sample completions with the parallel decoding engine (docs/decoding.md).
+
+    parallel-r1 generate --model runs/demo/sft --problem "Tom has 3 apples ..." --n 2
+    parallel-r1 generate --model M --problems gsm8k --limit 20 --output samples.jsonl
+    parallel-r1 generate --model M --problems aime24 --backend vllm --n 16 --output s.jsonl   # GPU, not exact
+
+Prompts go through the chosen template (``parallel_v3`` by default) and the model's chat
+template. With ``--output`` every sample is appended to a jsonl as it is produced; otherwise the
+completions are printed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+HELP = "sample completions with the parallel decoding engine"
+
+
+@dataclass
+class GenerateConfig:
+    """What to sample from which model. The engine settings below are those of
+    ``decoding.DecodingConfig`` (same names, same defaults), repeated here because the engine
+    module imports torch and ``--help`` must not."""
+
+    model: str = field(metadata={"help": "Checkpoint folder, hub id or alias (smollm2)."})
+    problem: list[str] | None = field(default=None, metadata={"help": "Problem texts (one or more; or use --problems)."})
+    problems: str | None = field(default=None, metadata={"help": "A problem set name (gsm8k, synthetic_hard, ...) or a jsonl/parquet file."})
+    split: str | None = field(default=None, metadata={"help": "Split of --problems (default: the set's test split)."})
+    limit: int | None = field(default=None, metadata={"help": "First N problems of --problems."})
+    template: str = field(default="parallel_v3", metadata={"help": "Prompt template (parallel_r1.prompts.TEMPLATES)."})
+    n: int = field(default=1, metadata={"help": "Samples per problem."})
+    output: str | None = field(default=None, metadata={"help": "Append samples to this jsonl instead of printing them."})
+    data_dir: str | None = field(default=None, metadata={"help": "Folder of the local data sets (default: ../shared/data)."})
+    dtype: str = field(default="float32", metadata={"help": "float32 | bfloat16 | float16."})
+    backend: str = field(default="transformers", metadata={"help": "transformers: the exact engine (CPU/GPU); vllm: the paper's separate-request loop on vLLM (GPU, fast, not exact: decoding/vllm_backend.py)."})
+    # the engine (decoding.DecodingConfig)
+    variant: str = field(default="unseen", metadata={"help": "unseen: orchestrated paths (exact layout); seen: plain causal sampling."})
+    num_paths: int = field(default=2, metadata={"help": "k, paths forked per <Parallel> block (unseen)."})
+    max_blocks: int = field(default=4, metadata={"help": "M, blocks per completion; the sample ends after the M-th </Summary> (paper: 4)."})
+    max_new_tokens: int = field(default=512, metadata={"help": "Budget of completion tokens (trunk + all paths + summaries)."})
+    max_path_tokens: int | None = field(default=None, metadata={"help": "Budget of one path, tags included (default: max_new_tokens)."})
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature; 0 = greedy."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling threshold."})
+    top_k: int | None = field(default=0, metadata={"help": "Top-k sampling (0 = off)."})
+    path_temperature: float | None = field(default=1.0, metadata={"help": "Temperature inside paths (paper forces 1.0)."})
+    constrain_tags: bool = field(default=True, metadata={"help": "Unseen: never sample a tag that would break the block structure."})
+    batch_size: int = field(default=64, metadata={"help": "Samples decoded together (paths add rows)."})
+    seed: int | None = field(default=None, metadata={"help": "Seed of the sampler (default: nondeterministic)."})
+
+    def __post_init__(self):
+        if (self.problem is None) == (self.problems is None):
+            raise ValueError("give exactly one of --problem (texts) and --problems (a set name or file)")
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"unknown dtype {self.dtype!r}; known: float32, bfloat16, float16")
+        if self.backend not in ("transformers", "vllm"):
+            raise ValueError(f"unknown backend {self.backend!r}; known: transformers, vllm")
+
+
+CONFIG = (GenerateConfig,)
+
+
+def run(cfg: GenerateConfig) -> int:
+    import torch
+
+    from ..decoding import DecodingConfig, ParallelEngine
+    from ..io import JsonlAppender
+    from ..models import load_model, load_tokenizer
+    from ..prompts import build_prompt
+
+    dcfg = DecodingConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(DecodingConfig)})
+    if cfg.problem:
+        problems = [(f"problem-{i}", text) for i, text in enumerate(cfg.problem)]
+    else:
+        from ..data.registry import load_problems
+
+        loaded = load_problems(cfg.problems, split=cfg.split, data_dir=cfg.data_dir, limit=cfg.limit)
+        problems = [(p.id, p.problem) for p in loaded]
+    if cfg.backend == "vllm":
+        from ..decoding.vllm_backend import VLLMEngine
+
+        engine = VLLMEngine(cfg.model, dcfg, llm_kwargs=dict(dtype=cfg.dtype))
+        tok = engine.tokenizer
+    else:
+        tok = load_tokenizer(cfg.model)
+        model = load_model(cfg.model, dtype=getattr(torch, cfg.dtype))
+        engine = ParallelEngine(model, tok, dcfg)  # refuses a model without the tag tokens before decoding
+    prompts = [build_prompt(text, tok, cfg.template) for _, text in problems]
+    log = JsonlAppender(cfg.output) if cfg.output else None
+    for start in range(0, len(prompts), dcfg.batch_size):
+        for s in engine.generate(prompts[start : start + dcfg.batch_size], n=cfg.n):
+            pid = problems[start + s.prompt_index][0]
+            row = dict(
+                problem_id=pid,
+                completion=s.text,
+                finish_reason=s.finish_reason,
+                num_blocks=s.num_blocks,
+                length=len(s.completion_ids),
+                backend=s.backend,
+                exact=s.exact,
+            )
+            if log:
+                log.write(row)
+            else:
+                print(f"--- {pid} ({s.finish_reason}, {s.num_blocks} blocks, {len(s.completion_ids)} tokens)\n{s.text}")
+    if log:
+        print(f"wrote {len(prompts) * cfg.n} samples to {cfg.output}")
+    return 0
