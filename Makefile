@@ -22,6 +22,8 @@ demo: $(STAMP)
 	$(BIN)/parallel-r1 demo $(DEMO_ARGS)
 
 test: $(STAMP) browser
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q $(TEST_ARGS)
 
 # The report test opens the HTML page in a real headless browser: Debian's chromium.

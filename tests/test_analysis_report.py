@@ -155,7 +155,7 @@ def test_summary_rows_and_markdown_table(tmp_path):
     md = tables.format_summary_markdown(rows).splitlines()
     assert md[0] == "| model | AIME24 mean@2 | AIME24 pass@2 | AIME24 parallel % | AIME24 length | GSM8K mean@1 | GSM8K parallel % | GSM8K length | avg acc |"
     assert md[2] == "| base | 75.0 | 100.0 | 50.0 | 30 | 75.0 | 50.0 | 30 | 75.0 |"
-    assert [l.split(" | ")[0] for l in md[2:]] == ["| base", "| sft", "| rl"]
+    assert [line.split(" | ")[0] for line in md[2:]] == ["| base", "| sft", "| rl"]
     assert analysis.eval_summary(run) == "\n".join(md)
     assert tables.format_summary_markdown([]) == "(no evaluation results)"
     # models evaluated on different benchmarks / k: missing cells are "-", headers show both k
@@ -207,7 +207,7 @@ def _chrome(html_path: Path, tmp: Path, *mode: str) -> subprocess.CompletedProce
 
 def console_errors(stderr: str) -> list[str]:
     """Page console messages at error level (chromium logs them as `...:CONSOLE...` lines)."""
-    return [l for l in stderr.splitlines() if "CONSOLE" in l and ("ERROR" in l or "Uncaught" in l)]
+    return [line for line in stderr.splitlines() if "CONSOLE" in line and ("ERROR" in line or "Uncaught" in line)]
 
 
 def test_report_renders_in_headless_chromium(tmp_path):

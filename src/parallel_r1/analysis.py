@@ -74,7 +74,7 @@ def steps_from_rollouts(rows: list[dict], budget: int | None = None) -> list[dic
     for step in sorted(by_step):
         g = by_step[step]
         lengths = [int(r.get("length", 0)) for r in g]
-        clipped = [bool(r["clipped"]) if "clipped" in r else (budget is not None and l >= budget) for r, l in zip(g, lengths)]
+        clipped = [bool(r["clipped"]) if "clipped" in r else (budget is not None and n >= budget) for r, n in zip(g, lengths)]
         rewards = [_num(r.get("reward")) for r in g]
         rewards = [x for x in rewards if x is not None]
         out.append({

@@ -56,10 +56,11 @@ def _top_parser() -> argparse.ArgumentParser:
 
 
 def _pop_debug(argv: list[str]) -> tuple[bool, list[str]]:
-    """``--debug`` anywhere, except where it takes a value (TrainingArguments has a ``debug`` field)."""
+    """``--debug`` before the command, or after it where it takes no value (TrainingArguments has
+    a ``debug`` field: ``rl --debug underflow_overflow`` stays TRL's)."""
     keep, debug = [], False
     for i, a in enumerate(argv):
-        if a == "--debug" and (i + 1 == len(argv) or argv[i + 1].startswith("-")):
+        if a == "--debug" and (not keep or i + 1 == len(argv) or argv[i + 1].startswith("-")):
             debug = True
         else:
             keep.append(a)

@@ -104,7 +104,7 @@ class OpenAITeacher:
         self.sleep = sleep
         self.name = f"openai:{model}"
 
-    def _delay(self, attempt: int, error: Exception) -> float:
+    def _delay(self, attempt: int, error: Exception | None) -> float:
         retry_after = getattr(getattr(error, "response", None), "headers", {}).get("retry-after")
         try:
             if retry_after is not None:
@@ -116,7 +116,7 @@ class OpenAITeacher:
     def complete(self, prompt: str) -> Completion:
         import openai
 
-        last = "no attempt"
+        last, error = "no attempt", None
         for attempt in range(self.max_retries + 1):
             if attempt:
                 self.sleep(self._delay(attempt - 1, error))
