@@ -24,7 +24,7 @@ class GenerateConfig:
     module imports torch and ``--help`` must not."""
 
     model: str = field(metadata={"help": "Checkpoint folder, hub id or alias (smollm2)."})
-    problem: list[str] | None = field(default=None, metadata={"help": "Problem texts (one or more; or use --problems)."})
+    problem: list[str] | None = field(default=None, metadata={"help": "Problem texts: --problem A B or --problem A --problem B (or use --problems).", "action": "extend"})
     problems: str | None = field(default=None, metadata={"help": "A problem set name (gsm8k, synthetic_hard, ...) or a jsonl/parquet file."})
     split: str | None = field(default=None, metadata={"help": "Split of --problems (default: the set's test split)."})
     limit: int | None = field(default=None, metadata={"help": "First N problems of --problems."})
