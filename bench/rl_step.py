@@ -107,9 +107,10 @@ def main() -> None:
     import torch
     from trl import GRPOConfig, GRPOTrainer
 
+    from parallel_r1.cli import parse_command
     from parallel_r1.models import load_model, load_tokenizer
     from parallel_r1.prompts import build_prompt
-    from parallel_r1.train.rl import build_trainer, parse_config
+    from parallel_r1.train.rl import build_trainer
 
     torch.manual_seed(0)
     tmp = Path(tempfile.mkdtemp(prefix="rl_bench_"))
@@ -140,7 +141,7 @@ def main() -> None:
         recipe.write_text(yaml.safe_dump(dict(common, model=model_path, dataset=str(data), template=a.template,
                                               variant="unseen", reward="accuracy", rl_steps=a.steps + 1, save_every=1000,
                                               output_dir=str(tmp / f"ours{r}"), max_path_tokens=a.max_new_tokens // 2)))
-        trainer, _ = build_trainer(parse_config(["--config", str(recipe)]))
+        trainer, _ = build_trainer(*parse_command("rl", ["--config", str(recipe)]))
         t = Timer(trainer)
         trainer.train()
         t.close()

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from parallel_r1.train.midtrain import MidtrainConfig, load_config, run_midtrain, run_stage, stage_steps
+from parallel_r1.train.midtrain import MidtrainConfig, load_config, run_stage, stage_steps, train
 from parallel_r1.train.mixture import SourceConfig, build_mixture, normalize_weights
 from parallel_r1.train.packing import PackedStream, prepare_for_packing
 
@@ -121,7 +121,7 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 
 def test_lr_is_stable_then_decays_as_configured_and_branches_start_at_the_stable_lr(tmp_path, tiny_checkpoint, sources):
     cfg = _recipe(tmp_path, tiny_checkpoint, sources)
-    reports = run_midtrain(cfg)
+    reports = train(cfg)
     lr = 1e-3
     stable = reports["stable"]["lr_per_step"]
     assert list(stable.values()) == pytest.approx([lr] * 6, rel=1e-9)
@@ -145,7 +145,7 @@ def test_lr_is_stable_then_decays_as_configured_and_branches_start_at_the_stable
         assert sum(s["tokens"] for s in r["sources"]) == r["tokens_seen"] == r["steps"] * 32 * 4
         assert len(r["loss_curve"]) == r["steps"] and r["throughput_tokens_per_s"] > 0
     assert {s["name"] for s in reports["short"]["sources"]} == {"medium", "long"}
-    again = run_midtrain(cfg)
+    again = train(cfg)
     assert again["long"]["lr_per_step"] == reports["long"]["lr_per_step"]
 
 

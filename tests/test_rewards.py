@@ -1,4 +1,4 @@
-"""Every row of the spec's reward tables (PARALLEL_R1.md §4.3, §4.4; OCTOTHINKER.md §2.4),
+"""Every row of the papers' reward tables (docs/rewards.md),
 the schedules (alternating, scaffold) and the TRL adapter.
 
 Each completion below is hand-written to have one (correct, parallel, format) combination; a
@@ -27,7 +27,6 @@ from parallel_r1.rewards import (
     efficiency_gain,
     get_reward,
     get_schedule,
-    make_trl_reward,
     self_bleu,
     spans,
 )
@@ -42,7 +41,7 @@ CASES = {
     "SR": ("We need 40 + 2.\nThat is 42.\nFinal Answer: 42", True, False, True, True),
     # ¬c ∧ ¬p
     "SW": ("We need 40 + 2.\nThat is 41.\nFinal Answer: 41", False, False, True, True),
-    # c ∧ p ∧ f: the canonical layout of spec §1.2
+    # c ∧ p ∧ f: the canonical layout (README "What parallel thinking looks like")
     "PR": (
         f"Two ways.<Parallel><Path>{PATH_A}</Path><Path>{PATH_B}</Path></Parallel>\n"
         "<Summary>Both give 42.</Summary>\nFinal Answer: 42",
@@ -95,7 +94,7 @@ def test_cases_have_the_intended_combination(case, family):
 
 
 E = math.exp
-# (reward_method, step) -> {case: expected reward}; every row of spec §4.3 and §4.4.
+# (reward_method, step) -> {case: expected reward}; every row of the tables in docs/rewards.md.
 TABLE = {
     # ---- math_dapo family, ±1 scale
     ("accuracy_reward", 1): dict(SR=1, SW=-1, PR=1, PW=-1, MR=1, MW=-1, NA=-1, PN=-1),
@@ -157,7 +156,7 @@ def test_registry_is_exactly_the_spec_tables():
     for name, fn in REWARDS.items():
         assert fn.__name__ == name  # TRL logs reward functions by __name__
     with pytest.raises(KeyError, match="known"):
-        get_reward("accuracy_times_special_token_reward_times_format")  # in parquets, no branch (§4.3)
+        get_reward("accuracy_times_special_token_reward_times_format")  # in parquets, no branch
 
 
 @pytest.mark.parametrize("name,step,case,expected", ROWS, ids=[f"{n}@{s}-{c}" for n, s, c, _ in ROWS])
@@ -206,7 +205,7 @@ def test_tag_soup_rewards_stay_bounded():
         assert math.isfinite(compute_reward(name, soup, GOLD))
 
 
-# ----------------------------------------------------------------------------- extraction rules (§4.2)
+# ----------------------------------------------------------------------------- extraction rules
 
 
 @pytest.mark.parametrize(
@@ -217,7 +216,7 @@ def test_tag_soup_rewards_stay_bounded():
         ("accuracy_reward", "final answer : \\boxed{42}", "42", 1),
         ("accuracy_reward", "Final Answer: x = 42", "42", 1),
         ("accuracy_reward", "Final Answer: \\frac12", "\\frac{1}{2}", 1),
-        # only \boxed{}, no Final Answer line: -1 (spec §8.6)
+        # only \boxed{}, no Final Answer line: -1
         ("accuracy_reward", "so the answer is \\boxed{42}", "42", -1),
         # only the last 300 characters count ...
         ("accuracy_reward", "Final Answer: 42\n" + "x" * 300, "42", -1),
@@ -299,7 +298,7 @@ def test_alternating_schedule_pays_per_step():
 
 
 def test_scaffold_alternates_until_switch_then_accuracy():
-    assert SCHEDULES["scaffold"].switch_step == 200  # spec §5.2: 200 alternating steps
+    assert SCHEDULES["scaffold"].switch_step == 200  # docs/rl.md: 200 alternating steps
     sched = get_schedule("scaffold", switch_step=25)
     pr, mr = CASES["PR"][0], CASES["MR"][0]
     for step in range(1, 51):
@@ -320,41 +319,50 @@ def test_single_reward_as_schedule_and_unknown_names():
 # ----------------------------------------------------------------------------- TRL adapter
 
 
+def _trl_reward(name_or_schedule, answer_key="answer", **overrides):
+    """The RL trainer's TRL reward function with the paper's batch arithmetic: 2 optimiser steps per RL step."""
+    from parallel_r1.train.rl import rl_step_of
+    from parallel_r1.train.rl_trainer import ScheduledReward
+
+    step = lambda global_step: rl_step_of(global_step, 2)  # noqa: E731
+    return ScheduledReward(get_schedule(name_or_schedule, **overrides), step, None, set(), answer_key=answer_key)
+
+
 def test_trl_reward_reads_trainer_state():
-    fn = make_trl_reward("alternating")
+    fn = _trl_reward("alternating")
     names = ["PR", "MR", "SR", "PW", "NA"]
     completions = [CASES[n][0] for n in names]
-    kwargs = dict(prompts=["q"] * 5, completions=completions, completion_ids=[[1]] * 5, answer=[GOLD] * 5)
-    # TRL's global_step counts finished optimizer steps: global_step 0 is the paper's step 1
+    kwargs = dict(prompts=["q"] * 5, completions=completions, completion_text=completions, completion_ids=[[1]] * 5, answer=[GOLD] * 5)
+    # TRL's global_step counts finished optimizer steps, 2 per RL step: global_step 0 is the paper's step 1
     out = fn(trainer_state=SimpleNamespace(global_step=0), **kwargs)
     assert out == [1.0, 1.0, 1.0, -1.0, -1.0] and all(isinstance(v, float) for v in out)
-    out = fn(trainer_state=SimpleNamespace(global_step=8), **kwargs)  # step 9: parallel
+    out = fn(trainer_state=SimpleNamespace(global_step=16), **kwargs)  # RL step 9: parallel
     assert out == [1.2, -1.0, 1.0, -1.0, -1.0]
-    assert [d["mode"] for d in fn.last_details] == ["parallel"] * 5
-    assert [d["correct"] for d in fn.last_details] == [True, True, True, False, False]
-    out = fn(trainer_state=SimpleNamespace(global_step=10), **kwargs)  # step 11: accuracy again
+    assert [d["reward_mode"] for d in fn.last] == ["parallel"] * 5
+    assert [d["correct"] for d in fn.last] == [True, True, True, False, False]
+    out = fn(trainer_state=SimpleNamespace(global_step=17), **kwargs)  # still RL step 9 (its 2nd optimiser step)
+    assert out == [1.2, -1.0, 1.0, -1.0, -1.0]
+    out = fn(trainer_state=SimpleNamespace(global_step=20), **kwargs)  # RL step 11: accuracy again
     assert out == [1.0, 1.0, 1.0, -1.0, -1.0]
     assert fn.__name__ == "alternating"
 
 
-def test_trl_reward_conversational_columns_and_metrics():
-    logged = {}
-    fn = make_trl_reward("gsm8k/accuracy_times_special_token_reward", answer_key="solution")
-    completions = [[{"role": "assistant", "content": CASES["PR"][0]}], [{"role": "assistant", "content": CASES["SR"][0]}]]
-    out = fn(prompts=[[{"role": "user", "content": "q"}]] * 2, completions=completions,
-             solution=["so\n#### 42", "#### 42"], trainer_state=SimpleNamespace(global_step=3),
-             log_metric=lambda k, v: logged.update({k: v}))  # fmt: skip
+def test_trl_reward_answer_column():
+    fn = _trl_reward("gsm8k/accuracy_times_special_token_reward", answer_key="solution")
+    completions = [CASES["PR"][0], CASES["SR"][0]]
+    out = fn(prompts=["q"] * 2, completions=completions, completion_text=completions, completion_ids=[[1]] * 2,
+             solution=["so\n#### 42", "#### 42"], trainer_state=SimpleNamespace(global_step=3))
     assert out == [1.0, 0.0]
-    assert logged == {"gsm8k/accuracy_times_special_token_reward/parallel_mode": 1.0}
     with pytest.raises(KeyError, match="solution"):
-        fn(prompts=["q"], completions=["x"], answer=["1"], trainer_state=SimpleNamespace(global_step=0))
+        fn(prompts=["q"], completions=["x"], completion_text=["x"], completion_ids=[[1]], answer=["1"],
+           trainer_state=SimpleNamespace(global_step=0))
 
 
 def test_trl_reward_scaffold_override():
-    fn = make_trl_reward("scaffold", switch_step=10)
-    kw = dict(prompts=["q"], completions=[CASES["PR"][0]], answer=[GOLD])
-    assert fn(trainer_state=SimpleNamespace(global_step=8), **kw) == [1.2]  # step 9 <= 10
-    assert fn(trainer_state=SimpleNamespace(global_step=18), **kw) == [1.0]  # step 19 > 10: accuracy only
+    fn = _trl_reward("scaffold", switch_step=10)
+    kw = dict(prompts=["q"], completions=[CASES["PR"][0]], completion_text=[CASES["PR"][0]], completion_ids=[[1]], answer=[GOLD])
+    assert fn(trainer_state=SimpleNamespace(global_step=16), **kw) == [1.2]  # RL step 9 <= 10
+    assert fn(trainer_state=SimpleNamespace(global_step=36), **kw) == [1.0]  # RL step 19 > 10: accuracy only
 
 
 PIECES = ["<Parallel>", "</Parallel>", "<Path>", "</Path>", "<Summary>", "</Summary>", "\n", "x y ", "Final Answer: ",

@@ -8,7 +8,6 @@ check is not vacuous.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -23,6 +22,7 @@ import torch
 import yaml
 
 from parallel_r1.cli import main as cli_main
+from parallel_r1.cli import parse_command
 from parallel_r1.rewards import alternating_mode
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
@@ -83,8 +83,14 @@ def _recipe(tmp_path: Path, model: Path, data: Path, **over) -> Path:
     return path
 
 
+def parse_config(argv: list[str]):
+    """The RLConfig `parallel-r1 rl ARGV` runs with."""
+    (cfg,) = parse_command("rl", argv)
+    return cfg
+
+
 def _train(recipe: Path, *overrides: str):
-    from parallel_r1.train.rl import build_trainer, parse_config
+    from parallel_r1.train.rl import build_trainer
 
     cfg = parse_config(["--config", str(recipe), *overrides])
     trainer, ckpt = build_trainer(cfg)
@@ -129,7 +135,7 @@ def test_rl_steps(tmp_path, taught_model, additions, variant, reward):
     assert [m["step"] for m in metrics] == list(range(1, steps + 1))
     for m in metrics:
         want = _expected_mode(reward, m["step"], window, acc, switch)
-        assert m["reward_mode_name"] == want and m["reward_mode"] == {"accuracy": 0, "parallel": 1}[want]
+        assert m["reward_mode"] == want
         assert {r["reward_mode"] for r in rollouts if r["step"] == m["step"]} == {want}
         assert m["logprob_gap_max"] <= 1e-4  # the engine's log-probs are the trainer's (float32)
         for k in ("parallel_ratio", "mean_blocks", "format_error_rate", "accuracy", "mean_length", "max_length",
@@ -139,13 +145,20 @@ def test_rl_steps(tmp_path, taught_model, additions, variant, reward):
         assert m["parallel_ratio"] == pytest.approx(sum(r["num_blocks"] > 0 for r in step_rows) / GEN_BATCH)
         assert m["accuracy"] == pytest.approx(sum(r["correct"] for r in step_rows) / GEN_BATCH)
     assert (run / "config.yaml").exists() and (run / "checkpoint-4").is_dir()
+    # config.yaml is the config the run used, derived fields included: it loads back as the same
+    from parallel_r1.train.rl import config_dict
+
+    used = trainer.args
+    again = parse_config(["--config", str(run / "config.yaml")])
+    assert config_dict(again) == config_dict(used) and again.max_steps == steps * used.opt_steps_per_rl
+    assert (again.steps_per_generation, again.opt_steps_per_rl) == (used.steps_per_generation, used.opt_steps_per_rl)
 
 
 def test_unseen_logps_use_the_layout(tmp_path, taught_model, additions):
     """TRL's log-prob routine in our trainer == a brute-force forward under build_unseen_layout, and
     differs from the plain causal one on rows with blocks; tags inside the prompt are ignored."""
     from parallel_r1.structure import TagIds, build_unseen_layout
-    from parallel_r1.train.rl import build_trainer, parse_config
+    from parallel_r1.train.rl import build_trainer
 
     trainer, _ = build_trainer(parse_config(["--config", str(_recipe(tmp_path, taught_model, additions))]))
     tok, model = trainer.processing_class, trainer.model
@@ -192,13 +205,14 @@ def test_resume_same_schedule_same_data_no_duplicates(tmp_path, taught_model, ad
     assert order(got) == order(ref)
     metrics = _rows(run, "metrics.jsonl")
     assert [m["step"] for m in metrics] == [1, 2, 3, 4, 5]
-    assert [m["reward_mode_name"] for m in metrics] == [alternating_mode(s, 2, 1) for s in range(1, 6)]
+    assert [m["reward_mode"] for m in metrics] == [alternating_mode(s, 2, 1) for s in range(1, 6)]
 
 
 WORKER = """
 import hashlib, sys, torch
-from parallel_r1.train.rl import build_trainer, parse_config
-trainer, ckpt = build_trainer(parse_config(["--config", sys.argv[1]]))
+from parallel_r1.cli import parse_command
+from parallel_r1.train.rl import build_trainer
+trainer, ckpt = build_trainer(*parse_command("rl", ["--config", sys.argv[1]]))
 digest = lambda: hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in trainer.model.parameters())).hexdigest()
 start = digest()
 trainer.train(resume_from_checkpoint=ckpt)
@@ -248,7 +262,8 @@ def test_command_line_fields_override_the_recipe(tmp_path, additions, capsys):
 
 
 def test_length_schedule_and_clip_high_schedule():
-    from parallel_r1.train.rl_trainer import budget_at, rl_step_of
+    from parallel_r1.train.rl import rl_step_of
+    from parallel_r1.train.rl_trainer import budget_at
 
     sched = {0: 2048, 100: 4096, 160: 8192}
     assert [budget_at(sched, s) for s in (1, 99, 100, 159, 160, 400)] == [2048, 2048, 4096, 4096, 8192, 8192]
@@ -259,13 +274,11 @@ def test_length_schedule_and_clip_high_schedule():
 
 @pytest.mark.parametrize("recipe", sorted(Path(__file__).parents[1].glob("recipes/rl_*.yaml")), ids=lambda p: p.stem)
 def test_shipped_recipes_parse_and_pass_the_checks(recipe):
-    """Every shipped recipe is a valid RLConfig (TrlParser) and passes the pre-model checks; the GPU
-    recipes hold the papers' batch arithmetic on 8 processes."""
-    from parallel_r1.train.rl import _check, parse_config
-
+    """Every shipped recipe is a valid RLConfig (TrlParser) and passes the pre-model checks (RLConfig
+    makes them when it is built); the GPU recipes hold the papers' batch arithmetic on 8 processes."""
     gpu = not yaml.safe_load(recipe.read_text()).get("use_cpu")
     cfg = parse_config(["--config", str(recipe), *(["--bf16", "false"] if gpu else [])])  # bf16 needs a GPU here
-    _check(cfg)
+    assert cfg.max_steps == cfg.rl_steps * cfg.opt_steps_per_rl and cfg.save_steps == cfg.save_every * cfg.opt_steps_per_rl
     assert cfg.generation_batch_size % cfg.num_generations == 0
     if not gpu:
         return
@@ -274,6 +287,6 @@ def test_shipped_recipes_parse_and_pass_the_checks(recipe):
     if recipe.stem == "rl_octothinker":  # OctoThinker: 128 prompts x 16, mini-batch 64 prompts, staged length
         assert (cfg.generation_batch_size // cfg.num_generations, cfg.num_generations) == (128, 16)
         assert cfg.reward == "boxed_pm1" and cfg.template == "orz" and len(cfg.max_response_schedule) >= 2
-    else:  # Parallel-R1 spec 5.2: 256 prompts x 8, max response 3000, temperature 1
+    else:  # Parallel-R1 (docs/rl.md): 256 prompts x 8, max response 3000, temperature 1
         assert (cfg.generation_batch_size // cfg.num_generations, cfg.num_generations) == (256, 8)
         assert (cfg.max_completion_length, cfg.temperature, cfg.epsilon) == (3000, 1.0, 0.2)

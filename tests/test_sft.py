@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from parallel_r1.cli import parse_command
 from parallel_r1.prompts import build_prompt
 from parallel_r1.structure import TagIds
-from parallel_r1.train.sft import ParallelSFTConfig, build_trainer, parse_config
+from parallel_r1.train.sft import ParallelSFTConfig, build_trainer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -25,6 +26,12 @@ TRACES = [
 
 def rows(n=4):
     return [dict(id=i, problem=f"Tom has {i} apples and buys 4 more. How many?", response=TRACES[i % len(TRACES)]) for i in range(n)]
+
+
+def parse_config(argv: list[str]) -> ParallelSFTConfig:
+    """The config `parallel-r1 sft ARGV` runs with."""
+    (c,) = parse_command("sft", argv)
+    return c
 
 
 def cfg(tmp_path, **kw):
@@ -193,6 +200,12 @@ def test_cli_trains_checkpoints_and_resumes(tiny_checkpoint, tmp_path):
     assert main(common + ["--max_steps", "3", "--resume_from_checkpoint", "true"]) == 0
     state = json.loads((out / "checkpoint-3" / "trainer_state.json").read_text())
     assert state["global_step"] == 3 and len([h for h in state["log_history"] if "loss" in h]) == 3
+    # config.yaml is the config the run used: it loads back as the same config
+    from parallel_r1.train.checkpoints import config_dict
+
+    used = parse_config(common[1:] + ["--max_steps", "3", "--resume_from_checkpoint", "true"])
+    again = parse_config(["--config", str(out / "config.yaml")])
+    assert config_dict(again) == config_dict(used) and again.max_steps == 3 and again.pad_token == used.pad_token
     assert main(common[:-6] + ["--train_data", str(tmp_path / "nope.jsonl"), "--output_dir", str(tmp_path / "x")]) == 2
 
 
@@ -203,3 +216,17 @@ def test_bad_training_rows_are_named(tmp_path):
     bad.write_text(json.dumps({"id": 1, "problem": "p", "response": "r"}) + "\n" + json.dumps({"id": 2, "problem": "p"}) + "\n")
     with pytest.raises(ValueError, match="bad.jsonl:2: missing or empty field 'response'"):
         load_traces(str(bad))
+
+
+def test_format_check_is_an_evaluation(tiny_llama, tiny_tokenizer, tmp_path, data_dir):
+    from parallel_r1.train.sft import format_check
+
+    c = cfg(tmp_path, format_check_size=3, format_check_max_new_tokens=8, format_check_batch_size=2, data_dir=str(data_dir))
+    out = tmp_path / "out"
+    summary = format_check(tiny_llama, tiny_tokenizer, c, out)
+    rows = [json.loads(x) for x in (out / "format_check" / "completions.jsonl").read_text().splitlines()]
+    assert summary["n"] == len(rows) == 3 and {r["benchmark"] for r in rows} == {"gsm8k"}
+    assert summary["valid_parallel_ratio"] == sum(r["format_ok"] and r["uses_parallel"] for r in rows) / 3
+    assert summary["accuracy"] == sum(r["correct"] for r in rows) / 3
+    assert summary["mean_length"] == sum(r["length"] for r in rows) / 3 and all(r["length"] <= 8 for r in rows)
+    assert json.loads((out / "format_check.json").read_text()) == summary

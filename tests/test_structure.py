@@ -82,7 +82,7 @@ def brute_force_mask(ctx: list[tuple]) -> torch.Tensor:
     return mask
 
 
-def test_worked_example_from_the_spec():
+def test_worked_example_from_the_paper():
     # prompt 0-2, a=3, <Parallel>=4, path 1 = 5 6 7 8, path 2 = 5 6 7, </Parallel>=9, \n=10, <Summary>=11
     ids = [WORD] * 3 + [WORD, T.parallel_open, T.path_open, WORD, WORD, T.path_close, T.path_open, WORD, T.path_close]
     ids += [T.parallel_close, WS, T.summary_open, WORD, T.summary_close, WORD]
@@ -121,7 +121,7 @@ def test_padding_left_or_right_matches_unpadded_rows(side):
         am[i, a:a + len(r)] = 1
         spans.append((a, a + len(r)))
     lay = build_unseen_layout(ids, T, am)
-    for i, ((r, pos, ctx), (a, b)) in enumerate(zip(rows, spans)):
+    for i, ((_, pos, ctx), (a, b)) in enumerate(zip(rows, spans)):
         m = lay.attention_mask[i, 0]
         assert torch.equal(m[a:b, a:b], brute_force_mask(ctx))
         assert lay.position_ids[i, a:b].tolist() == pos
@@ -203,7 +203,7 @@ def test_model_under_the_layout_equals_each_path_alone(tiny_model, tiny_tokenize
     ids = enc("Problem: 12 + 30? Let us see.")
     for b in range(3):  # three blocks with 2, 3 and 4 paths
         ids += enc(f" step {b}") + [tags.parallel_open]
-        for j in range(2 + b):
+        for _ in range(2 + b):
             ids += [tags.path_open] + enc(" " + " ".join(str(rng.randint(0, 99)) for _ in range(rng.randint(1, 6)))) + [tags.path_close]
         ids += [tags.parallel_close] + enc("\n") + [tags.summary_open] + enc(" ok") + [tags.summary_close]
     ids += enc("\nFinal Answer: 42")

@@ -1,4 +1,4 @@
-"""``parallel-r1 demo``: the whole curriculum on SmolLM2-135M-Instruct on a CPU (issue 8).
+"""``parallel-r1 demo``: the whole curriculum on SmolLM2-135M-Instruct on a CPU (README "The demo").
 
     parallel-r1 demo                 # ~20 minutes on 2 cores
     parallel-r1 demo --quick         # ~5 minutes, fewer steps and problems
@@ -109,38 +109,78 @@ def stage_sft(cfg: DemoConfig, out: Path) -> dict:
     from .train.sft import ParallelSFTConfig, train
 
     sft = ParallelSFTConfig(
-        output_dir=str(out), model_name_or_path=str(cfg.dirs()["base"]), variant=cfg.variant,
-        train_data=["synthetic_easy"], train_size=cfg.sft_steps * cfg.sft_batch_size, prompt_template="no_prompt",
-        max_steps=cfg.sft_steps, per_device_train_batch_size=cfg.sft_batch_size, gradient_accumulation_steps=1,
-        learning_rate=cfg.sft_learning_rate, lr_scheduler_type="cosine", warmup_steps=max(1, cfg.sft_steps // 10),
-        max_length=256, logging_steps=1, save_steps=max(5, cfg.sft_steps // 2), save_total_limit=1,
-        format_check_size=0, report_to="none", use_cpu=True, seed=cfg.seed, resume_from_checkpoint="last",
-        dataloader_num_workers=0, disable_tqdm=False,
-    )  # fmt: skip
+        output_dir=str(out),
+        model_name_or_path=str(cfg.dirs()["base"]),
+        variant=cfg.variant,
+        train_data=["synthetic_easy"],
+        train_size=cfg.sft_steps * cfg.sft_batch_size,
+        prompt_template="no_prompt",
+        max_steps=cfg.sft_steps,
+        per_device_train_batch_size=cfg.sft_batch_size,
+        gradient_accumulation_steps=1,
+        learning_rate=cfg.sft_learning_rate,
+        lr_scheduler_type="cosine",
+        warmup_steps=max(1, cfg.sft_steps // 10),
+        max_length=256,
+        logging_steps=1,
+        save_steps=max(5, cfg.sft_steps // 2),
+        save_total_limit=1,
+        format_check_size=0,
+        report_to="none",
+        use_cpu=True,
+        seed=cfg.seed,
+        resume_from_checkpoint="last",
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+        data_dir=cfg.data_dir,
+    )
     summary = train(sft)
     return {"train_loss": summary["train"].get("train_loss"), "rows": summary["num_train_rows"]}
 
 
 def stage_rl(cfg: DemoConfig, out: Path) -> dict:
-    import os
+    from .train.rl import RLConfig, train
 
-    from .train.rl import RLConfig, build_trainer
-
-    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     group = cfg.rl_prompts * cfg.rl_rollouts
     rl = RLConfig(
-        output_dir=str(out), model=str(cfg.dirs()["sft"]), dataset=cfg.rl_data, dataset_split="train",
-        template="no_prompt", reward=cfg.rl_reward, alternating_window=10, accuracy_steps=8, variant=cfg.variant,
-        num_paths=2, max_blocks=2, max_path_tokens=cfg.max_path_tokens, max_completion_length=cfg.max_new_tokens,
-        num_generations=cfg.rl_rollouts, generation_batch_size=group, per_device_train_batch_size=group // 2,
-        gradient_accumulation_steps=1, loss_type="dapo", beta=0.0, epsilon=0.2, epsilon_high=0.28,
-        learning_rate=cfg.rl_learning_rate, lr_scheduler_type="constant", warmup_steps=0, max_grad_norm=1.0,
-        temperature=1.0, top_p=1.0, rl_steps=cfg.rl_steps, save_every=max(1, cfg.rl_steps // 2), save_total_limit=1,
-        use_cpu=True, bf16=False, seed=cfg.seed, rollout_seed=cfg.seed, report_to="none", logging_steps=1,
-    )  # fmt: skip
-    trainer, ckpt = build_trainer(rl)
-    trainer.train(resume_from_checkpoint=ckpt)
-    trainer.save_model(str(out))
+        output_dir=str(out),
+        model=str(cfg.dirs()["sft"]),
+        dataset=cfg.rl_data,
+        dataset_split="train",
+        data_dir=cfg.data_dir,
+        template="no_prompt",
+        reward=cfg.rl_reward,
+        alternating_window=10,
+        accuracy_steps=8,
+        variant=cfg.variant,
+        num_paths=2,
+        max_blocks=2,
+        max_path_tokens=cfg.max_path_tokens,
+        max_completion_length=cfg.max_new_tokens,
+        num_generations=cfg.rl_rollouts,
+        generation_batch_size=group,
+        per_device_train_batch_size=group // 2,
+        gradient_accumulation_steps=1,
+        loss_type="dapo",
+        beta=0.0,
+        epsilon=0.2,
+        epsilon_high=0.28,
+        learning_rate=cfg.rl_learning_rate,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        max_grad_norm=1.0,
+        temperature=1.0,
+        top_p=1.0,
+        rl_steps=cfg.rl_steps,
+        save_every=max(1, cfg.rl_steps // 2),
+        save_total_limit=1,
+        use_cpu=True,
+        bf16=False,
+        seed=cfg.seed,
+        rollout_seed=cfg.seed,
+        report_to="none",
+    )
+    train(rl)
     return {"steps": cfg.rl_steps}
 
 
@@ -171,11 +211,22 @@ def stage_eval(cfg: DemoConfig, out: Path) -> dict:
         if not (model / "config.json").exists():
             raise FileNotFoundError(f"demo eval: no {tag} model at {model}; run the {tag} stage first")
         ecfg = EvalConfig(
-            model=str(model), out=str(out / tag), benchmarks=names, k={n: 1 for n in names},
-            template="no_prompt", variant=cfg.variant, max_new_tokens=cfg.max_new_tokens, num_paths=2, max_blocks=2,
-            max_path_tokens=cfg.max_path_tokens, temperature=1.0, limit=cfg.eval_problems,
-            data_dir=cfg.data_dir, batch_size=16, seed=cfg.seed,
-        )  # fmt: skip
+            model=str(model),
+            out=str(out / tag),
+            benchmarks=names,
+            k={n: 1 for n in names},
+            template="no_prompt",
+            variant=cfg.variant,
+            max_new_tokens=cfg.max_new_tokens,
+            num_paths=2,
+            max_blocks=2,
+            max_path_tokens=cfg.max_path_tokens,
+            temperature=1.0,
+            limit=cfg.eval_problems,
+            data_dir=cfg.data_dir,
+            batch_size=16,
+            seed=cfg.seed,
+        )
         print(f"\n== eval {tag}: {model}")
         results[tag] = evaluate(ecfg)
     return {"benchmarks": names, **note}
@@ -224,8 +275,8 @@ def check_disk(path: Path, stage: str) -> None:
     path.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(path).free / 2**30
     if free < NEEDS_GB[stage]:
-        raise OSError(f"demo {stage}: {free:.1f} GiB free under {path}, the stage needs about {NEEDS_GB[stage]} GiB; "
-                      "free some space or pass --out on another disk")  # fmt: skip
+        need = NEEDS_GB[stage]
+        raise OSError(f"demo {stage}: {free:.1f} GiB free under {path}, the stage needs about {need} GiB; free some space or pass --out on another disk")
 
 
 def run_demo(cfg: DemoConfig) -> dict:
@@ -257,25 +308,3 @@ def run_demo(cfg: DemoConfig) -> dict:
 def _plain(cfg: DemoConfig) -> dict:
     return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
 
-
-def add_arguments(p) -> None:
-    import argparse
-
-    for f in dataclasses.fields(DemoConfig):
-        flag = "--" + f.name.replace("_", "-")
-        if f.type == "bool":
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=f.metadata["help"])
-        else:
-            kind = {"int | None": int, "str | None": str, "int": int, "float": float}.get(f.type, str)
-            p.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=f.metadata["help"])
-
-
-def run(args) -> int:
-    try:
-        cfg = DemoConfig(**{k: v for k, v in vars(args).items() if k in {f.name for f in dataclasses.fields(DemoConfig)}})
-        run_demo(cfg)
-    except OSError as e:
-        if isinstance(e, FileNotFoundError):
-            raise
-        raise ValueError(str(e)) from None
-    return 0

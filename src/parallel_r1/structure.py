@@ -1,4 +1,4 @@
-"""Token-level structure of the Unseen variant (spec PARALLEL_R1.md §3.1, §3.2).
+"""Token-level structure of the Unseen variant (README "What parallel thinking looks like", docs/INTERFACES.md).
 
 From token ids this module builds, for a batch of (left- or right-) padded sequences:
 
@@ -13,7 +13,7 @@ From token ids this module builds, for a batch of (left- or right-) padded seque
   continue from there. Pads get 0.
 
 Both follow the parse tree, so any number of paths per block, any number of blocks, and
-blocks nested inside paths work. Choices the spec leaves open (tested):
+blocks nested inside paths work. Choices the paper leaves open (tested):
 
 * A block is laid out only when it closes properly (``</Parallel>`` after at least two
   closed paths, no stray path tag inside). A malformed block (unclosed tags, stray closers,
@@ -53,7 +53,7 @@ class TagIds:
     summary_close: int
 
     @classmethod
-    def from_tokenizer(cls, tokenizer) -> "TagIds":
+    def from_tokenizer(cls, tokenizer) -> TagIds:
         """Look the tags up; raise a clear error when one is not a single token.
 
         Run :func:`parallel_r1.models.add_tag_tokens` on a tokenizer that lacks them.
@@ -281,8 +281,7 @@ def build_unseen_layout(
     real_np = real.detach().cpu().numpy()
     struct_np = None if structure_mask is None else structure_mask.detach().cpu().numpy().astype(bool)
 
-    causal = torch.tril(torch.ones(length, length, dtype=torch.bool, device=device))
-    mask = causal.repeat(bsz, 1, 1)
+    mask = padded_causal_mask(real)
     positions = torch.zeros(bsz, length, dtype=torch.long)
     malformed: list[list[str]] = []
     all_blocks: list[list[BlockSpan]] = []
@@ -308,9 +307,6 @@ def build_unseen_layout(
                 for x in row.blocks
             ]
         )
-    # Pads: hidden as keys from every other query; a pad query sees only itself (no NaN rows).
-    mask &= real[:, None, :]
-    mask |= torch.eye(length, dtype=torch.bool, device=device)[None] & ~real[:, :, None]
     return UnseenLayout(
         attention_mask=mask[:, None],
         position_ids=positions.to(device),
@@ -324,10 +320,18 @@ def causal_layout(input_ids: torch.Tensor, attention_mask: torch.Tensor | None =
 
     Same padding conventions as :func:`build_unseen_layout`, so the two are interchangeable.
     """
-    bsz, length = input_ids.shape
     real = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
-    causal = torch.tril(torch.ones(length, length, dtype=torch.bool, device=input_ids.device))
-    mask = causal[None] & real[:, None, :]
-    mask |= torch.eye(length, dtype=torch.bool, device=input_ids.device)[None] & ~real[:, :, None]
     positions = (real.long().cumsum(-1) - 1).clamp(min=0) * real.long()
-    return mask[:, None], positions
+    return padded_causal_mask(real)[:, None], positions
+
+
+def padded_causal_mask(real: torch.Tensor) -> torch.Tensor:
+    """Causal bool mask ``[B, L, L]`` (query, key) of a padded batch; ``real``: bool ``[B, L]``, False at pads.
+
+    Pads are hidden as keys from every other query; a pad query sees only itself, so no softmax
+    row is empty (no NaN).
+    """
+    length = real.shape[1]
+    eye = torch.eye(length, dtype=torch.bool, device=real.device)
+    causal = torch.ones(length, length, dtype=torch.bool, device=real.device).tril()
+    return (causal[None] & real[:, None, :]) | (eye[None] & ~real[:, :, None])

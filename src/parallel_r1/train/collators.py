@@ -1,6 +1,6 @@
 """Batch collation for cold-start SFT: TRL's padding collator plus the variant's attention layout.
 
-The Unseen variant (spec §3.1-3.2) replaces the 2-D padding mask by the path-isolating bool mask
+The Unseen variant (docs/coldstart.md) replaces the 2-D padding mask by the path-isolating bool mask
 ``[B, 1, L, L]`` and adds the shared-start ``position_ids [B, L]``; the Seen variant keeps TRL's
 batch untouched (plain causal attention, sequential positions). Only response tokens can act as
 tags (``structure_mask = labels != -100``): the v3 prompt quotes ``<Parallel>`` and ``<Path>``

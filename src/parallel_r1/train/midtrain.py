@@ -1,4 +1,4 @@
-"""``parallel-r1 midtrain``: OctoThinker's stable-then-decay mid-training (spec OCTOTHINKER.md §1).
+"""OctoThinker's stable-then-decay mid-training (``parallel-r1 midtrain``; docs/midtrain.md).
 
 A recipe has one stable stage and any number of decay branches:
 
@@ -21,7 +21,7 @@ killed mid-way restarts from its last ``checkpoint-N`` (model, optimizer, schedu
 data position saved beside it (``data_state.json``), so it continues at the same token.
 
 Each stage ends with ``report.json`` and a printed summary: tokens per source against the target
-weights, the loss curve, throughput in tokens/s.
+weights, the loss curve, throughput in tokens/s. Library entry point: :func:`train`.
 """
 
 from __future__ import annotations
@@ -37,9 +37,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..io import atomic_write_json
+from .checkpoints import last_checkpoint
 from .mixture import SourceConfig
 
 DECAY_TYPES = ("none", "cosine", "linear")
+# The data position saved beside each checkpoint; a checkpoint without it is not resumed from.
+DATA_STATE = "data_state.json"
 _SUFFIX = {"k": 10**3, "m": 10**6, "b": 10**9, "t": 10**12}
 
 
@@ -81,7 +84,7 @@ class StageConfig:
 
 @dataclass
 class MidtrainConfig:
-    """A stable-then-decay recipe (OctoThinker §1.2). Shared optimisation settings apply to all stages."""
+    """A stable-then-decay recipe (docs/midtrain.md). Shared optimisation settings apply to all stages."""
 
     model: str = field(metadata={"help": "Base model: hub id, local folder or alias (`smollm2`)."})
     output_dir: str = field(metadata={"help": "Run folder; stages go to OUTPUT_DIR/<stage name>/."})
@@ -93,7 +96,7 @@ class MidtrainConfig:
     learning_rate: float = field(default=2e-5, metadata={"help": "Stable lr and the start of every decay (paper: 5e-5 / 2e-5 / 1e-5 for 1B / 3B / 8B)."})
     weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay (paper: 0.1)."})
     adam_beta1: float = field(default=0.9, metadata={"help": "AdamW beta1."})
-    adam_beta2: float = field(default=0.95, metadata={"help": "AdamW beta2 (spec silent; 0.95 is the usual LLM pre-training value)."})
+    adam_beta2: float = field(default=0.95, metadata={"help": "AdamW beta2 (the paper gives none; 0.95 is the usual LLM pre-training value)."})
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping."})
     carry_optimizer: bool = field(default=True, metadata={"help": "Start each decay branch with the stable stage's AdamW state, as a continued run would."})
     bf16: bool = field(default=False, metadata={"help": "bfloat16 mixed precision (GPU recipes)."})
@@ -152,12 +155,10 @@ def _build(cls, data, what: str):
 
 
 def load_config(path: str | os.PathLike, **overrides) -> MidtrainConfig:
-    import yaml
+    """The recipe at ``path``; ``overrides`` (top-level fields; None = keep the recipe's) win."""
+    from ..commands._config import load_yaml
 
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"recipe not found: {path}")
-    data = yaml.safe_load(path.read_text()) or {}
+    data = load_yaml(path)
     data.update({k: v for k, v in overrides.items() if v is not None})
     return _build(MidtrainConfig, data, str(path))
 
@@ -216,17 +217,9 @@ def _training_callback():
         def on_save(self, args, state, control, **kw):
             if state.is_world_process_zero:
                 ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-                atomic_write_json(ckpt / "data_state.json", self.stream.state_at(state.global_step * self.rows_per_step))
+                atomic_write_json(ckpt / DATA_STATE, self.stream.state_at(state.global_step * self.rows_per_step))
 
     return MidtrainCallback
-
-
-def last_checkpoint(stage_dir: Path) -> Path | None:
-    """The newest ``checkpoint-N`` that has its data position (a save killed mid-way has none)."""
-    if not stage_dir.exists():
-        return None
-    ckpts = sorted((p for p in stage_dir.glob("checkpoint-*") if (p / "data_state.json").exists()), key=lambda p: int(p.name.split("-")[1]))
-    return ckpts[-1] if ckpts else None
 
 
 def run_stage(cfg: MidtrainConfig, stage: StageConfig, init: str, out: Path, optimizer_from: Path | None = None, callbacks=()) -> dict:
@@ -254,9 +247,9 @@ def run_stage(cfg: MidtrainConfig, stage: StageConfig, init: str, out: Path, opt
     prepare_for_packing(model)
     mix = build_mixture(stage.mixture, tokenizer, seed=cfg.seed, estimate_docs=cfg.estimate_docs, stage=f"stage {stage.name!r}")
     stream = PackedStream(mix.docs, cfg.seq_len, len(mix.names), history=4 * cfg.batch_size + 64)
-    resume = last_checkpoint(out)
+    resume = last_checkpoint(out, needs=DATA_STATE)
     if resume is not None:
-        stream.load_state_dict(json.loads((resume / "data_state.json").read_text()))
+        stream.load_state_dict(json.loads((resume / DATA_STATE).read_text()))
         step = int(resume.name.split("-")[1])
         print(f"[midtrain] stage {stage.name!r}: resuming from {resume.name} at {step * cfg.tokens_per_step:,} tokens")
     save_steps = max(1, (cfg.save_tokens // cfg.tokens_per_step) if cfg.save_tokens else math.ceil(steps / 10))
@@ -366,7 +359,7 @@ def format_report(r: dict) -> str:
     return "\n".join(lines)
 
 
-def run_midtrain(cfg: MidtrainConfig, only: list[str] | None = None) -> dict[str, dict]:
+def train(cfg: MidtrainConfig, only: list[str] | None = None) -> dict[str, dict]:
     """Stable stage, then every decay branch from its final checkpoint. Returns reports by stage."""
     out = Path(cfg.output_dir)
     names = [s.name for s in cfg.stages]
@@ -388,26 +381,9 @@ def run_midtrain(cfg: MidtrainConfig, only: list[str] | None = None) -> dict[str
             init = stable_dir / "final"
             if not (init / "config.json").exists():
                 raise FileNotFoundError(f"decay stage {stage.name!r} needs the stable checkpoint {init}; run the stable stage first")
-            opt = last_checkpoint(stable_dir) if cfg.carry_optimizer else None
+            opt = last_checkpoint(stable_dir, needs=DATA_STATE) if cfg.carry_optimizer else None
         else:
             raise ValueError(f"decay stage {stage.name!r}: no stable stage in the recipe, so give it `init_from`")
         reports[stage.name] = run_stage(cfg, stage, str(init), out / stage.name, optimizer_from=opt)
     return reports
 
-
-def add_arguments(p) -> None:
-    p.add_argument("--config", required=True, help="recipe YAML (recipes/midtrain_*.yaml)")
-    p.add_argument("--output_dir", "--output-dir", default=None, help="override the recipe's output_dir")
-    p.add_argument("--model", default=None, help="override the recipe's base model")
-    p.add_argument("--token-scale", "--token_scale", dest="token_scale", type=float, default=None, help="multiply every token budget of the recipe (e.g. 0.05 for a quick run)")
-    p.add_argument("--stages", nargs="+", default=None, help="run only these stages (names), e.g. `stable` or `long short`")
-    p.add_argument("--debug", action="store_true", help="show full tracebacks")
-
-
-def run(args) -> int:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    cfg = load_config(args.config, output_dir=args.output_dir, model=args.model, token_scale=args.token_scale)
-    reports = run_midtrain(cfg, only=args.stages)
-    done = ", ".join(f"{n} -> {r['checkpoint']}" for n, r in reports.items())
-    print(f"[midtrain] done: {done}")
-    return 0

@@ -1,4 +1,4 @@
-"""``parallel-r1 rl-readiness``: OctoThinker's comparison of mid-training branches in one command.
+"""OctoThinker's comparison of mid-training branches in one command (``parallel-r1 rl-readiness``).
 
     parallel-r1 rl-readiness --config recipes/readiness_smollm2_cpu.yaml --midtrain-dir runs/mt_smollm2
     parallel-r1 rl-readiness --config R.yaml --branches long=runs/mt/long/final short=runs/mt/short/final
@@ -7,8 +7,8 @@ For every branch checkpoint the *same* short RL recipe (:mod:`parallel_r1.train.
 and the *same* evaluation (:func:`parallel_r1.evaluate.evaluate`) run, the evaluation before and
 after RL, and one table comes out: branch x (accuracy before RL, accuracy after RL, mean
 completion length, share of completions that stopped at the length budget). The paper's point
-(spec OCTOTHINKER.md §2.5) is that these columns separate RL-ready bases from ones that collapse
-into budget-length repetition.
+(docs/midtrain.md) is that these columns separate RL-ready bases from ones that collapse into
+budget-length repetition. Library entry point: :func:`run_readiness`.
 
 Recipe (YAML): ``output_dir``; ``rl``: RLConfig fields (a mapping, or the path of an RL recipe,
 with ``rl_overrides`` on top); ``eval``: EvalConfig fields (mapping or path, ``eval_overrides``);
@@ -82,15 +82,11 @@ def _fields_of(value, what: str) -> dict:
     if isinstance(value, dict):
         return dict(value)
     if isinstance(value, (str, os.PathLike)):
-        import yaml
+        from ..commands._config import load_yaml
 
-        path = Path(value)
-        if not path.exists():
-            raise FileNotFoundError(f"rl-readiness: {what} recipe not found: {path}")
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"rl-readiness: {path}: expected a mapping of {what} fields")
-        return data
+        if not Path(value).exists():
+            raise FileNotFoundError(f"rl-readiness: {what} recipe not found: {value}")
+        return load_yaml(value)
     raise ValueError(f"rl-readiness: `{what}` must be a mapping of fields or a recipe path, got {type(value).__name__}")
 
 
@@ -112,19 +108,19 @@ def find_midtrain_branches(run_dir: str | os.PathLike) -> dict[str, str]:
 
 
 def load_config(path: str | os.PathLike | None, **overrides) -> ReadinessConfig:
+    """The recipe at ``path`` with ``overrides`` on top (None = keep; mappings are added to the recipe's)."""
     data = {}
     if path:
-        import yaml
+        from ..commands._config import load_yaml
 
-        path = Path(path)
-        if not path.exists():
+        if not Path(path).exists():
             raise FileNotFoundError(f"rl-readiness: recipe not found: {path}")
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = load_yaml(path)
     for k, v in overrides.items():
         if v is None:
             continue
-        if k == "branches":
-            data["branches"] = {**(data.get("branches") or {}), **v}
+        if k in ("branches", "rl_overrides", "eval_overrides"):  # mappings: added to the recipe's
+            data[k] = {**(data.get(k) or {}), **v}
         else:
             data[k] = v
     known = {f.name for f in dataclasses.fields(ReadinessConfig)}
@@ -187,13 +183,12 @@ def check_branch(name: str, model: str) -> None:
 def validate(cfg: ReadinessConfig) -> None:
     """Every input error that needs no model, for every branch, before the first model loads."""
     from ..evaluate import load_benchmark
-    from .rl import _check, load_checked_problems
+    from .rl import load_checked_problems
 
     for name, model in cfg.branches.items():
         check_branch(name, model)
     first_model = next(iter(cfg.branches.values()))
-    rl = rl_config(cfg, first_model, Path(cfg.output_dir) / "_check")
-    _check(rl)
+    rl = rl_config(cfg, first_model, Path(cfg.output_dir) / "_check")  # RLConfig checks itself
     load_checked_problems(rl)
     ev = eval_config(cfg, first_model, Path(cfg.output_dir) / "_check")
     for b in ev.benchmarks:
@@ -207,13 +202,13 @@ def validate(cfg: ReadinessConfig) -> None:
 
 def _eval_done(ecfg) -> bool:
     """results.json of these exact settings (evaluate() would only reload the model to rewrite it)."""
-    from ..evaluate import _settings
+    from ..evaluate import run_identity
 
     path = Path(ecfg.out) / "results.json"
     if not path.exists():
         return False
     old = json.loads(path.read_text(encoding="utf-8"))
-    now = json.loads(json.dumps(_settings(ecfg), default=str))
+    now = json.loads(json.dumps(run_identity(ecfg), default=str))
     return old.get("settings") == now and old.get("model") == ecfg.identity()["model"]
 
 
@@ -242,16 +237,12 @@ def run_rl(cfg: ReadinessConfig, model: str, branch_dir: Path) -> float:
             diff = sorted(k for k in set(ident) | set(old.get("rl", {})) if ident.get(k) != old.get("rl", {}).get(k))
             raise ValueError(f"rl-readiness: {branch_dir} holds an RL run of another recipe (fields {diff} differ); use another --output-dir")
         return 0.0
-    from .rl import build_trainer
+    from .rl import train
 
-    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     rcfg = rl_config(cfg, model, branch_dir / "rl")
     t0 = time.time()
-    trainer, ckpt = build_trainer(rcfg)
-    trainer.train(resume_from_checkpoint=ckpt)
-    trainer.save_model(rcfg.output_dir)
+    train(rcfg)
     seconds = time.time() - t0
-    del trainer
     atomic_write_json(marker, {"rl": ident, "model": model, "seconds": round(seconds, 2)})
     return seconds
 
@@ -290,23 +281,48 @@ def _rl_metrics(run_dir: Path) -> dict:
     return {"rl_steps": len(rows), "reward_first": rewards[0] if rewards else None, "reward_last": rewards[-1] if rewards else None}
 
 
+HEADER = [
+    "branch",
+    "acc before RL %",
+    "acc after RL %",
+    "Δ",
+    "mean len before",
+    "mean len after",
+    "at budget before %",
+    "at budget after %",
+    "RL reward first→last",
+    "samples",
+]
+
+
+def _cell(x, spec: str = "{:.1f}") -> str:
+    return "-" if x is None else spec.format(x)
+
+
+def _pct(summary: dict, key: str) -> float | None:
+    return 100 * summary[key] if summary else None
+
+
 def format_table(rows: list[dict], budget: int | None = None) -> str:
     """Markdown table: one row per branch."""
-    head = ["branch", "acc before RL %", "acc after RL %", "Δ", "mean len before", "mean len after",
-            "at budget before %", "at budget after %", "RL reward first→last", "samples"]  # fmt: skip
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-    fmt = lambda x, f: "-" if x is None else f.format(x)  # noqa: E731
+    lines = ["| " + " | ".join(HEADER) + " |", "|" + "|".join("---" for _ in HEADER) + "|"]
     for r in rows:
         b, a = r.get("before") or {}, r.get("after") or {}
         delta = None if not (a and b) else 100 * (a["accuracy"] - b["accuracy"])
-        rw = "-" if r.get("reward_first") is None else f"{r['reward_first']:.2f}→{r['reward_last']:.2f}"
-        lines.append("| " + " | ".join([
-            r["branch"], fmt(100 * b["accuracy"] if b else None, "{:.1f}"),
-            fmt(100 * a["accuracy"] if a else None, "{:.1f}"), fmt(delta, "{:+.1f}"),
-            fmt(b.get("mean_length"), "{:.1f}"), fmt(a.get("mean_length"), "{:.1f}"),
-            fmt(100 * b["at_budget"] if b else None, "{:.1f}"), fmt(100 * a["at_budget"] if a else None, "{:.1f}"),
-            rw, str(a.get("samples") or b.get("samples") or "-"),
-        ]) + " |")  # fmt: skip
+        reward = None if r.get("reward_first") is None else f"{r['reward_first']:.2f}→{r['reward_last']:.2f}"
+        cells = [
+            r["branch"],
+            _cell(_pct(b, "accuracy")),
+            _cell(_pct(a, "accuracy")),
+            _cell(delta, "{:+.1f}"),
+            _cell(b.get("mean_length")),
+            _cell(a.get("mean_length")),
+            _cell(_pct(b, "at_budget")),
+            _cell(_pct(a, "at_budget")),
+            _cell(reward, "{}"),
+            str(a.get("samples") or b.get("samples") or "-"),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
     if budget:
         lines.append(f"\nlength budget: {budget} tokens per completion")
     return "\n".join(lines)
@@ -338,44 +354,14 @@ def run_readiness(cfg: ReadinessConfig, progress: bool = False) -> list[dict]:
         t_rl = run_rl(cfg, model, bdir)
         t_after = run_eval(after, progress)
         row = {
-            "branch": name, "model": model,
-            "before": eval_summary(before), "after": eval_summary(after),
+            "branch": name,
+            "model": model,
+            "before": eval_summary(before),
+            "after": eval_summary(after),
             **_rl_metrics(bdir / "rl"),
             "seconds": {"eval_before": round(t_before, 2), "rl": round(t_rl, 2), "eval_after": round(t_after, 2)},
-        }  # fmt: skip
+        }
         rows.append(row)
         write_table(cfg, rows)  # a partial table survives an interruption
     return rows
 
-
-def add_arguments(parser) -> None:
-    parser.add_argument("--config", default=None, help="readiness recipe YAML (recipes/readiness_*.yaml): output_dir, rl, eval, branches / midtrain_dir")
-    parser.add_argument("--branches", nargs="+", default=None, metavar="NAME=CHECKPOINT", help="branch checkpoints, e.g. long=runs/mt/long/final short=runs/mt/short/final")
-    parser.add_argument("--midtrain-dir", "--midtrain_dir", dest="midtrain_dir", default=None, help="a midtrain run folder: every stage's final checkpoint is a branch")
-    parser.add_argument("--output-dir", "--output_dir", dest="output_dir", default=None, help="override the recipe's output_dir")
-    parser.add_argument("--rl-steps", "--rl_steps", dest="rl_steps", type=int, default=None, help="override the RL recipe's rl_steps")
-    parser.add_argument("--progress", action="store_true", help="show eval progress bars")
-    parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
-
-
-def _parse_branches(items: list[str] | None) -> dict[str, str] | None:
-    if not items:
-        return None
-    out = {}
-    for item in items:
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            raise ValueError(f"rl-readiness: --branches {item!r}: expected NAME=CHECKPOINT")
-        out[name] = path
-    return out
-
-
-def run(args) -> int:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    cfg = load_config(args.config, output_dir=args.output_dir, branches=_parse_branches(args.branches), midtrain_dir=args.midtrain_dir)
-    if args.rl_steps is not None:
-        cfg.rl["rl_steps"] = args.rl_steps
-    rows = run_readiness(cfg, progress=args.progress)
-    print(write_table(cfg, rows))
-    print(f"\nwrote {Path(cfg.output_dir) / 'readiness.json'} and {Path(cfg.output_dir) / 'readiness.md'}")
-    return 0

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+from transformers.trainer_utils import SaveStrategy
 from trl import GRPOConfig
 
 VARIANTS = ("unseen", "seen")
@@ -60,56 +61,93 @@ class RLConfig(GRPOConfig):
     train_injected: bool = field(default=True, metadata={"help": "Train on the tags the Unseen engine injects (<Path>, </Parallel>, <Summary>, ...), as the paper does (response_mask all 1)."})
     rollout_seed: int | None = field(default=None, metadata={"help": "Seed of the rollout sampler (per RL step and rank); None = not seeded, as the paper."})
 
+    data_dir: str | None = field(default=None, metadata={"help": "Folder of the shipped data sets for a known `dataset` name (default: the registry's, ../shared/data)."})
+    # Derived in __post_init__ (not settable): optimiser steps per RL step.
+    opt_steps_per_rl: int = field(default=0, init=False, metadata={"help": "Optimiser steps per RL step (derived)."})
+
     def __post_init__(self):
         for name in ("max_response_schedule", "clip_ratio_high_schedule"):
             if isinstance(getattr(self, name), str):
                 setattr(self, name, yaml.safe_load(getattr(self, name)))
-        super().__post_init__()
+        self._check()
+        super().__post_init__()  # TRL derives steps_per_generation from the batch sizes
+        # The trainer counts optimiser steps; the recipe counts RL steps (generations). Deriving
+        # the optimiser-step fields here (not when the trainer is built) makes the config.yaml
+        # written to the run folder the exact config the run used.
+        self.opt_steps_per_rl = opt_steps_per_rl(self)
+        self.max_steps = self.rl_steps * self.opt_steps_per_rl
+        self.logging_steps = self.opt_steps_per_rl  # one log (= one metrics.jsonl row) per RL step
+        self.save_strategy = SaveStrategy.STEPS
+        self.save_steps = self.save_every * self.opt_steps_per_rl  # checkpoints only at RL-step boundaries
+        if self.rollout_backend == "engine":
+            # TRL pads completions to max_completion_length: the longest stage of the schedule
+            self.max_completion_length = max(length_schedule(self).values())
+
+    def _check(self) -> None:
+        """Every recipe error that needs no model: raised when the config is made."""
+        from .. import grading, rewards
+        from ..prompts import get_template
+
+        if self.grader is not None and self.grader not in grading.GRADERS:
+            raise ValueError(f"grader: unknown {self.grader!r}; known: {', '.join(grading.GRADERS)}")
+        if self.reward not in rewards.SCHEDULES and self.reward not in rewards.REWARDS:
+            raise ValueError(
+                f"reward: unknown name {self.reward!r}; schedules: {', '.join(sorted(rewards.SCHEDULES))}; "
+                f"rewards: {', '.join(sorted(rewards.REWARDS))}"
+            )
+        for name in ("rl_steps", "save_every", "alternating_window"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name}: must be a positive number of RL steps, got {getattr(self, name)}")
+        for name in ("scaffold_steps", "step_offset", "accuracy_steps", "max_blocks", "max_path_tokens"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
+        if self.accuracy_steps > self.alternating_window:
+            raise ValueError(f"accuracy_steps: {self.accuracy_steps} is more than alternating_window {self.alternating_window}")
+        if self.variant not in VARIANTS:
+            raise ValueError(f"variant: {self.variant!r} is not one of {', '.join(VARIANTS)}")
+        if self.rollout_backend not in BACKENDS:
+            raise ValueError(f"rollout_backend: {self.rollout_backend!r} is not one of {', '.join(BACKENDS)}")
+        if self.rollout_backend == "trl" and self.variant == "unseen":
+            raise ValueError("rollout_backend: `trl` generates freely; the unseen variant needs the orchestrated engine (rollout_backend: engine)")
+        if self.rollout_backend == "trl" and self.max_response_schedule:
+            raise ValueError("max_response_schedule: needs rollout_backend: engine")
+        if self.num_paths < 2:
+            raise ValueError(f"num_paths: a block needs at least 2 paths, got {self.num_paths}")
+        try:
+            self.max_response_schedule = _int_keys(self.max_response_schedule, int)
+            self.clip_ratio_high_schedule = _int_keys(self.clip_ratio_high_schedule, float)
+        except (TypeError, ValueError, AttributeError):
+            raise ValueError("max_response_schedule / clip_ratio_high_schedule: expected a mapping RL step -> value, "
+                             f"got {self.max_response_schedule!r} / {self.clip_ratio_high_schedule!r}") from None
+        for k, v in length_schedule(self).items():
+            if k < 0 or v <= 0:
+                raise ValueError(f"max_response_schedule: step {k} -> {v}: steps must be >= 0 and lengths > 0")
+        for k, v in (self.clip_ratio_high_schedule or {}).items():
+            if k < 0 or not 0 <= v < 10:
+                raise ValueError(f"clip_ratio_high_schedule: step {k} -> {v}: steps must be >= 0 and values in [0, 10)")
+        get_template(self.template)
+
+    def rl_step(self, global_step: int) -> int:
+        """The RL step (1-based) generated when the trainer is at optimiser step ``global_step``."""
+        return rl_step_of(global_step, self.opt_steps_per_rl, self.step_offset)
 
 
-def _check(cfg: RLConfig) -> None:
-    """Every recipe error that needs no model: raised before anything heavy is loaded."""
-    from .. import grading, rewards
+def _int_keys(schedule: dict | None, kind) -> dict | None:
+    return None if not schedule else {int(k): kind(v) for k, v in schedule.items()}
 
-    if cfg.grader is not None and cfg.grader not in grading.GRADERS:
-        raise ValueError(f"grader: unknown {cfg.grader!r}; known: {', '.join(grading.GRADERS)}")
-    if cfg.reward not in rewards.SCHEDULES and cfg.reward not in rewards.REWARDS:
-        raise ValueError(
-            f"reward: unknown name {cfg.reward!r}; schedules: {', '.join(sorted(rewards.SCHEDULES))}; "
-            f"rewards: {', '.join(sorted(rewards.REWARDS))}"
-        )
-    for name in ("rl_steps", "save_every", "alternating_window"):
-        if getattr(cfg, name) <= 0:
-            raise ValueError(f"{name}: must be a positive number of RL steps, got {getattr(cfg, name)}")
-    for name in ("scaffold_steps", "step_offset", "accuracy_steps", "max_blocks", "max_path_tokens"):
-        if getattr(cfg, name) < 0:
-            raise ValueError(f"{name}: must be >= 0, got {getattr(cfg, name)}")
-    if cfg.accuracy_steps > cfg.alternating_window:
-        raise ValueError(f"accuracy_steps: {cfg.accuracy_steps} is more than alternating_window {cfg.alternating_window}")
-    if cfg.variant not in VARIANTS:
-        raise ValueError(f"variant: {cfg.variant!r} is not one of {', '.join(VARIANTS)}")
-    if cfg.rollout_backend not in BACKENDS:
-        raise ValueError(f"rollout_backend: {cfg.rollout_backend!r} is not one of {', '.join(BACKENDS)}")
-    if cfg.rollout_backend == "trl" and cfg.variant == "unseen":
-        raise ValueError("rollout_backend: `trl` generates freely; the unseen variant needs the orchestrated engine (rollout_backend: engine)")
-    if cfg.rollout_backend == "trl" and cfg.max_response_schedule:
-        raise ValueError("max_response_schedule: needs rollout_backend: engine")
-    if cfg.num_paths < 2:
-        raise ValueError(f"num_paths: a block needs at least 2 paths, got {cfg.num_paths}")
-    sched = length_schedule(cfg)
-    for k, v in sched.items():
-        if k < 0 or v <= 0:
-            raise ValueError(f"max_response_schedule: step {k} -> {v}: steps must be >= 0 and lengths > 0")
-    for k, v in (cfg.clip_ratio_high_schedule or {}).items():
-        if int(k) < 0 or not 0 <= float(v) < 10:
-            raise ValueError(f"clip_ratio_high_schedule: step {k} -> {v}: steps must be >= 0 and values in [0, 10)")
-    opt_steps_per_rl(cfg)
-    from ..prompts import get_template
 
-    get_template(cfg.template)
+def rl_step_of(global_step: int, opt_steps_per_rl: int, step_offset: int = 0) -> int:
+    """RL step (1-based, as verl's ``global_steps``) of the generation made at optimiser step ``global_step``.
+
+    The one place the RL step is worked out: the reward schedule, the response-length and
+    clip-high schedules, the rollout seed, the logs and resuming all use it. TRL's ``global_step``
+    counts optimiser steps already taken (``opt_steps_per_rl`` per RL step, 2 in the paper).
+    """
+    return step_offset + global_step // opt_steps_per_rl + 1
 
 
 def length_schedule(cfg: RLConfig) -> dict[int, int]:
+    """RL step -> completion budget (``max_response_schedule``, else ``max_completion_length`` throughout)."""
     sched = cfg.max_response_schedule or {0: cfg.max_completion_length}
     return {int(k): int(v) for k, v in sched.items()}
 
@@ -130,7 +168,7 @@ def load_checked_problems(cfg: RLConfig) -> list:
     """The training problems; every one must have a gold answer."""
     from ..data.registry import load_problems
 
-    problems = load_problems(cfg.dataset, split=cfg.dataset_split, limit=cfg.dataset_limit)
+    problems = load_problems(cfg.dataset, split=cfg.dataset_split, data_dir=cfg.data_dir, limit=cfg.dataset_limit)
     if not problems:
         raise ValueError(f"dataset {cfg.dataset!r}: no problems")
     for i, p in enumerate(problems):
@@ -155,23 +193,27 @@ def make_schedule(cfg: RLConfig):
                         switch_step=cfg.scaffold_steps if cfg.reward == "scaffold" else None)
 
 
-def resume_point(cfg: RLConfig, opt_per_rl: int) -> tuple[str | None, int]:
+def resume_point(cfg: RLConfig) -> tuple[str | None, int]:
     """(checkpoint to resume from or None, last RL step whose rows are kept)."""
-    from transformers.trainer_utils import get_last_checkpoint
+    from .checkpoints import resume_checkpoint
 
-    out = Path(cfg.output_dir)
-    ckpt = get_last_checkpoint(str(out)) if cfg.auto_resume and out.is_dir() else None
-    if cfg.resume_from_checkpoint:
-        ckpt = cfg.resume_from_checkpoint
+    ckpt = resume_checkpoint(cfg.output_dir, cfg.resume_from_checkpoint, auto=cfg.auto_resume)
     if ckpt is None:
         return None, cfg.step_offset
     state = json.loads((Path(ckpt) / "trainer_state.json").read_text())
-    return ckpt, cfg.step_offset + int(state["global_step"]) // opt_per_rl
+    return ckpt, cfg.rl_step(int(state["global_step"])) - 1
+
+
+def config_dict(cfg: RLConfig) -> dict:
+    """``config.yaml``: every field, loadable again as the same config. ``steps_per_generation``
+    is left out: TRL derives it from ``generation_batch_size`` and refuses a config that sets both."""
+    from .checkpoints import config_dict as plain
+
+    return plain(cfg, drop=("steps_per_generation",))
 
 
 def build_trainer(cfg: RLConfig):
-    """Validate, load, and wire up the trainer. Returns (trainer, checkpoint to resume from or None)."""
-    import torch
+    """Load and wire up the trainer. Returns (trainer, checkpoint to resume from or None)."""
     from datasets import Dataset
 
     from ..io import atomic_write_text
@@ -179,28 +221,21 @@ def build_trainer(cfg: RLConfig):
     from ..structure import TagIds
     from . import rl_trainer as T
 
-    _check(cfg)
-    opt_per_rl = opt_steps_per_rl(cfg)
     schedule = make_schedule(cfg)
     problems = load_checked_problems(cfg)
     tok = load_tokenizer(cfg.model)
     rows = dataset_rows(cfg, problems, tok)
     tags = TagIds.from_tokenizer(tok) if cfg.variant == "unseen" else _maybe_tags(tok)
 
-    cfg.max_steps = cfg.rl_steps * opt_per_rl
-    cfg.logging_steps = opt_per_rl  # one log (= one metrics.jsonl row) per RL step
-    cfg.save_strategy = "steps"
-    cfg.save_steps = cfg.save_every * opt_per_rl  # checkpoints only at RL-step boundaries
-    ckpt, done = resume_point(cfg, opt_per_rl)
+    ckpt, done = resume_point(cfg)
     run_dir = Path(cfg.output_dir)
     if cfg.process_index == 0:
         for name in ("rollouts.jsonl", "metrics.jsonl"):
             T.truncate_after(run_dir / name, done)
-        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(_plain(cfg), sort_keys=False))
+        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config_dict(cfg), sort_keys=False))
 
     model = load_model(cfg.model)  # float32 master weights; bf16 runs under TRL autocast (paper: fp32 actor)
-    step_fn = lambda global_step: T.rl_step_of(global_step, opt_per_rl, cfg.step_offset)  # noqa: E731
-    reward = T.ScheduledReward(schedule, step_fn, tok, set(tags.as_tuple()) if tags else set(), grader=cfg.grader)
+    reward = T.ScheduledReward(schedule, cfg.rl_step, tok, set(tags.as_tuple()) if tags else set(), grader=cfg.grader)
     rollout = None
     if cfg.rollout_backend == "engine":
         from ..decoding import DecodingConfig
@@ -211,16 +246,27 @@ def build_trainer(cfg: RLConfig):
             temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k or 0,
             path_temperature=cfg.path_temperature, seed=cfg.rollout_seed,
         )
-        rollout = T.make_rollout_func(engine_cfg, tags, length_schedule(cfg), step_fn, cfg.train_injected)
-        cfg.max_completion_length = max(length_schedule(cfg).values())
+        rollout = T.make_rollout_func(engine_cfg, tags, length_schedule(cfg), cfg.rl_step, cfg.train_injected)
     trainer = T.ParallelGRPOTrainer(
         model=model, reward_funcs=[reward], args=cfg, train_dataset=Dataset.from_list(rows), processing_class=tok,
         rollout_func=rollout, callbacks=[T.MetricsWriter(run_dir / "metrics.jsonl")],
-        variant=cfg.variant, tag_ids=tags, scheduled_reward=reward, run_dir=run_dir,
-        opt_steps_per_rl=opt_per_rl, step_offset=cfg.step_offset,
-        clip_high_schedule={int(k): float(v) for k, v in (cfg.clip_ratio_high_schedule or {}).items()} or None,
+        tag_ids=tags, scheduled_reward=reward, run_dir=run_dir,
     )
     return trainer, ckpt
+
+
+def train(cfg: RLConfig) -> dict:
+    """Build the trainer, train (resuming when a checkpoint is there), save the final model.
+
+    Returns TRL's train metrics and where the model went.
+    """
+    import os
+
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is TRL's documented extension point
+    trainer, ckpt = build_trainer(cfg)
+    result = trainer.train(resume_from_checkpoint=ckpt)
+    trainer.save_model(cfg.output_dir)
+    return {"train": result.metrics, "resumed_from": ckpt, "output_dir": cfg.output_dir}
 
 
 def _maybe_tags(tok):
@@ -228,43 +274,3 @@ def _maybe_tags(tok):
     from ..structure import TagIds
 
     return TagIds.from_tokenizer(tok) if has_tag_tokens(tok) else None
-
-
-def _plain(cfg: RLConfig) -> dict:
-    """Every field as YAML-safe plain values (TrainingArguments.to_dict turns enums into strings)."""
-    return json.loads(json.dumps(cfg.to_dict(), default=str))
-
-
-def parse_config(argv: list[str]) -> RLConfig:
-    """``--config recipe.yaml`` plus ``--field value`` overrides, through trl.TrlParser."""
-    from trl import TrlParser
-
-    (cfg,) = TrlParser((RLConfig,)).parse_args_and_config(args=argv)
-    return cfg
-
-
-def add_arguments(parser) -> None:
-    """``--config`` plus every RLConfig / GRPOConfig field as ``--field value`` (overrides the recipe)."""
-    import argparse
-    import dataclasses
-
-    parser.add_argument("--config", required=True, help="recipe YAML (recipes/rl_*.yaml); any RLConfig / GRPOConfig field")
-    parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
-    ours = {f.name for f in dataclasses.fields(RLConfig)} - {f.name for f in dataclasses.fields(GRPOConfig)}
-    for f in dataclasses.fields(RLConfig):
-        if f.init and f.name not in ("config", "debug"):  # ours: --debug is the CLI traceback switch
-            # values stay strings here: TrlParser converts them with the field types, as from YAML
-            parser.add_argument(f"--{f.name}", default=argparse.SUPPRESS, nargs="?", const="true",
-                                help=f.metadata.get("help") if f.name in ours else argparse.SUPPRESS)
-
-
-def run(args) -> int:
-    import os
-
-    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is the documented extension point
-    overrides = [x for k, v in vars(args).items() if k not in ("config", "debug") for x in (f"--{k}", str(v))]
-    cfg = parse_config(["--config", args.config, *overrides])
-    trainer, ckpt = build_trainer(cfg)
-    trainer.train(resume_from_checkpoint=ckpt)
-    trainer.save_model(cfg.output_dir)
-    return 0

@@ -1,13 +1,16 @@
 """What ``parallel-r1 rl`` adds to TRL's ``GRPOTrainer`` (pinned: trl 1.16).
 
-* :class:`ParallelGRPOTrainer` — one subclass, four small overrides:
+* :class:`ParallelGRPOTrainer` — one subclass of small overrides:
   - ``_get_per_token_logps_and_entropies``: for the Unseen variant the policy forward gets the
     path-isolating 4-D mask and shared-start ``position_ids`` of
     :func:`parallel_r1.structure.build_unseen_layout` (only completion tokens count as tags, so
     the tags quoted by the v3 prompt are ignored). TRL's own loss, clipping, token-mean
     aggregation and importance ratios are used unchanged.
   - ``_generate_and_score_completions``: after TRL scored a batch, append one row per completion
-    to ``rollouts.jsonl`` and compute the parallel-thinking metrics of the RL step.
+    to ``rollouts.jsonl`` and compute the parallel-thinking metrics of the RL step; first set
+    ``epsilon_high`` from ``clip_ratio_high_schedule``.
+  - ``_compute_loss`` / ``_get_per_token_logps_and_entropies`` also measure the largest gap
+    between the trainer's and the sampler's log-probs (``logprob_gap_max``).
   - ``log``: put those metrics next to TRL's in every log (one log = one RL step).
   - ``_get_train_sampler``: TRL's ``RepeatSampler`` with ``set_epoch``, so a run resumed in a
     later epoch sees the same data order as an uninterrupted one.
@@ -18,7 +21,8 @@
 * :class:`MetricsWriter` — callback writing ``metrics.jsonl`` (one row per RL step).
 
 Step convention: RL step ``s`` (1-based, as the paper's ``global_steps``) is the s-th generation;
-it spans ``opt_steps_per_rl`` optimiser steps of the trainer (2 in the paper).
+it spans ``opt_steps_per_rl`` optimiser steps of the trainer (2 in the paper). The step is always
+``RLConfig.rl_step(global_step)`` (:func:`parallel_r1.train.rl.rl_step_of`).
 """
 
 from __future__ import annotations
@@ -37,19 +41,6 @@ from trl.trainer.utils import RepeatSampler
 
 from ..format import analyze
 from ..io import JsonlAppender, read_jsonl, write_jsonl
-
-# Numeric codes of the reward modes in metrics.jsonl (TRL logs floats only); names go alongside.
-MODE_CODES = {"accuracy": 0, "parallel": 1}
-
-
-def mode_code(mode: str) -> int:
-    """0 = accuracy only, 1 = parallel-aware, 2 = any other single reward."""
-    return MODE_CODES.get(mode, 2)
-
-
-def rl_step_of(global_step: int, opt_steps_per_rl: int, step_offset: int = 0) -> int:
-    """RL step (1-based) of the generation made when the trainer is at optimiser step ``global_step``."""
-    return step_offset + global_step // opt_steps_per_rl + 1
 
 
 def budget_at(schedule: dict, step: int):
@@ -100,10 +91,11 @@ class EpochRepeatSampler(RepeatSampler):
 class ScheduledReward:
     """A :class:`parallel_r1.rewards.RewardSchedule` as a TRL reward function.
 
-    Differs from :func:`parallel_r1.rewards.make_trl_reward` in two ways the trainer needs: the
-    step is the RL step (TRL's ``global_step`` counts optimiser steps, 2 per RL step in the
-    paper), and the completion keeps its tags (TRL decodes with special tokens skipped; the
-    rollout's ``completion_text`` field, or ``completion_ids`` decoded here, keeps them).
+    Called by TRL as ``fn(prompts, completions, completion_ids, trainer_state=..., <dataset
+    columns>...)``. The step is the RL step, ``step_fn(global_step)`` (TRL's ``global_step``
+    counts optimiser steps, 2 per RL step in the paper), and the completion keeps its tags (TRL
+    decodes with special tokens skipped; the rollout's ``completion_text`` field, or
+    ``completion_ids`` decoded here, keeps them).
     ``.last`` holds the last call's per-completion details for the rollout log.
     """
 
@@ -186,23 +178,20 @@ def _model_for_generation(trainer):
 class ParallelGRPOTrainer(GRPOTrainer):
     """GRPOTrainer + Unseen log-prob layout + rollout log + parallel-thinking metrics (module doc)."""
 
-    def __init__(self, *args, variant: str, tag_ids, scheduled_reward: ScheduledReward, run_dir: str | os.PathLike,
-                 opt_steps_per_rl: int, step_offset: int = 0, clip_high_schedule: dict[int, float] | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.variant, self.tag_ids, self.scheduled_reward = variant, tag_ids, scheduled_reward
-        self.run_dir, self.opt_steps_per_rl, self.step_offset = Path(run_dir), opt_steps_per_rl, step_offset
-        self.clip_high_schedule = clip_high_schedule
+    def __init__(self, *args, tag_ids, scheduled_reward: ScheduledReward, run_dir: str | os.PathLike, **kwargs):
+        super().__init__(*args, **kwargs)  # args: an RLConfig (variant, step and clip-high schedule)
+        self.tag_ids, self.scheduled_reward, self.run_dir = tag_ids, scheduled_reward, Path(run_dir)
         self._gap_ref = None  # (sampling logps, mask) of the micro-batch whose loss is being computed
         self._gap_max = 0.0
         self._rl_metrics: dict[str, float] = {}
         self._rollouts = JsonlAppender(self.run_dir / "rollouts.jsonl") if self.accelerator.is_main_process else None
 
     def rl_step(self) -> int:
-        return rl_step_of(self.state.global_step, self.opt_steps_per_rl, self.step_offset)
+        return self.args.rl_step(self.state.global_step)
 
     # -- Unseen layout in the policy forward -------------------------------------------------
     def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs):
-        fwd = UnseenForward(model, self.tag_ids, logits_to_keep) if self.variant == "unseen" else model
+        fwd = UnseenForward(model, self.tag_ids, logits_to_keep) if self.args.variant == "unseen" else model
         out = super()._get_per_token_logps_and_entropies(fwd, input_ids, attention_mask, logits_to_keep, *args, **kwargs)
         if self._gap_ref is not None:
             self._note_gap(out[0].detach(), *self._gap_ref)
@@ -225,9 +214,9 @@ class ParallelGRPOTrainer(GRPOTrainer):
 
     # -- rollout log and per-step metrics ---------------------------------------------------
     def _generate_and_score_completions(self, inputs):
-        if self.model.training and self.clip_high_schedule:
+        if self.model.training and self.args.clip_ratio_high_schedule:
             # TRL reads self.epsilon_high in the loss; the batch generated now is trained with this value
-            self.epsilon_high = budget_at(self.clip_high_schedule, self.rl_step())
+            self.epsilon_high = budget_at(self.args.clip_ratio_high_schedule, self.rl_step())
         output = super()._generate_and_score_completions(inputs)
         if not self.model.training:
             return output
@@ -270,16 +259,14 @@ class ParallelGRPOTrainer(GRPOTrainer):
             "mean_length": sum(o["length"] for o in out) / n,
             "max_length": max((o["length"] for o in out), default=0),
             "clipped_ratio": sum(o["clipped"] for o in out) / n,
-            "reward_mode": mode_code(mode),
+            "reward_mode": mode,  # by name; TRL and metrics.jsonl take strings
             "rl_step": out[0]["step"] if out else self.rl_step(),
         }
-        self._rl_mode_name = mode
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if self.model.training and self._rl_metrics:
             logs.update(self._rl_metrics)
             logs["logprob_gap_max"] = self._gap_max
-            logs["reward_mode_name"] = self._rl_mode_name
             self._rl_metrics, self._gap_max = {}, 0.0
         super().log(logs, start_time)
 

@@ -1,4 +1,4 @@
-"""``parallel-r1 sft``: cold-start SFT on parallel traces, Seen or Unseen (spec §3.1-3.4, §5.1).
+"""Cold-start SFT on parallel traces, Seen or Unseen (README "Cold start", docs/coldstart.md).
 
 Built on TRL's ``SFTTrainer``. The prompt is the final v3 parallel prompt, through the chat
 template when the model has one (:func:`parallel_r1.prompts.build_prompt`); the completion is
@@ -13,27 +13,23 @@ a 4-D bool mask goes through with ``attn_implementation="sdpa"`` (or ``"eager"``
 and padding-free / packing would drop it and are refused for ``unseen``.
 
 Run as ``parallel-r1 sft --config recipes/sft_smollm2_cpu.yaml [--field value ...]`` or, for
-several processes, ``accelerate launch -m parallel_r1.train.sft --config ...``. Every field of
+several processes, ``accelerate launch -m parallel_r1.cli sft --config ...``. Every field of
 :class:`ParallelSFTConfig` (and of TRL's ``SFTConfig`` / transformers' ``TrainingArguments``) is
-a YAML key and a ``--field`` override (``trl.TrlParser``).
+a YAML key and a ``--field`` override (docs/coldstart.md). Library entry point: :func:`train`.
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import json
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from transformers import TrainerCallback
-from trl import SFTConfig, SFTTrainer, TrlParser
+from trl import SFTConfig, SFTTrainer
 
-from ..format import normalize, parse
-from ..io import JsonlAppender, atomic_write_json, read_jsonl
+from ..format import normalize
+from ..io import JsonlAppender, atomic_write_json, atomic_write_text, read_jsonl
 from ..prompts import build_prompt
 from ..structure import TagIds
 from .collators import VARIANTS, ParallelSFTCollator
@@ -97,8 +93,9 @@ class ParallelSFTConfig(SFTConfig):
     format_check_size: int = field(
         default=0,
         metadata={
-            "help": "After training, sample this many held-out GSM8K test problems with the prompt and report the "
-            "share of completions with valid parallel blocks (format_check.json). 0 = skip."
+            "help": "After training, evaluate this many held-out GSM8K test problems with the prompt (an eval "
+            "folder `format_check/`) and report the share of completions with valid parallel blocks "
+            "(format_check.json). 0 = skip."
         },
     )
     format_check_max_new_tokens: int = field(default=384, metadata={"help": "Token budget of each format-check sample."})
@@ -107,6 +104,9 @@ class ParallelSFTConfig(SFTConfig):
     format_check_variant: str = field(
         default="seen",
         metadata={"help": "Decoding of the format check: `seen` (plain causal sampling, the model writes every tag) or `unseen`."},
+    )
+    data_dir: str | None = field(
+        default=None, metadata={"help": "Folder of the shipped data sets (the format check's GSM8K); default: the registry's."}
     )
     activation_checkpointing: bool | None = field(default=False, metadata={"help": "Recompute activations in backward."})
     gradient_checkpointing: bool | None = field(default=None, metadata={"help": "Deprecated alias of activation_checkpointing."})
@@ -284,97 +284,60 @@ def build_trainer(cfg: ParallelSFTConfig, model=None, tokenizer=None, train_rows
 # ------------------------------------------------------------------------------------- format check
 
 
-@torch.no_grad()
 def format_check(model, tokenizer, cfg: ParallelSFTConfig, out_dir: Path) -> dict:
-    """Sample held-out GSM8K test problems with the prompt; measure how often the format holds.
+    """Evaluate held-out GSM8K test problems with the prompt; measure how often the format holds.
 
-    Sampling goes through the decoding engine. With ``format_check_variant: seen`` (default) it is
-    plain causal sampling, so the model must write every tag itself: the strict test of what SFT
-    taught. ``unseen`` runs the orchestrated decoding (paths isolated, tags constrained). A
-    completion counts as "valid parallel" when it has at least one block and passes the checker.
+    This is :func:`parallel_r1.evaluate.evaluate` on the trained model in memory, into the eval
+    folder ``out_dir/format_check`` (``completions.jsonl``, ``results.json``). With
+    ``format_check_variant: seen`` (default) it is plain causal sampling, so the model must write
+    every tag itself: the strict test of what SFT taught. ``unseen`` runs the orchestrated
+    decoding (paths isolated, tags constrained). A completion counts as "valid parallel" when it
+    has at least one block and passes the checker.
     """
-    from ..data.registry import load_problems
-    from ..decoding import DecodingConfig, ParallelEngine
-    from ..grading import is_correct
+    from ..evaluate import EvalConfig, engine_generate_fn, evaluate
 
-    problems = load_problems("gsm8k", split="test", limit=cfg.format_check_size)
-    model.eval()
-    engine = ParallelEngine(
-        model,
-        tokenizer,
-        DecodingConfig(
-            variant=cfg.format_check_variant,
-            max_new_tokens=cfg.format_check_max_new_tokens,
-            temperature=cfg.format_check_temperature,
-            top_p=1.0,
-            top_k=0,
-            batch_size=cfg.format_check_batch_size,
-            seed=cfg.seed,
-        ),
+    ecfg = EvalConfig(
+        model=str(out_dir),
+        out=str(out_dir / "format_check"),
+        benchmarks=["gsm8k"],
+        k=1,
+        limit=cfg.format_check_size,
+        template=cfg.prompt_template,
+        variant=cfg.format_check_variant,
+        max_new_tokens=cfg.format_check_max_new_tokens,
+        temperature=cfg.format_check_temperature,
+        batch_size=cfg.format_check_batch_size,
+        seed=cfg.seed,
+        data_dir=cfg.data_dir,
     )
-    prompts = [build_prompt(p.problem, tokenizer, cfg.prompt_template, cfg.use_chat_template) for p in problems]
-    rows = []
-    for s in engine.generate(prompts):
-        p = problems[s.prompt_index]
-        ids = s.completion_ids[:-1] if s.finish_reason == "eos" else s.completion_ids
-        text = tokenizer.decode(ids, skip_special_tokens=False)
-        parsed = parse(text)
-        rows.append(
-            dict(
-                problem_id=p.id,
-                completion=text,
-                answer=p.answer,
-                finish_reason=s.finish_reason,
-                length=len(s.completion_ids),
-                uses_parallel=parsed.uses_parallel,
-                format_ok=parsed.format_ok,
-                num_blocks=parsed.num_blocks,
-                valid_parallel=parsed.format_ok and parsed.uses_parallel,
-                correct=is_correct(text, p.answer),
-            )
-        )
+    model.eval()
+    res = evaluate(ecfg, engine_generate_fn(model, tokenizer, ecfg), tokenizer, progress=False)["benchmarks"]["gsm8k"]
+    rows = list(read_jsonl(Path(ecfg.out) / "completions.jsonl"))
     n = max(len(rows), 1)
     summary = dict(
         n=len(rows),
-        valid_parallel_ratio=sum(r["valid_parallel"] for r in rows) / n,
-        uses_parallel_ratio=sum(r["uses_parallel"] for r in rows) / n,
-        format_ok_ratio=sum(r["format_ok"] for r in rows) / n,
-        accuracy=sum(r["correct"] for r in rows) / n,
-        finished_ratio=sum(r["finish_reason"] != "length" for r in rows) / n,
-        mean_blocks=sum(r["num_blocks"] for r in rows) / n,
-        mean_length=sum(r["length"] for r in rows) / n,
+        valid_parallel_ratio=sum(r["format_ok"] and r["uses_parallel"] for r in rows) / n,
+        uses_parallel_ratio=res["parallel_ratio"],
+        format_ok_ratio=1 - res["format_error_rate"],
+        accuracy=res["mean@k"],
+        finished_ratio=1 - res["clipped_ratio"],
+        mean_blocks=res["mean_blocks"],
+        mean_length=res["mean_length"],
         variant=cfg.format_check_variant,
         temperature=cfg.format_check_temperature,
         max_new_tokens=cfg.format_check_max_new_tokens,
     )
     atomic_write_json(out_dir / "format_check.json", summary)
-    with JsonlAppender(out_dir / "format_check.jsonl", fsync=False) as f:
-        f.write_many(rows)
     return summary
 
 
 # ---------------------------------------------------------------------------------------------- run
 
 
-def resolve_resume(cfg: ParallelSFTConfig):
-    """``resume_from_checkpoint``: a path, or ``true``/``last`` for the newest checkpoint in output_dir."""
-    from transformers.trainer_utils import get_last_checkpoint
-
-    value = cfg.resume_from_checkpoint
-    if value is None or str(value).lower() in ("false", "none", ""):
-        return None
-    if str(value).lower() in ("true", "last", "auto"):
-        out = Path(cfg.output_dir)
-        return get_last_checkpoint(str(out)) if out.is_dir() else None
-    if not Path(value).exists():
-        raise FileNotFoundError(f"resume_from_checkpoint: no such checkpoint {value}")
-    return value
-
-
 def save_loss_curve(trainer, out_dir: Path) -> None:
     """``loss_curve.json`` (step, loss) and ``loss_curve.png`` from the trainer's log history."""
     points = [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h]
-    atomic_write_json(out_dir / "loss_curve.json", [{"step": s, "loss": l} for s, l in points])
+    atomic_write_json(out_dir / "loss_curve.json", [{"step": step, "loss": loss} for step, loss in points])
     if not points:
         return
     import matplotlib
@@ -393,10 +356,18 @@ def save_loss_curve(trainer, out_dir: Path) -> None:
 
 
 def train(cfg: ParallelSFTConfig) -> dict:
-    """Train, save the final model + tokenizer, the loss curve and (optionally) the format check."""
-    trainer = build_trainer(cfg)
+    """Train (resuming per ``resume_from_checkpoint``), save the final model + tokenizer,
+    ``config.yaml``, the loss curve and (optionally) the format check. Returns ``sft_summary.json``."""
+    import yaml
+
+    from .checkpoints import config_dict, resume_checkpoint
+
     out_dir = Path(cfg.output_dir)
-    result = trainer.train(resume_from_checkpoint=resolve_resume(cfg))
+    ckpt = resume_checkpoint(out_dir, cfg.resume_from_checkpoint)  # a wrong path fails before any loading
+    trainer = build_trainer(cfg)
+    if trainer.is_world_process_zero():
+        atomic_write_text(out_dir / "config.yaml", yaml.safe_dump(config_dict(cfg), sort_keys=False))
+    result = trainer.train(resume_from_checkpoint=ckpt)
     trainer.save_model(cfg.output_dir)
     summary = {"train": result.metrics, "num_train_rows": len(trainer.train_dataset)}
     if trainer.is_world_process_zero():
@@ -406,64 +377,3 @@ def train(cfg: ParallelSFTConfig) -> dict:
             summary["format_check"] = format_check(model, trainer.processing_class, cfg, out_dir)
         atomic_write_json(out_dir / "sft_summary.json", summary)
     return summary
-
-
-def parse_config(argv: list[str]) -> ParallelSFTConfig:
-    """``--config recipe.yaml`` plus ``--field value`` overrides, the TRL way."""
-    (cfg,) = TrlParser((ParallelSFTConfig,)).parse_args_and_config(argv)
-    return cfg
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="YAML recipe (recipes/sft_*.yaml); any field below overrides it")
-    p.epilog = "Every ParallelSFTConfig / SFTConfig field is accepted as --field value (see docs/coldstart.md)."
-    for f in dataclasses.fields(ParallelSFTConfig):
-        if not f.init:
-            continue
-        kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
-        kwargs = dict(default=argparse.SUPPRESS, help=f.metadata.get("help", argparse.SUPPRESS) if f.name in _OURS else argparse.SUPPRESS)
-        if "bool" in kind:
-            kwargs.update(nargs="?", const="true")
-        elif kind.startswith("list"):
-            kwargs.update(nargs="+")
-        p.add_argument(f"--{f.name}", **kwargs)
-
-
-_OURS = {f.name for f in dataclasses.fields(ParallelSFTConfig)} - {f.name for f in dataclasses.fields(SFTConfig)} | {
-    "output_dir",
-    "learning_rate",
-    "num_train_epochs",
-    "max_steps",
-    "per_device_train_batch_size",
-    "gradient_accumulation_steps",
-    "max_length",
-    "resume_from_checkpoint",
-    "report_to",
-    "bf16",
-}
-
-
-def run(args: argparse.Namespace) -> int:
-    argv = ["--config", args.config] if args.config else []
-    for key, value in vars(args).items():
-        if key == "config":
-            continue
-        argv.append(f"--{key}")
-        argv.extend(value if isinstance(value, list) else [str(value)])
-    summary = train(parse_config(argv))
-    print(json.dumps(summary, indent=2, default=str))
-    fc = summary.get("format_check")
-    if fc:
-        print(f"format check: {fc['valid_parallel_ratio']:.1%} of {fc['n']} held-out completions have valid parallel blocks")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point for ``accelerate launch -m parallel_r1.train.sft --config ...``."""
-    summary = train(parse_config(sys.argv[1:] if argv is None else argv))
-    print(json.dumps(summary, indent=2, default=str))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
