@@ -10,7 +10,7 @@ from parallel_r1.demo import DemoConfig, run_demo
 
 
 def tiny_demo(tiny_checkpoint, out, **kw):
-    args = dict(out=str(out), model=str(tiny_checkpoint), sft_steps=2, sft_batch_size=2, rl_steps=2, rl_prompts=2,
+    args = dict(output_dir=str(out), model=str(tiny_checkpoint), sft_steps=2, sft_batch_size=2, rl_steps=2, rl_prompts=2,
                 rl_rollouts=2, eval_problems=2, max_new_tokens=24, max_path_tokens=8, gsm8k=False)
     args.update(kw)
     return DemoConfig(**args)
@@ -44,11 +44,11 @@ def test_a_stage_without_its_input_names_what_to_run(tiny_checkpoint, tmp_path):
 
 
 def test_bad_input_gives_one_clear_line(tiny_checkpoint, tmp_path, capsys, monkeypatch):
-    assert main(["demo", "--out", str(tmp_path / "d"), "--data-dir", str(tmp_path / "missing")]) == 2
+    assert main(["demo", "--output-dir", str(tmp_path / "d"), "--data-dir", str(tmp_path / "missing")]) == 2
     assert "--data-dir" in capsys.readouterr().err
-    assert main(["demo", "--out", str(tmp_path / "d"), "--stages", "sft,nope"]) == 2
+    assert main(["demo", "--output-dir", str(tmp_path / "d"), "--stages", "sft,nope"]) == 2
     assert "unknown stage" in capsys.readouterr().err
-    assert main(["demo", "--out", str(tmp_path / "d"), "--rl-reward", "acuracy"]) == 2
+    assert main(["demo", "--output-dir", str(tmp_path / "d"), "--rl-reward", "acuracy"]) == 2
     err = capsys.readouterr().err
     assert "--rl-reward" in err and "'acuracy'" in err and "alternating" in err
     assert not (tmp_path / "d").exists()  # refused before any stage ran
@@ -58,7 +58,7 @@ def test_bad_input_gives_one_clear_line(tiny_checkpoint, tmp_path, capsys, monke
 
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10, 10, 100 * 2**20))
-    assert main(["demo", "--out", str(tmp_path / "d"), "--model", str(tiny_checkpoint), "--stages", "base"]) == 2
+    assert main(["demo", "--output-dir", str(tmp_path / "d"), "--model", str(tiny_checkpoint), "--stages", "base"]) == 2
     err = capsys.readouterr().err
     assert "GiB free" in err and not (tmp_path / "d" / "base" / "DONE.json").exists()
 
@@ -71,7 +71,7 @@ def test_an_interrupted_stage_continues_on_the_next_run(tiny_checkpoint, tmp_pat
     real, calls = ev.evaluate, []
 
     def interrupted(cfg, *a, **kw):  # Ctrl-C while the second model is being evaluated
-        calls.append(cfg.out)
+        calls.append(cfg.output_dir)
         if len(calls) == 2:
             raise KeyboardInterrupt
         return real(cfg, *a, **kw)

@@ -66,9 +66,9 @@ def _recipe(tmp_path: Path, additions: Path, **over) -> dict:
         num_generations=4, generation_batch_size=8, per_device_train_batch_size=4, gradient_accumulation_steps=1,
         max_completion_length=16, learning_rate=5e-3, lr_scheduler_type="constant", beta=0.0, loss_type="dapo",
         temperature=1.0, top_k=0, bf16=False, use_cpu=True, report_to="none", seed=0, rollout_seed=0,
-    )  # fmt: skip
+    )
     ev = dict(benchmarks=[str(additions)], template="baseline", variant="seen", temperature=1.0, max_new_tokens=16,
-              limit=4, samples=4, k=1, batch_size=8, seed=0, grading_workers=1)  # fmt: skip
+              limit=4, samples=4, k=1, batch_size=8, seed=0, grading_workers=1)
     cfg = dict(output_dir=str(tmp_path / "ready"), rl=rl, eval=ev)
     cfg.update(over)
     return cfg

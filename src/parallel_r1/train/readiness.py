@@ -13,7 +13,7 @@ budget-length repetition. Library entry point: :func:`run_readiness`.
 Recipe (YAML): ``output_dir``; ``rl``: RLConfig fields (a mapping, or the path of an RL recipe,
 with ``rl_overrides`` on top); ``eval``: EvalConfig fields (mapping or path, ``eval_overrides``);
 optionally ``branches`` (name -> checkpoint) or ``midtrain_dir``. ``model``/``output_dir`` of
-the RL recipe and ``model``/``out`` of the eval are set per branch.
+the RL recipe and ``model``/``output_dir`` of the eval are set per branch.
 
 Folder (``output_dir``)::
 
@@ -49,7 +49,7 @@ from ..io import atomic_write_json, atomic_write_text, read_jsonl
 
 # Fields readiness sets per branch: a recipe must not set them.
 _RL_OWNED = ("model", "output_dir")
-_EVAL_OWNED = ("model", "out")
+_EVAL_OWNED = ("model", "output_dir")
 
 
 @dataclass
@@ -157,7 +157,7 @@ def eval_config(cfg: ReadinessConfig, model: str, out: Path):
     if unknown:
         raise KeyError(f"rl-readiness: eval recipe: unknown EvalConfig field(s) {unknown}")
     try:
-        return EvalConfig(**{**cfg.eval, "model": model, "out": str(out)})
+        return EvalConfig(**{**cfg.eval, "model": model, "output_dir": str(out)})
     except TypeError as e:
         raise ValueError(f"rl-readiness: eval recipe: {e}") from None
 
@@ -204,7 +204,7 @@ def _eval_done(ecfg) -> bool:
     """results.json of these exact settings (evaluate() would only reload the model to rewrite it)."""
     from ..evaluate import run_identity
 
-    path = Path(ecfg.out) / "results.json"
+    path = Path(ecfg.output_dir) / "results.json"
     if not path.exists():
         return False
     old = json.loads(path.read_text(encoding="utf-8"))
@@ -255,7 +255,7 @@ def eval_summary(ecfg) -> dict:
     from ..evaluate import load_benchmark
 
     done = {}
-    for r in read_jsonl(Path(ecfg.out) / "completions.jsonl", skip_bad=True):
+    for r in read_jsonl(Path(ecfg.output_dir) / "completions.jsonl", skip_bad=True):
         done[(r["benchmark"], str(r["problem_id"]), int(r["sample_index"]))] = r
     rows = []
     for b in ecfg.benchmarks:
@@ -263,7 +263,7 @@ def eval_summary(ecfg) -> dict:
             for s in range(ecfg.n_of(b)):
                 key = (b, str(p.id), s)
                 if key not in done:
-                    raise ValueError(f"rl-readiness: {ecfg.out}: sample {key} missing from completions.jsonl; re-run to finish it")
+                    raise ValueError(f"rl-readiness: {ecfg.output_dir}: sample {key} missing from completions.jsonl; re-run to finish it")
                 rows.append(done[key])
     n = len(rows)
     return {

@@ -1,7 +1,7 @@
-"""``parallel-r1 rl``: GRPO with parallel-thinking rewards and schedules, on TRL's GRPOTrainer.
+"""GRPO with parallel-thinking rewards and schedules, on TRL's GRPOTrainer (docs/rl.md).
 
-``parallel-r1 rl --config recipes/rl_tiny_unseen.yaml [--field value ...]`` (command-line values
-override the recipe). Everything of GRPO itself (advantages, PPO-clip with clip-higher, token-mean
+Library entry point: :func:`train` (``parallel-r1 rl --config recipes/rl_tiny_unseen.yaml
+[--field value ...]`` calls it; so do the demo and ``rl-readiness``). Everything of GRPO itself (advantages, PPO-clip with clip-higher, token-mean
 loss, no KL, optimiser, accelerate/DeepSpeed/FSDP, vLLM) is TRL's; :class:`RLConfig` adds the
 Parallel-R1 fields below. Trainer pieces live in :mod:`parallel_r1.train.rl_trainer`.
 
@@ -34,6 +34,11 @@ class RLConfig(GRPOConfig):
     ``per_device_train_batch_size`` × processes × ``gradient_accumulation_steps``. Their ratio
     (× ``num_iterations``) is the number of optimiser steps per RL step (2 in the paper:
     256 prompts × 8 = 2048 completions, mini-batch 128 prompts = 1024).
+
+    As TRL's configs do, the config checks itself and derives its dependent fields when it is
+    made (``__post_init__``): a bad recipe fails before anything loads, and the ``config.yaml``
+    of a run is the config it ran with. A new field: a ``field(...)`` with its help below, its
+    check in :meth:`_check`.
     """
 
     model: str = field(default="smollm2", metadata={"help": "Policy: local folder, hub id, or alias (`smollm2`). Must have the six tag tokens for the parallel variants."})

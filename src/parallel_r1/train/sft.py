@@ -298,7 +298,7 @@ def format_check(model, tokenizer, cfg: ParallelSFTConfig, out_dir: Path) -> dic
 
     ecfg = EvalConfig(
         model=str(out_dir),
-        out=str(out_dir / "format_check"),
+        output_dir=str(out_dir / "format_check"),
         benchmarks=["gsm8k"],
         k=1,
         limit=cfg.format_check_size,
@@ -312,7 +312,7 @@ def format_check(model, tokenizer, cfg: ParallelSFTConfig, out_dir: Path) -> dic
     )
     model.eval()
     res = evaluate(ecfg, engine_generate_fn(model, tokenizer, ecfg), tokenizer, progress=False)["benchmarks"]["gsm8k"]
-    rows = list(read_jsonl(Path(ecfg.out) / "completions.jsonl"))
+    rows = list(read_jsonl(Path(ecfg.output_dir) / "completions.jsonl"))
     n = max(len(rows), 1)
     summary = dict(
         n=len(rows),
