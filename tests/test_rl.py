@@ -284,9 +284,13 @@ def test_shipped_recipes_parse_and_pass_the_checks(recipe):
         return
     opt_steps_on_8 = cfg.generation_batch_size / (cfg.per_device_train_batch_size * 8 * cfg.gradient_accumulation_steps)
     assert (opt_steps_on_8, cfg.learning_rate, cfg.beta, cfg.lr_scheduler_type) == (2, 1e-6, 0.0, "constant")
-    if recipe.stem == "rl_octothinker":  # OctoThinker: 128 prompts x 16, mini-batch 64 prompts, staged length
+    if recipe.stem.startswith("rl_octothinker"):  # OctoThinker: 128 prompts x 16, mini-batch 64 prompts
         assert (cfg.generation_batch_size // cfg.num_generations, cfg.num_generations) == (128, 16)
-        assert cfg.reward == "boxed_pm1" and cfg.template == "orz" and len(cfg.max_response_schedule) >= 2
+        assert cfg.reward == "boxed_pm1" and cfg.template == "orz" and cfg.dataset == "math8k"
+        if recipe.stem.endswith("_staged"):  # staged length
+            assert len(cfg.max_response_schedule) >= 2
+        else:  # the comparison setting's fixed cap
+            assert cfg.max_response_schedule is None and cfg.max_completion_length == 4096
     else:  # Parallel-R1 (docs/rl.md): 256 prompts x 8, max response 3000, temperature 1
         assert (cfg.generation_batch_size // cfg.num_generations, cfg.num_generations) == (256, 8)
         assert (cfg.max_completion_length, cfg.temperature, cfg.epsilon) == (3000, 1.0, 0.2)

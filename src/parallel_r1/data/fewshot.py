@@ -2,9 +2,9 @@
 
 The exemplars, query format, joiner and stop strings are read from
 ``<data dir>/fewshot/octothinker_prompts.json`` (copied from OctoThinker's
-``eval/few_shot_prompts/``): GSM8K 8-shot chain of thought, MATH/MATH500 Minerva 4-shot,
-AMC/AIME 0-shot. A prompt is ``exemplars + join + query.format(problem=...)``; generation is cut
-at the first stop string.
+``eval/few_shot_prompts/``): GSM8K 8-shot chain of thought, MATH/MATH500/OlympiadBench Minerva
+4-shot, AMC/AIME 0-shot. A prompt is ``exemplars + join + query.format(problem=...)``; generation
+is cut at the first stop string.
 """
 
 from __future__ import annotations
@@ -24,9 +24,14 @@ PROMPT_SET: dict[str, str] = {
     "synthetic_hard": "gsm8k_8shot",
     "math": "minerva_math_4shot",
     "math500": "minerva_math_4shot",
+    "math300": "minerva_math_4shot",
+    "olympiadbench": "minerva_math_4shot",
     "amc23": "amc_0shot",
     "aime24": "amc_0shot",
     "aime25": "amc_0shot",
+    "apo_amc23": "amc_0shot",
+    "apo_aime24": "amc_0shot",
+    "apo_aime25": "amc_0shot",
 }
 
 

@@ -18,27 +18,38 @@ aime24             test           answers zero-padded as given (``025``)
 aime25             test
 amc23              test           answers as given (``27.0``)
 dapo_math_17k      train          problem = ``prompt[0].content``; answer = ``reward_model.ground_truth``
-apo_eval           test           the paper's eval file, every row kept (each AIME/AMC problem 16
-                                  times, consecutive); the v3 prompt is stripped off the problem
-                                  and kept in ``extra["prompt"]``; ``extra["data_source"]`` says
-                                  which benchmark a row belongs to
+apo_eval           test           the paper's eval file, every row kept (each AIME/AMC problem
+                                  sequence 16 times over); the v3 prompt is stripped off the
+                                  problem and kept in ``extra["prompt"]``; ``extra["data_source"]``
+                                  says which benchmark a row belongs to
+apo_aime24         test           the rows of one ``data_source`` of ``apo_eval`` (:data:`APO_SOURCES`),
+apo_aime25                        copies included; ``extra["problem_index"]`` / ``extra["copy"]``
+apo_amc23                         number the distinct problems and their repeats
+math300                           (``APO_MATH300``: 316 integer-answer MATH500 problems, once each)
+math8k             train          OctoThinker's RL set rebuilt as SimpleRL describes it: MATH levels
+                                  3-5 of train and test, minus MATH500, deduplicated
+olympiadbench      test           ``<data>/olympiadbench/test.jsonl`` when present, else the hub
+                                  (:mod:`parallel_r1.data.olympiadbench`)
 synthetic_easy     train, test    :mod:`parallel_r1.data.synthetic`, generated; the two splits are
 synthetic_hard     train, test    disjoint by problem text (5,000 train / 500 test problems)
 =================  =============  ====================================================================
 
 ``split=None`` means the set's test split (its only split when it has one); training code passes
 ``split="train"``. A path ending in .jsonl/.json/.parquet/.csv is read with the problem and
-answer columns detected (:data:`PROBLEM_FIELDS`, :data:`ANSWER_FIELDS`); an ``owner/name`` (or
-``owner/name:config``, e.g. ``openai/gsm8k:main``) that is not a file goes to
-:func:`datasets.load_dataset` with the same detection.
+answer columns detected (:mod:`parallel_r1.data.problem`; a ``final_answer``
+column means the OlympiadBench schema); an ``owner/name`` (or ``owner/name:config``, e.g.
+``openai/gsm8k:main``) that is not a file goes to :func:`datasets.load_dataset` with the same
+detection.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from collections import Counter
 from pathlib import Path
-from typing import Any
+
+from . import olympiadbench
+from .problem import FILE_SUFFIXES, Problem, cell_text, read_rows, require_columns, rows_to_problems
 
 DATA_ENV = "PARALLEL_R1_DATA"
 
@@ -53,23 +64,22 @@ FILES: dict[str, dict[str, str]] = {
     "dapo_math_17k": {"train": "dapo_math_17k/train.parquet"},
     "apo_eval": {"test": "apo_eval/test.parquet"},
 }
+# The benchmarks inside apo_eval, one name per data_source. Not the same problems as aime24 etc.
+# in every case (docs/data.md says how they differ), hence names of their own.
+APO_SOURCES = {"apo_aime24": "APO_AIME24", "apo_aime25": "APO_AIME25", "apo_amc23": "APO_AMC23", "math300": "APO_MATH300"}
+FILES.update({name: FILES["apo_eval"] for name in APO_SOURCES})
+MATH8K_LEVELS = ("Level 3", "Level 4", "Level 5")
 SYNTHETIC_SIZES = {"train": 5000, "test": 500}
-KNOWN: tuple[str, ...] = (*FILES, "synthetic_easy", "synthetic_hard")
+KNOWN: tuple[str, ...] = (*FILES, "math8k", "olympiadbench", "synthetic_easy", "synthetic_hard")
 PILOT_FILE = "parallel_gsm8k_pilot/train.parquet"
 
-# Column detection for files and hub sets, first match wins; dotted names reach into dict columns.
-PROBLEM_FIELDS = ("question", "problem", "prompt")
-ANSWER_FIELDS = ("answer", "reference", "ground_truth", "reward_model.ground_truth")
-FILE_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
-
-
-@dataclass
-class Problem:
-    id: str  # unique within a loaded set: "<set>-<split>-<row>" or the source's own id
-    problem: str  # bare problem text, no prompt template
-    answer: str  # gold answer as the source writes it (GSM8K: the #### number)
-    source: str  # set name or file stem
-    extra: dict[str, Any] = field(default_factory=dict)  # source-specific fields (level, data_source, ...)
+# Columns each shipped file must have (problem, answer); checked before any row is read.
+COLUMNS = {
+    "gsm8k": ("question", "answer"), "math": ("question", "reference"), "math500": ("problem", "answer"),
+    "aime24": ("problem", "answer"), "aime25": ("problem", "answer"), "amc23": ("problem", "answer"),
+    "dapo_math_17k": ("prompt", "reward_model.ground_truth"), "apo_eval": ("prompt", "reward_model.ground_truth", "data_source"),
+}  # fmt: skip
+COLUMNS.update({name: COLUMNS["apo_eval"] for name in APO_SOURCES})
 
 
 # ----------------------------------------------------------------------------------- data folder
@@ -94,93 +104,6 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
     return path
 
 
-# ----------------------------------------------------------------------------------- readers
-
-
-def read_rows(path: str | os.PathLike) -> list[dict]:
-    """All rows of a .jsonl/.json/.parquet/.csv file as dicts."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no such file: {path}")
-    suffix = path.suffix.lower()
-    if suffix == ".jsonl":
-        from ..io import read_jsonl
-
-        return list(read_jsonl(path))
-    if suffix == ".json":
-        import json
-
-        obj = json.loads(path.read_text(encoding="utf-8"))
-        if isinstance(obj, dict):  # {"data": [...]} or {column: [values]}
-            lists = [v for v in obj.values() if isinstance(v, list)]
-            if len(lists) == 1 and all(isinstance(r, dict) for r in lists[0]):
-                obj = lists[0]
-            elif lists and all(isinstance(v, list) for v in obj.values()):
-                obj = [dict(zip(obj, vals)) for vals in zip(*obj.values())]
-        if not isinstance(obj, list) or not all(isinstance(r, dict) for r in obj):
-            raise ValueError(f"{path}: expected a list of objects (one per problem)")
-        return obj
-    if suffix in (".parquet", ".csv"):
-        import pandas as pd
-
-        df = pd.read_parquet(path) if suffix == ".parquet" else pd.read_csv(path, dtype=str, keep_default_na=False)
-        return df.to_dict("records")
-    raise ValueError(f"{path}: unsupported file type {suffix!r}; use one of {', '.join(FILE_SUFFIXES)}")
-
-
-def _get(row: dict, key: str):
-    """``row[key]``, following dots into dict columns; ``None`` when absent."""
-    value: Any = row
-    for part in key.split("."):
-        if not isinstance(value, dict) or part not in value:
-            return None
-        value = value[part]
-    return value
-
-
-def _text(value) -> str | None:
-    """A problem/answer cell as text: chat messages give their first content; numbers their str."""
-    if value is None:
-        return None
-    if hasattr(value, "tolist"):  # numpy arrays of chat messages from parquet
-        value = value.tolist()
-    if isinstance(value, list):
-        value = value[0].get("content") if value and isinstance(value[0], dict) else None
-    if isinstance(value, float) and value != value:  # NaN from pandas
-        return None
-    text = str(value).strip() if value is not None else ""
-    return text or None
-
-
-def rows_to_problems(rows: list[dict], where: str, source: str, problem_key: str | None = None, answer_key: str | None = None) -> list[Problem]:
-    """Detect (or use the given) problem and answer columns; a row without one is an error naming it."""
-    if not rows:
-        return []
-    columns = sorted(rows[0])
-
-    def pick(candidates, given, what):
-        if given is not None:
-            return given
-        for c in candidates:
-            if _get(rows[0], c) is not None:
-                return c
-        raise ValueError(f"{where}: no {what} field; columns are {', '.join(columns)} (expected one of {', '.join(candidates)})")
-
-    pkey = pick(PROBLEM_FIELDS, problem_key, "problem")
-    akey = pick(ANSWER_FIELDS, answer_key, "answer")
-    from ..grading import gold_answer
-
-    out = []
-    for i, row in enumerate(rows):
-        problem, answer = _text(_get(row, pkey)), _text(_get(row, akey))
-        for value, key, what in ((problem, pkey, "problem"), (answer, akey, "answer")):
-            if value is None:
-                raise ValueError(f"{where} row {i}: no {what} field ({key!r} missing or empty); columns are {', '.join(sorted(row))}")
-        rid = row.get("id", row.get("unique_id", i))
-        out.append(Problem(id=f"{source}-{rid}", problem=problem, answer=gold_answer(answer), source=source, extra={}))
-    return out
-
-
 def _strip_template(prompt: str, template: str) -> str:
     from ..prompts import TEMPLATES
 
@@ -188,14 +111,42 @@ def _strip_template(prompt: str, template: str) -> str:
     return prompt[len(head) :].strip() if prompt.startswith(head) else prompt.strip()
 
 
+def _limit(problems: list[Problem], limit: int | None) -> list[Problem]:
+    return problems[:limit] if limit is not None else problems
+
+
 # ----------------------------------------------------------------------------------- known sets
+
+
+def _load_apo(name: str, rows: list[dict]) -> list[Problem]:
+    """apo_eval rows (all, or one data_source's), v3 prompt stripped; repeats numbered by first occurrence."""
+    wanted = APO_SOURCES.get(name)
+    index: dict[tuple[str, str], int] = {}  # (data_source, prompt) -> problem index, as verl groups them
+    problems: Counter[str] = Counter()  # distinct problems so far per data_source
+    copies: Counter[tuple[str, str]] = Counter()
+    out = []
+    for i, r in enumerate(rows):
+        source = r["data_source"]
+        if wanted is not None and source != wanted:
+            continue
+        prompt = cell_text(r["prompt"]) or ""
+        key = (source, prompt)
+        if key not in index:
+            index[key] = problems[source]
+            problems[source] += 1
+        k, copy = index[key], copies[key]
+        copies[key] += 1
+        rid = f"{name}-{i}" if wanted is None else f"{name}-{k}-{copy}"
+        extra = {"data_source": source, "prompt": prompt, "problem_index": k, "copy": copy}
+        out.append(Problem(rid, _strip_template(prompt, "parallel_v3"), str(r["reward_model"]["ground_truth"]).strip(), name, extra))
+    return out
 
 
 def _load_known(name: str, split: str, path: Path) -> list[Problem]:
     from ..grading import gold_answer
 
     rows = read_rows(path)
-    where = str(path)
+    require_columns(rows, str(path), *COLUMNS[name])
     if name == "gsm8k":
         return [Problem(f"gsm8k-{split}-{i}", r["question"].strip(), gold_answer(r["answer"]), "gsm8k") for i, r in enumerate(rows)]
     if name == "math":
@@ -212,19 +163,33 @@ def _load_known(name: str, split: str, path: Path) -> list[Problem]:
         # amc23 answers are floats (27.0) in the file; str() keeps them as given.
         return [Problem(f"{name}-{r.get('id', i)}", r["problem"].strip(), str(r["answer"]).strip(), name) for i, r in enumerate(rows)]
     if name == "dapo_math_17k":
-        return rows_to_problems(rows, where, name, "prompt", "reward_model.ground_truth")
-    if name == "apo_eval":
-        out = []
-        for i, r in enumerate(rows):
-            prompt = _text(r["prompt"]) or ""
-            out.append(
-                Problem(
-                    f"apo_eval-{i}", _strip_template(prompt, "parallel_v3"), str(r["reward_model"]["ground_truth"]).strip(), "apo_eval",
-                    {"data_source": r["data_source"], "prompt": prompt},
-                )
-            )  # fmt: skip
-        return out
-    raise KeyError(name)
+        return rows_to_problems(rows, str(path), name, "prompt", "reward_model.ground_truth")
+    return _load_apo(name, rows)
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _load_math8k(data_dir: Path) -> list[Problem]:
+    """MATH levels 3-5 of train then test, minus MATH500 problems (by whitespace-normalised text), first copy kept."""
+    held_out = {_norm(p.problem) for p in _load_known("math500", "test", data_dir / FILES["math500"]["test"])}
+    seen: set[str] = set()
+    out = []
+    for split in ("train", "test"):
+        for p in _load_known("math", split, data_dir / FILES["math"][split]):
+            key = _norm(p.problem)
+            if p.extra["level"] in MATH8K_LEVELS and key not in held_out and key not in seen:
+                seen.add(key)
+                out.append(Problem(f"math8k-{p.id.removeprefix('math-')}", p.problem, p.answer, "math8k", p.extra))
+    return out
+
+
+def _to_problems(rows: list[dict], where: str, source: str) -> list[Problem]:
+    """Rows of a file or hub set: the OlympiadBench schema when it has ``final_answer``, else detected columns."""
+    if olympiadbench.is_olympiadbench(rows):
+        return olympiadbench.to_problems(rows, where, source)
+    return rows_to_problems(rows, where, source)
 
 
 def load_problems(name_or_path: str, split: str | None = None, data_dir: str | os.PathLike | None = None, limit: int | None = None) -> list[Problem]:
@@ -258,24 +223,38 @@ def load_problems(name_or_path: str, split: str | None = None, data_dir: str | o
         path = resolve_data_dir(data_dir) / splits[split]
         if not path.exists():
             raise FileNotFoundError(f"{name}: {path} not found in the data folder (set --data-dir)")
-        problems = _load_known(name, split, path)
-        return problems[:limit] if limit is not None else problems
+        return _limit(_load_known(name, split, path), limit)
+    if name == "math8k":
+        if split not in (None, "train"):
+            raise ValueError(f"{name}: no {split!r} split; it has train")
+        return _limit(_load_math8k(resolve_data_dir(data_dir)), limit)
+    if name == "olympiadbench":
+        if split not in (None, "test"):
+            raise ValueError(f"{name}: no {split!r} split; it has test")
+        try:
+            path = resolve_data_dir(data_dir) / olympiadbench.LOCAL_FILE
+        except FileNotFoundError:  # no data folder: the hub still serves the set
+            path = None
+        if path is not None and path.exists():
+            rows, where = read_rows(path), str(path)
+        else:
+            rows, where = _hub_rows(olympiadbench.HUB_ID, olympiadbench.HUB_SPLIT, limit), f"{olympiadbench.HUB_ID} ({olympiadbench.HUB_SPLIT})"
+        return _limit(olympiadbench.to_problems(rows, where, name), limit)
     path = Path(name).expanduser()
     if path.suffix.lower() in FILE_SUFFIXES or path.exists():
-        problems = rows_to_problems(read_rows(path), str(path), path.stem)
-        return problems[:limit] if limit is not None else problems
+        return _limit(_to_problems(read_rows(path), str(path), path.stem), limit)
     if name.count("/") == 1 and not name.startswith((".", "/", "~")):
-        return _load_hub(name, split or "test", limit)
+        split = split or "test"
+        return _to_problems(_hub_rows(name, split, limit), f"{name} ({split})", name.partition(":")[0].split("/")[-1])
     raise KeyError(f"unknown problem set {name!r}; known: {', '.join(KNOWN)} (or a .jsonl/.json/.parquet/.csv file, or a hub id owner/name)")
 
 
-def _load_hub(name: str, split: str, limit: int | None) -> list[Problem]:
-    """A hub dataset ``owner/name`` or ``owner/name:config`` through ``datasets.load_dataset`` (downloads)."""
+def _hub_rows(name: str, split: str, limit: int | None) -> list[dict]:
+    """Rows of a hub dataset ``owner/name`` or ``owner/name:config`` through ``datasets.load_dataset`` (downloads)."""
     from datasets import load_dataset
 
     repo, _, config = name.partition(":")
-    ds = load_dataset(repo, config or None, split=split if limit is None else f"{split}[:{limit}]")
-    return rows_to_problems(list(ds), f"{name} ({split})", repo.split("/")[-1])
+    return list(load_dataset(repo, config or None, split=split if limit is None else f"{split}[:{limit}]"))
 
 
 def load_pilot_traces(data_dir: str | os.PathLike | None = None) -> list[dict]:
@@ -287,7 +266,7 @@ def load_pilot_traces(data_dir: str | os.PathLike | None = None) -> list[dict]:
     path = resolve_data_dir(data_dir) / PILOT_FILE
     out = []
     for r in read_rows(path):
-        prompt = _text(r["prompt"]) or ""
+        prompt = cell_text(r["prompt"]) or ""
         out.append(
             dict(
                 prompt=prompt, problem=_strip_template(prompt, "parallel_v2"), trace=r["extra_info"]["answer"],

@@ -33,7 +33,7 @@ from __future__ import annotations
 import hashlib
 import random
 
-from .registry import Problem
+from .problem import Problem
 
 DIFFICULTIES = ("easy", "hard")
 OPS = {"easy": (1, 2), "hard": (4, 6)}  # inclusive range of operations
