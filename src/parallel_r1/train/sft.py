@@ -295,7 +295,7 @@ def format_check(model, tokenizer, cfg: ParallelSFTConfig, out_dir: Path) -> dic
     """
     from ..data.registry import load_problems
     from ..decoding import DecodingConfig, ParallelEngine
-    from ..grading import is_correct
+    from ..grading_pool import is_correct
 
     problems = load_problems("gsm8k", split="test", limit=cfg.format_check_size)
     model.eval()
