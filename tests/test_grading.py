@@ -13,7 +13,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from parallel_r1 import grading
-from parallel_r1.grading import extract_boxed, extract_final_answer, extract_gsm8k_gold, gold_answer, normalize_final_answer
+from parallel_r1.grading import (
+    extract_boxed,
+    extract_final_answer,
+    extract_gsm8k_gold,
+    gold_answer,
+    minerva_exact,
+    normalize_final_answer,
+    normalize_for_math_verify,
+)
 from parallel_r1.grading_pool import grade, is_correct
 
 # ----------------------------------------------------------------------------- extraction
@@ -115,6 +123,67 @@ def test_grader_equivalences(pred, gold, mv, minerva):
     assert grade(pred, gold, "minerva_exact") is minerva
 
 
+# The answer forms normalize_for_math_verify and the post-checks fix, each with a right and a
+# wrong variant: (pred, gold, verdict of our math_verify grader). tests/test_grading_heldout.py
+# checks the same forms on every real benchmark answer.
+FORMS = [
+    # thousands separators: LaTeX thin spaces, {,}, ,\! and plain commas on a whole number
+    ("1\\,000", "1000", True), ("1\\,001", "1000", False), ("1\\,000", "1", False),
+    ("1{,}000", "1000", True), ("1{,}000", "100", False),
+    ("10,\\!080", "10080", True), ("10,\\!080", "1008", False),
+    ("1\\,000\\,000", "1,000,000", True), ("1\\,000\\,000", "100,000", False),
+    ("x = 58,500", "58,500", True), ("x = 58,500", "58,501", False),
+    ("3.141\\,592", "3141592", False),  # digits grouped after a decimal point are no thousands
+    # ordered tuples are ordered; sets and plain "all solutions" lists are not
+    ("(1,2)", "(1,2)", True), ("(2,1)", "(1,2)", False), ("(1,000, 2)", "(2, 1000)", False),
+    ("\\{2,1\\}", "\\{1,2\\}", True), ("\\{2,3\\}", "\\{1,2\\}", False), ("\\{2,1\\}", "(1,2)", False),
+    ("2, 1", "1, 2", True), ("2, 3", "1, 2", False), ("1, 2", "1", False),
+    # degree signs
+    ("90°", "90", True), ("91°", "90", False), ("30°", "30^\\circ", True), ("30°", "60^{\\circ}", False),
+    ("90^{\\circ}", "90", True), ("90^\\circ", "45", False), ("\\theta = 30^\\circ", "30", True),
+    ("30^\\circ", "\\frac{\\pi}{6}", False),  # degrees are not converted to radians
+    # percentages: the number, never the fraction
+    ("50\\%", "50", True), ("50", "50\\%", True), ("50%", "50\\%", True), ("51\\%", "50", False),
+    ("0.5", "50\\%", False), ("50\\%", "0.5", False),
+    # inequalities against the interval they describe (either side)
+    ("x > 3", "(3, \\infty)", True), ("x < 3", "(3, \\infty)", False), ("x \\ge 3", "(3, \\infty)", False),
+    ("x \\geq 3", "[3,\\infty)", True), ("3 < x", "(3,\\infty)", True), ("3 > x", "(3,\\infty)", False),
+    ("-2 \\le x < 5", "[-2, 5)", True), ("-2 < x < 5", "[-2, 5)", False), ("5 > x \\ge -2", "[-2,5)", True),
+    ("x < -1 \\text{ or } x > 3", "(-\\infty,-1)\\cup(3,\\infty)", True),
+    ("x < -1 \\text{ or } x \\ge 3", "(-\\infty,-1)\\cup(3,\\infty)", False),
+    ("(3, \\infty)", "x > 3", True), ("x>3", "x > 3", True), ("x > 3", "x < 3", False),
+    ("f(2) < f(1) < f(4)", "f(2) < f(1) < f(4)", True), ("f(1) < f(2) < f(4)", "f(2) < f(1) < f(4)", False),
+    # named with a variable, or with min / max; an equation stays an equation
+    ("x = 5", "5", True), ("x = 6", "5", False), ("5", "x=5", True), ("k=\\frac12", "0.5", True),
+    ("\\min = 3", "3", True), ("\\min = 4", "3", False), ("f_{\\max} = 3", "3", True), ("f_{\\max} = -3", "3", False),
+    ("y = 1 + 2x", "y=2x+1", True), ("y=2x+3", "y=2x+1", False), ("x=2y+1", "y=2x+1", False),
+    # exact decimals and numeral bases (math-verify alone accepts the wrong ones)
+    (".0000673", ".0000673", True), ("0.0000673", ".0000673", True), (".0000672", ".0000673", False),
+    ("27.0", "27", True), ("2516_8", "2516_8", True), ("2516_{8}", "2516_8", True), ("2516_9", "2516_8", False),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("pred,gold,ok", FORMS)
+def test_math_verify_answer_forms(pred, gold, ok):
+    assert grade(pred, gold, "math_verify", timeout=30.0) is ok
+
+
+@pytest.mark.parametrize(
+    "raw,normalised",
+    [
+        ("1\\,000", "1000"), ("1{,}000\\,000", "1000000"), ("x = 1,000", "x = 1000"), ("\\$1,000", "\\$1000"),
+        ("1,000, 2", "1,000, 2"),  # may be a list: left to math-verify
+        ("90^{\\circ}", "90"), ("90 ^\\circ", "90"), ("90°", "90"), ("50\\%", "50"),
+        ("x > 3", "(3, \\infty)"), ("x \\le -\\frac{1}{2}", "(-\\infty, -\\frac{1}{2}]"),
+        ("-2 \\le x < 5", "[-2, 5)"), ("x < 0 \\text{ or } x > 1", "(-\\infty, 0) \\cup (1, \\infty)"),
+        ("\\left(1, 2\\right)", "\\left(1, 2\\right)"), ("x > y", "x > y"), ("a < b < c", "a < b < c"),
+        ("x > 3, x < 5", "x > 3, x < 5"),  # not "or": unchanged
+    ],
+)  # fmt: skip
+def test_normalize_for_math_verify(raw, normalised):
+    assert normalize_for_math_verify(raw) == normalised
+
+
 @pytest.mark.parametrize("hedge", ["3 or 4", "either 3 or 4 apples", "x = 3 or x = 4", "3, 4"])
 def test_hedged_answers_do_not_match_both_options(hedge):
     # a policy must not be able to collect the reward by listing several answers
@@ -149,6 +218,31 @@ def test_hedged_answers_do_not_match_both_options(hedge):
 )
 def test_minerva_normalisation(raw, normalised):
     assert normalize_final_answer(raw) == normalised
+
+
+# The paper's check is kept as it is, quirks included (minerva_exact's docstring lists them).
+MINERVA_QUIRKS = [
+    ("x=5", "y=5", True),  # only the text after the last "=" counts
+    ("y=2x+1", "2x+1", True),  # ... so an equation loses its left side
+    ("1 2", "12", True),  # every space is removed
+    ("\\text{issue}", "\\text{is}", True),  # removed words are substrings ("sue")
+    ("\\text{banana }", "\\text{banan}", True),  # "a " is removed anywhere
+    ("-1,000", "-1000", False),  # commas go only from a pure digit string
+    ("1,000.5", "1000.5", False),
+    ("\\dfrac{1}{2}", "\\frac{1}{2}", False),  # \dfrac is not \frac
+    ("\\frac1{2}", "\\frac{1}{2}", False),  # \fracab rewrite gives \frac{1}{{}2}
+    ("\\sqrt23", "\\sqrt{23}", False),  # \sqrta takes one character
+    ("\\left(1,2\\right)", "(1,2)", False),  # \left / \right stay
+    ("Evelyn", "evelyn", False),  # case-sensitive
+    ("50\\%", "50", False),  # \% stays, while ^\circ is removed:
+    ("90^\\circ", "90", True),
+    ("0.5", "\\frac12", False),  # no numeric equivalence at all
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("pred,gold,ok", MINERVA_QUIRKS)
+def test_minerva_quirks_are_kept(pred, gold, ok):
+    assert minerva_exact(pred, gold) is ok
 
 
 @settings(max_examples=400, deadline=None)

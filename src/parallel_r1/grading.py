@@ -5,7 +5,10 @@ Two graders, chosen by name in :data:`GRADERS`:
 * ``math_verify`` (default): the math-verify library. Gold and prediction are both parsed as
   the content of a ``\\boxed{}`` (math-verify's strongest LaTeX extraction), so ``\\frac12``,
   ``0.5``, ``025``, ``27.0``, intervals and tuples compare by value. When that fails and the
-  prediction is plain words ("18 eggs"), it is parsed once more as free text.
+  prediction is plain words ("18 eggs"), it is parsed once more as free text. Answer forms the
+  library misreads are rewritten first (:func:`normalize_for_math_verify`: thousands separators,
+  degree and percent signs, inequalities as intervals) and two post-checks overrule a wrong "yes"
+  (exact decimals, numeral bases); docs/rewards.md has the table of decisions.
 * ``minerva_exact``: the paper's check. Minerva ``normalize_final_answer`` (Lewkowycz et al.
   2022, appendix D) on both sides, then exact string equality. The "extract two ``$``"
   step runs line by line in linear time instead of through the quadratic regex; the result
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from decimal import Decimal
 
 from .format import strip_tags
 
@@ -142,25 +146,144 @@ def normalize_final_answer(final_answer: str) -> str:
 
 
 def minerva_exact(pred: str, gold: str) -> bool:
-    """The paper's check: Minerva-normalised prediction == normalised gold."""
+    """The paper's check: Minerva-normalised prediction == normalised gold, exactly as the paper.
+
+    Its quirks are kept (rewards must match the paper's); each is tested:
+
+    * only the text after the last ``=`` counts: ``x=5`` equals ``y=5`` and ``y=2x+1`` equals ``2x+1``;
+    * every space is removed (``1 2`` equals ``12``), and the removed words are substrings, so
+      ``\\text{issue}`` equals ``\\text{is}`` ("sue") and ``"a "`` goes anywhere (``banana `` -> ``banan``);
+    * commas go only from a pure digit string: ``-1,000`` and ``1,000.5`` keep them;
+    * ``\\dfrac`` is not ``\\frac``, ``\\left(`` is not ``(``, and the match is case-sensitive;
+    * the ``\\fracab`` / ``\\sqrta`` rewrites take single characters: ``\\frac1{2}`` becomes
+      ``\\frac{1}{{}2}`` and ``\\sqrt23`` becomes ``\\sqrt{2}3``;
+    * ``^\\circ`` is removed but ``\\%`` is not;
+    * no numeric equivalence: ``0.5`` is not ``\\frac12``, ``025`` is not ``25``, ``27.0`` is not ``27``.
+    """
     return normalize_final_answer(pred) == normalize_final_answer(gold)
 
 
 _WORDS_RE = re.compile(r"[A-Za-z]{2,}")
 
+# Digit groups joined by a LaTeX thousands separator: 1\,000, 1{,}000, 1,\!000, 1\ 000. Only
+# groups of exactly three digits, and never after a decimal point (3.141\,592 stays).
+_THOUSANDS_RE = re.compile(r"(?<![\d.])\d{1,3}(?:(?:\\,|\{,\}|,\\!|\\ |\\thinspace\s*)\d{3})+(?!\d)")
+_SEPARATOR_RE = re.compile(r"\\,|\{,\}|,\\!|\\ |\\thinspace\s*")
+# A whole answer that is one number with plain-comma groups, maybe named or in dollars: "x = 1,000".
+# Elsewhere "1,000" may be a list, so it is left to math-verify.
+_COMMA_NUMBER_RE = re.compile(r"((?:[^=]*=)?\s*(?:\\\$)?\s*)(-?\d{1,3}(?:,\d{3})+(?:\.\d+)?)")
+_DEGREE_RE = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|°|\\degree(?![a-zA-Z])")
+_PERCENT_RE = re.compile(r"\\%|%")
+# An inequality in one variable: "x > 3", "3 < x", "-2 \le x < 5" (a ``\le`` is not a ``\left``).
+_RELATION_RE = re.compile(r"\\leqslant|\\geqslant|\\leq|\\geq|\\le(?![a-z])|\\ge(?![a-z])|\\lt(?![a-z])|\\gt(?![a-z])|<=|>=|≤|≥|<|>")
+_LESS = {"\\leqslant", "\\leq", "\\le", "<=", "≤", "<", "\\lt"}
+_STRICT = {"<", ">", "\\lt", "\\gt"}
+_VARIABLE_RE = re.compile(r"[a-zA-Z]|\\theta")
+_OR_RE = re.compile(r"\\cup|\\text\{\s*or\s*\}|\\quad\s*\\text\{or\}\s*\\quad|\\lor|\\vee|\bor\b")
+
+
+def _constant(s: str) -> bool:
+    """No free letter once LaTeX commands (``\\frac``, ``\\pi``, ``\\infty``) are removed."""
+    return bool(s.strip()) and not re.search(r"[a-zA-Z]", re.sub(r"\\[a-zA-Z]+", "", s))
+
+
+def _interval(inequality: str) -> str | None:
+    """``x > 3`` -> ``(3, \\infty)``, ``-2 \\le x < 5`` -> ``[-2, 5)``; ``None`` if not such an inequality."""
+    parts = _RELATION_RE.split(inequality)
+    ops = _RELATION_RE.findall(inequality)
+    parts = [p.strip() for p in parts]
+    if len(ops) == 1:
+        (left, right), (op,) = parts, ops
+        if _VARIABLE_RE.fullmatch(left) and _constant(right):
+            bound, var_less = right, op in _LESS  # x < b
+        elif _VARIABLE_RE.fullmatch(right) and _constant(left):
+            bound, var_less = left, op not in _LESS  # b > x
+        else:
+            return None
+        if var_less:
+            return f"(-\\infty, {bound}" + (")" if op in _STRICT else "]")
+        return ("(" if op in _STRICT else "[") + f"{bound}, \\infty)"
+    if len(ops) == 2:
+        low, var, high = parts
+        if not (_VARIABLE_RE.fullmatch(var) and _constant(low) and _constant(high)):
+            return None
+        if (ops[0] in _LESS) != (ops[1] in _LESS):
+            return None
+        if ops[0] not in _LESS:  # b > x > a
+            low, high, ops = high, low, ops[::-1]
+        return ("(" if ops[0] in _STRICT else "[") + f"{low}, {high}" + (")" if ops[1] in _STRICT else "]")
+    return None
+
+
+def _inequalities_to_intervals(s: str) -> str:
+    """An answer made only of one-variable inequalities, joined by "or" / ``\\cup``, as intervals."""
+    if not _RELATION_RE.search(s):
+        return s
+    pieces = [_interval(p) for p in _OR_RE.split(s.replace("$", ""))]
+    return s if None in pieces else " \\cup ".join(pieces)
+
+
+def normalize_for_math_verify(answer: str) -> str:
+    """The answer forms math-verify misreads, rewritten before it parses them (docs/rewards.md).
+
+    * thousands separators in LaTeX (``1\\,000``, ``1{,}000``, ``1,\\!000``) are dropped, and plain
+      commas (``x = 1,000``) when the whole answer is that one number;
+    * degree signs (``°``, ``^\\circ``, ``^{\\circ}``) are dropped: ``90°`` is ``90``;
+    * percent signs are dropped, so ``50\\%`` is ``50`` and never ``0.5``;
+    * one-variable inequalities become intervals: ``x > 3`` is ``(3, \\infty)``.
+    """
+    answer = _THOUSANDS_RE.sub(lambda m: _SEPARATOR_RE.sub("", m.group()), answer)
+    number = _COMMA_NUMBER_RE.fullmatch(answer.strip())
+    if number:
+        answer = number.group(1) + number.group(2).replace(",", "")
+    answer = _PERCENT_RE.sub("", _DEGREE_RE.sub("", answer))
+    return _inequalities_to_intervals(answer).strip()
+
+
+def _same_text(a: str, b: str) -> bool:
+    """Identical up to spacing and ``\\left``/``\\right``, which no grader should overrule."""
+    def squash(s: str) -> str:
+        s = re.sub(r"\\left|\\right|\\[,;!]|\$", "", s)
+        return re.sub(r"(?<!\d)\s+|\s+(?!\d)", "", s)
+
+    return squash(a) == squash(b)
+
+
+# Both without nested or overlapping repeats: linear on a megabyte of digits.
+_DECIMAL_RE = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)")
+_BASE_RE = re.compile(r"([0-9A-Za-z]+)_\{?(\d+)\}?")  # 2516_8: a numeral in base 8
+
+
+def _overrules(pred: str, gold: str) -> bool:
+    """Pairs math-verify accepts that are wrong (checked after it says yes).
+
+    * Two plain decimals compare exactly: math-verify rounds to 6 decimal places, so it takes
+      ``.0000672`` for ``.0000673``.
+    * Numerals in different bases differ: math-verify drops subscripts, so it takes ``52_8`` for
+      ``52_9``. (``52`` against ``52_9`` is left to math-verify: the base may be implied.)
+    """
+    if _DECIMAL_RE.fullmatch(pred) and _DECIMAL_RE.fullmatch(gold):
+        return Decimal(pred) != Decimal(gold)
+    base_p, base_g = _BASE_RE.fullmatch(pred), _BASE_RE.fullmatch(gold)
+    return bool(base_p and base_g and int(base_p.group(2)) != int(base_g.group(2)))
+
 
 def math_verify_grade(pred: str, gold: str) -> bool:
-    """math-verify ``verify(parse(gold), parse(pred))`` with both parsed as boxed LaTeX.
+    """math-verify ``verify(parse(gold), parse(pred))``, both parsed as boxed LaTeX after
+    :func:`normalize_for_math_verify`; the same text (up to spacing) is always correct.
 
     Unguarded (no time limit): call it through :func:`parallel_r1.grading_pool.grade`.
     """
+    pred, gold = normalize_for_math_verify(pred), normalize_for_math_verify(gold)
+    if _same_text(pred, gold):
+        return True
     from math_verify import parse, verify
 
     gold_parsed = parse(BOXED + gold + "}", parsing_timeout=None)
     if not gold_parsed:
         return False
     if verify(gold_parsed, parse(BOXED + pred + "}", parsing_timeout=None), timeout_seconds=None):
-        return True
+        return not _overrules(pred, gold)
     # "18 eggs": as LaTeX the words become a product of symbols; as free text they are dropped.
     if "\\" not in pred and _WORDS_RE.search(pred):
         return verify(gold_parsed, parse(pred, parsing_timeout=None), timeout_seconds=None)
@@ -176,5 +299,5 @@ GRADERS: dict[str, Callable[[str, str], bool]] = {
 
 __all__ = [
     "EXTRACTORS", "FINAL_ANSWER_RE", "GRADERS", "extract_boxed", "extract_final_answer", "extract_gsm8k_gold",
-    "gold_answer", "math_verify_grade", "minerva_exact", "normalize_final_answer",
+    "gold_answer", "math_verify_grade", "minerva_exact", "normalize_final_answer", "normalize_for_math_verify",
 ]  # fmt: skip
