@@ -176,6 +176,7 @@ def test_math_verify_answer_forms(pred, gold, ok):
         ("90^{\\circ}", "90"), ("90 ^\\circ", "90"), ("90°", "90"), ("50\\%", "50"),
         ("x > 3", "(3, \\infty)"), ("x \\le -\\frac{1}{2}", "(-\\infty, -\\frac{1}{2}]"),
         ("-2 \\le x < 5", "[-2, 5)"), ("x < 0 \\text{ or } x > 1", "(-\\infty, 0) \\cup (1, \\infty)"),
+        ("x \\le 0 \\quad \\text{or} \\quad x \\ge 1", "(-\\infty, 0] \\cup [1, \\infty)"),
         ("\\left(1, 2\\right)", "\\left(1, 2\\right)"), ("x > y", "x > y"), ("a < b < c", "a < b < c"),
         ("x > 3, x < 5", "x > 3, x < 5"),  # not "or": unchanged
     ],

@@ -179,7 +179,7 @@ _RELATION_RE = re.compile(r"\\leqslant|\\geqslant|\\leq|\\geq|\\le(?![a-z])|\\ge
 _LESS = {"\\leqslant", "\\leq", "\\le", "<=", "≤", "<", "\\lt"}
 _STRICT = {"<", ">", "\\lt", "\\gt"}
 _VARIABLE_RE = re.compile(r"[a-zA-Z]|\\theta")
-_OR_RE = re.compile(r"\\cup|\\text\{\s*or\s*\}|\\quad\s*\\text\{or\}\s*\\quad|\\lor|\\vee|\bor\b")
+_OR_RE = re.compile(r"(?:\\quad)?\s*(?:\\cup|\\text\{\s*or\s*\}|\\lor|\\vee|\bor\b)\s*(?:\\quad)?")
 
 
 def _constant(s: str) -> bool:
