@@ -8,7 +8,7 @@ half right (the gold itself) and half wrong (a different benchmark answer). Per 
 prints answers per second for
 
 * ``inline``: the raw grader in this process, no time limit (the floor the others pay on top of);
-* ``grade``: one :func:`parallel_r1.grading.grade` call per answer (one worker, time-limited);
+* ``grade``: one :func:`parallel_r1.grading_pool.grade` call per answer (one worker, time-limited);
 * ``grade_many``: one batch over ``--workers`` processes;
 
 and the ratios ``grade / inline`` and ``grade_many / grade``. The adversarial set (1 MB strings,
@@ -25,7 +25,7 @@ import random
 import time
 from pathlib import Path
 
-from parallel_r1 import grading
+from parallel_r1 import grading, grading_pool
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -73,8 +73,8 @@ def rate(n: int, seconds: float) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=400, help="typical answers per measurement")
-    ap.add_argument("--workers", type=int, default=grading.default_workers())
-    ap.add_argument("--timeout", type=float, default=grading.DEFAULT_TIMEOUT)
+    ap.add_argument("--workers", type=int, default=grading_pool.default_workers())
+    ap.add_argument("--timeout", type=float, default=grading_pool.DEFAULT_TIMEOUT)
     ap.add_argument("--data-dir", type=Path, default=REPO.parent / "shared" / "data")
     args = ap.parse_args()
 
@@ -83,7 +83,7 @@ def main() -> None:
     gold_answers = [grading.gold_answer(g) for g in golds]
 
     t = time.perf_counter()
-    grading.get_pool(args.workers).map("math_verify", [("1", "1")] * args.workers, timeout=60)
+    grading_pool.get_pool(args.workers).map("math_verify", [("1", "1")] * args.workers, timeout=60)
     print(f"{args.workers} worker(s) started in {time.perf_counter() - t:.2f}s (not counted below)")
     # the inline baseline gets the same warm-up (imports, math-verify's caches) as the workers
     import math_verify.grader
@@ -93,7 +93,7 @@ def main() -> None:
     for grader, fn in grading.GRADERS.items():
         for p, g in zip(preds[:20], gold_answers[:20]):
             fn(p, g)
-            grading.grade(p, g, grader, 60)
+            grading_pool.grade(p, g, grader, 60)
     print(f"{len(completions)} typical answers (MATH500 + GSM8K golds, half right), timeout {args.timeout}s\n")
 
     for grader in grading.GRADERS:
@@ -103,11 +103,11 @@ def main() -> None:
         t_inline = time.perf_counter() - t
 
         t = time.perf_counter()
-        looped = [grading.grade(p, g, grader, args.timeout) for p, g in zip(preds, gold_answers)]
+        looped = [grading_pool.grade(p, g, grader, args.timeout) for p, g in zip(preds, gold_answers)]
         t_grade = time.perf_counter() - t
 
         t = time.perf_counter()
-        batch = grading.grade_many(completions, golds, grader, workers=args.workers, timeout=args.timeout)
+        batch = grading_pool.grade_many(completions, golds, grader, workers=args.workers, timeout=args.timeout)
         t_many = time.perf_counter() - t
 
         assert inline == looped == batch, f"{grader}: the three paths disagree"
@@ -122,7 +122,7 @@ def main() -> None:
     for grader in grading.GRADERS:
         for name, (pred, gold) in adversarial().items():
             t = time.perf_counter()
-            ok = grading.grade(pred, gold, grader, args.timeout)
+            ok = grading_pool.grade(pred, gold, grader, args.timeout)
             dt = time.perf_counter() - t
             worst = max(worst, (dt, f"{grader} / {name}"))
             print(f"  {grader:13s} {name:28s} {dt:6.2f}s  -> {ok}")
@@ -130,7 +130,7 @@ def main() -> None:
 
     items = list(adversarial().values())
     t = time.perf_counter()
-    out = grading.grade_many([f"Final Answer: {p}" for p, _ in items], [g for _, g in items],
+    out = grading_pool.grade_many([f"Final Answer: {p}" for p, _ in items], [g for _, g in items],
                              workers=args.workers, timeout=args.timeout)  # fmt: skip
     print(f"adversarial batch through grade_many (math_verify, {args.workers} workers): "
           f"{time.perf_counter() - t:.2f}s for {len(out)} answers, {sum(out)} graded correct")  # fmt: skip

@@ -16,7 +16,7 @@ from parallel_r1.data.fewshot import fewshot_prompt, fewshot_stop
 from parallel_r1.data.registry import APO_SOURCES, KNOWN, load_pilot_traces, load_problems, resolve_data_dir
 from parallel_r1.data.synthetic import make_problem, make_problems, teacher_trace
 from parallel_r1.format import parse
-from parallel_r1.grading import grade_answers, is_correct
+from parallel_r1.grading_pool import grade_answers, is_correct
 
 # Row counts from ../shared/data/README.md.
 COUNTS = [

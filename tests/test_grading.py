@@ -1,16 +1,12 @@
-"""Answer extraction, the two graders, and the time-limited worker pool (spec §4.2, issue 2 item 6).
+"""Answer extraction and the two graders (docs/rewards.md, "Grading").
 
-Bad input must give a bool, never a hang or a crashed batch. A hang would stall the suite, so
-the adversarial batches run in a thread joined with a generous bound: that bound detects a
-hang, it is not a speed claim (bench/grading.py measures speed).
+The graders run through :func:`parallel_r1.grading_pool.grade` (as every caller does);
+tests/test_grading_pool.py covers the time limit and the pool itself.
 """
 
 from __future__ import annotations
 
-import os
 import re
-import signal
-import threading
 
 import pytest
 from hypothesis import given, settings
@@ -22,35 +18,11 @@ from parallel_r1.grading import (
     extract_final_answer,
     extract_gsm8k_gold,
     gold_answer,
-    grade,
-    grade_answers,
-    grade_many,
-    is_correct,
     minerva_exact,
     normalize_final_answer,
+    normalize_for_math_verify,
 )
-
-HANG = 240.0  # seconds after which a call counts as hung (the real figures are seconds)
-
-
-def no_hang(fn, *args, **kwargs):
-    """``fn(*args, **kwargs)``, failing the test if it has not returned after :data:`HANG`."""
-    box = {}
-
-    def target():
-        try:
-            box["value"] = fn(*args, **kwargs)
-        except BaseException as e:  # re-raised in the test thread
-            box["error"] = e
-
-    t = threading.Thread(target=target, daemon=True)
-    t.start()
-    t.join(HANG)
-    assert not t.is_alive(), f"{fn.__name__} hung"
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
-
+from parallel_r1.grading_pool import grade, is_correct
 
 # ----------------------------------------------------------------------------- extraction
 
@@ -151,6 +123,68 @@ def test_grader_equivalences(pred, gold, mv, minerva):
     assert grade(pred, gold, "minerva_exact") is minerva
 
 
+# The answer forms normalize_for_math_verify and the post-checks fix, each with a right and a
+# wrong variant: (pred, gold, verdict of our math_verify grader). tests/test_grading_heldout.py
+# checks the same forms on every real benchmark answer.
+FORMS = [
+    # thousands separators: LaTeX thin spaces, {,}, ,\! and plain commas on a whole number
+    ("1\\,000", "1000", True), ("1\\,001", "1000", False), ("1\\,000", "1", False),
+    ("1{,}000", "1000", True), ("1{,}000", "100", False),
+    ("10,\\!080", "10080", True), ("10,\\!080", "1008", False),
+    ("1\\,000\\,000", "1,000,000", True), ("1\\,000\\,000", "100,000", False),
+    ("x = 58,500", "58,500", True), ("x = 58,500", "58,501", False),
+    ("3.141\\,592", "3141592", False),  # digits grouped after a decimal point are no thousands
+    # ordered tuples are ordered; sets and plain "all solutions" lists are not
+    ("(1,2)", "(1,2)", True), ("(2,1)", "(1,2)", False), ("(1,000, 2)", "(2, 1000)", False),
+    ("\\{2,1\\}", "\\{1,2\\}", True), ("\\{2,3\\}", "\\{1,2\\}", False), ("\\{2,1\\}", "(1,2)", False),
+    ("2, 1", "1, 2", True), ("2, 3", "1, 2", False), ("1, 2", "1", False),
+    # degree signs
+    ("90°", "90", True), ("91°", "90", False), ("30°", "30^\\circ", True), ("30°", "60^{\\circ}", False),
+    ("90^{\\circ}", "90", True), ("90^\\circ", "45", False), ("\\theta = 30^\\circ", "30", True),
+    ("30^\\circ", "\\frac{\\pi}{6}", False),  # degrees are not converted to radians
+    # percentages: the number, never the fraction
+    ("50\\%", "50", True), ("50", "50\\%", True), ("50%", "50\\%", True), ("51\\%", "50", False),
+    ("0.5", "50\\%", False), ("50\\%", "0.5", False),
+    # inequalities against the interval they describe (either side)
+    ("x > 3", "(3, \\infty)", True), ("x < 3", "(3, \\infty)", False), ("x \\ge 3", "(3, \\infty)", False),
+    ("x \\geq 3", "[3,\\infty)", True), ("3 < x", "(3,\\infty)", True), ("3 > x", "(3,\\infty)", False),
+    ("-2 \\le x < 5", "[-2, 5)", True), ("-2 < x < 5", "[-2, 5)", False), ("5 > x \\ge -2", "[-2,5)", True),
+    ("x < -1 \\text{ or } x > 3", "(-\\infty,-1)\\cup(3,\\infty)", True),
+    ("x < -1 \\text{ or } x \\ge 3", "(-\\infty,-1)\\cup(3,\\infty)", False),
+    ("(3, \\infty)", "x > 3", True), ("x>3", "x > 3", True), ("x > 3", "x < 3", False),
+    ("f(2) < f(1) < f(4)", "f(2) < f(1) < f(4)", True), ("f(1) < f(2) < f(4)", "f(2) < f(1) < f(4)", False),
+    # named with a variable, or with min / max; an equation stays an equation
+    ("x = 5", "5", True), ("x = 6", "5", False), ("5", "x=5", True), ("k=\\frac12", "0.5", True),
+    ("\\min = 3", "3", True), ("\\min = 4", "3", False), ("f_{\\max} = 3", "3", True), ("f_{\\max} = -3", "3", False),
+    ("y = 1 + 2x", "y=2x+1", True), ("y=2x+3", "y=2x+1", False), ("x=2y+1", "y=2x+1", False),
+    # exact decimals and numeral bases (math-verify alone accepts the wrong ones)
+    (".0000673", ".0000673", True), ("0.0000673", ".0000673", True), (".0000672", ".0000673", False),
+    ("27.0", "27", True), ("2516_8", "2516_8", True), ("2516_{8}", "2516_8", True), ("2516_9", "2516_8", False),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("pred,gold,ok", FORMS)
+def test_math_verify_answer_forms(pred, gold, ok):
+    assert grade(pred, gold, "math_verify", timeout=30.0) is ok
+
+
+@pytest.mark.parametrize(
+    "raw,normalised",
+    [
+        ("1\\,000", "1000"), ("1{,}000\\,000", "1000000"), ("x = 1,000", "x = 1000"), ("\\$1,000", "\\$1000"),
+        ("1,000, 2", "1,000, 2"),  # may be a list: left to math-verify
+        ("90^{\\circ}", "90"), ("90 ^\\circ", "90"), ("90°", "90"), ("50\\%", "50"),
+        ("x > 3", "(3, \\infty)"), ("x \\le -\\frac{1}{2}", "(-\\infty, -\\frac{1}{2}]"),
+        ("-2 \\le x < 5", "[-2, 5)"), ("x < 0 \\text{ or } x > 1", "(-\\infty, 0) \\cup (1, \\infty)"),
+        ("x \\le 0 \\quad \\text{or} \\quad x \\ge 1", "(-\\infty, 0] \\cup [1, \\infty)"),
+        ("\\left(1, 2\\right)", "\\left(1, 2\\right)"), ("x > y", "x > y"), ("a < b < c", "a < b < c"),
+        ("x > 3, x < 5", "x > 3, x < 5"),  # not "or": unchanged
+    ],
+)  # fmt: skip
+def test_normalize_for_math_verify(raw, normalised):
+    assert normalize_for_math_verify(raw) == normalised
+
+
 @pytest.mark.parametrize("hedge", ["3 or 4", "either 3 or 4 apples", "x = 3 or x = 4", "3, 4"])
 def test_hedged_answers_do_not_match_both_options(hedge):
     # a policy must not be able to collect the reward by listing several answers
@@ -187,6 +221,31 @@ def test_minerva_normalisation(raw, normalised):
     assert normalize_final_answer(raw) == normalised
 
 
+# The paper's check is kept as it is, quirks included (minerva_exact's docstring lists them).
+MINERVA_QUIRKS = [
+    ("x=5", "y=5", True),  # only the text after the last "=" counts
+    ("y=2x+1", "2x+1", True),  # ... so an equation loses its left side
+    ("1 2", "12", True),  # every space is removed
+    ("\\text{issue}", "\\text{is}", True),  # removed words are substrings ("sue")
+    ("\\text{banana }", "\\text{banan}", True),  # "a " is removed anywhere
+    ("-1,000", "-1000", False),  # commas go only from a pure digit string
+    ("1,000.5", "1000.5", False),
+    ("\\dfrac{1}{2}", "\\frac{1}{2}", False),  # \dfrac is not \frac
+    ("\\frac1{2}", "\\frac{1}{2}", False),  # \fracab rewrite gives \frac{1}{{}2}
+    ("\\sqrt23", "\\sqrt{23}", False),  # \sqrta takes one character
+    ("\\left(1,2\\right)", "(1,2)", False),  # \left / \right stay
+    ("Evelyn", "evelyn", False),  # case-sensitive
+    ("50\\%", "50", False),  # \% stays, while ^\circ is removed:
+    ("90^\\circ", "90", True),
+    ("0.5", "\\frac12", False),  # no numeric equivalence at all
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("pred,gold,ok", MINERVA_QUIRKS)
+def test_minerva_quirks_are_kept(pred, gold, ok):
+    assert minerva_exact(pred, gold) is ok
+
+
 @settings(max_examples=400, deadline=None)
 @given(st.text(alphabet="$ab\n.", max_size=40))
 def test_linear_dollar_step_equals_the_minerva_regex(s):
@@ -202,86 +261,3 @@ def test_missing_prediction_or_empty_gold_is_wrong():
     assert is_correct("no answer line", "5") is False
     with pytest.raises(KeyError, match="math_verify"):
         grade("1", "1", grader="sympy")
-
-
-# ----------------------------------------------------------------------------- bad input and the pool
-
-NESTED = "1"
-for _ in range(500):
-    NESTED = "\\frac{" + NESTED + "}{2}"
-ADVERSARIAL = {
-    "1MB digits": "1" * 1_000_000,
-    "1MB latex": "\\frac{1}{2}+" * 90_000,
-    "500 nested fracs": NESTED,
-    "power tower": "10^{10^{10^{10}}}",
-    "garbage": "}{\\\\}}{{$$^_&%\\frac{\\left(",
-    "unbalanced": "\\frac{{{{{{{",
-    "empty": "",
-    "nul and unicode": "\x00\ud7ff∑∫√ é",
-}
-
-
-@pytest.mark.parametrize("grader", list(grading.GRADERS))
-def test_adversarial_batch_gives_a_bool_per_item(grader):
-    # each adversarial string as prediction, as gold, and inside a completion
-    preds = list(ADVERSARIAL.values()) + ["5"] * len(ADVERSARIAL) + ["5", "5"]
-    golds = ["5"] * len(ADVERSARIAL) + list(ADVERSARIAL.values()) + ["5", "6"]
-    out = no_hang(grade_answers, preds, golds, grader, workers=2, timeout=1.0)
-    assert len(out) == len(preds) and all(type(v) is bool for v in out)
-    assert out[-2:] == [True, False]  # the healthy answers at the end still get their verdict
-    assert not any(out[:-2])
-
-    completions = [f"Final Answer: {p}" for p in ADVERSARIAL.values()] + ["Final Answer: 5"]
-    out = no_hang(grade_many, completions, ["5"] * len(completions), grader, workers=2, timeout=1.0)
-    assert out == [False] * len(ADVERSARIAL) + [True]
-
-
-def test_power_tower_against_itself_never_hangs():
-    tower = "10^{10^{10^{10}}}"
-    for pred, gold in [(tower, tower + "+1"), (tower + "+1", tower), ("10^{10^{10}}", tower)]:
-        assert type(no_hang(grade, pred, gold, "math_verify", timeout=1.0)) is bool
-
-
-def test_grade_many_equals_a_loop_of_grade():
-    golds = ["25", "27", "0.5", "1/2", "(1, 2]", "\\left( 3, \\frac{\\pi}{2} \\right)", "#### 1,234", "7", "", "3"]
-    completions = [
-        "Final Answer: 025",
-        "Final Answer: 27.0",
-        "Final Answer: \\boxed{\\frac12}",
-        "Final Answer: 2/4",
-        "Final Answer: [1, 2]",
-        "Final Answer: (3, \\frac{\\pi}{2})",
-        "Final Answer: 1,234",
-        "no answer here",
-        "Final Answer: 1",
-        "\\boxed{3}",
-    ]
-    for grader in grading.GRADERS:
-        for extractor in grading.EXTRACTORS:
-            batch = grade_many(completions, golds, grader, extractor, workers=2, timeout=30.0)
-            loop = [is_correct(c, g, grader, extractor) for c, g in zip(completions, golds)]
-            assert batch == loop, (grader, extractor)
-    assert grade_many(completions, golds) == [True, True, True, True, False, True, True, False, False, False]
-    assert grade_many(completions, golds, extractor="auto")[-1] is True
-    assert grade_many([], []) == []
-    with pytest.raises(ValueError, match="2 completions for 1"):
-        grade_many(["a", "b"], ["1"])
-
-
-def test_minerva_inline_and_in_workers_agree():
-    # long inputs go to the worker pool, short ones run in-process: same verdicts
-    pad = " " * grading.INLINE_LIMIT
-    pairs = [("\\frac12", "\\frac{1}{2}"), ("5 dollars", "5"), ("0.5", "\\frac{1}{2}"), ("x = 3", "3")]
-    inline = [grade(p, g, "minerva_exact") for p, g in pairs]
-    pooled = [grade(p + pad, g, "minerva_exact", timeout=30.0) for p, g in pairs]
-    assert inline == pooled == [True, True, False, True]
-
-
-def test_pool_replaces_a_killed_worker():
-    pool = grading.get_pool(1)
-    assert pool.map("math_verify", [("1/2", "0.5")], timeout=30.0) == [True]
-    victim = pool._workers[0].process
-    os.kill(victim.pid, signal.SIGKILL)
-    victim.wait()
-    assert pool.map("math_verify", [("1/2", "0.5"), ("3", "4")], timeout=30.0) == [True, False]
-    assert pool._workers[0].process.pid != victim.pid

@@ -332,7 +332,8 @@ def evaluate(cfg: EvalConfig, generate_fn: GenerateFn | None = None, tokenizer=N
     ``generate_fn`` replaces the engine (tests script it); ``tokenizer`` is then used for
     chat templates (``None``: templates applied as plain text).
     """
-    from .grading import EXTRACTORS, gold_answer, grade_answers
+    from .grading import EXTRACTORS, gold_answer
+    from .grading_pool import grade_answers
 
     out = Path(cfg.output_dir)
     # Everything that can be wrong with the input fails here, before the model loads.

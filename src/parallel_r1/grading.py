@@ -1,11 +1,14 @@
-"""Answer extraction and grading (spec PARALLEL_R1.md §4.2, OCTOTHINKER.md §2.4).
+"""Answer extraction and the graders by name (docs/rewards.md, "Grading").
 
 Two graders, chosen by name in :data:`GRADERS`:
 
 * ``math_verify`` (default): the math-verify library. Gold and prediction are both parsed as
   the content of a ``\\boxed{}`` (math-verify's strongest LaTeX extraction), so ``\\frac12``,
   ``0.5``, ``025``, ``27.0``, intervals and tuples compare by value. When that fails and the
-  prediction is plain words ("18 eggs"), it is parsed once more as free text.
+  prediction is plain words ("18 eggs"), it is parsed once more as free text. Answer forms the
+  library misreads are rewritten first (:func:`normalize_for_math_verify`: thousands separators,
+  degree and percent signs, inequalities as intervals) and two post-checks overrule a wrong "yes"
+  (exact decimals, numeral bases); docs/rewards.md has the table of decisions.
 * ``minerva_exact``: the paper's check. Minerva ``normalize_final_answer`` (Lewkowycz et al.
   2022, appendix D) on both sides, then exact string equality. The "extract two ``$``"
   step runs line by line in linear time instead of through the quadratic regex; the result
@@ -20,37 +23,21 @@ Choices where the spec is silent (each is tested):
   ``\\boxed{`` is never closed (a truncated answer), rather than falling back to an earlier box.
 * GSM8K gold: the text after the last ``####``, commas removed.
 
-Time limit. No input may hang a caller: :func:`grade` and :func:`grade_many` run graders in
-worker processes (fresh interpreters: nothing is forked from a multi-threaded trainer), and
-a worker that overruns its per-answer ``timeout`` is killed and replaced; the answer is
-graded ``False``. math-verify's own timeouts use ``signal.alarm`` (main thread only, and
-useless while sympy is stuck in C code such as ``10**10**10``), so they are switched off.
-The one exception is ``minerva_exact`` on short inputs, which runs inline: its regexes are
-at worst quadratic, which on :data:`INLINE_LIMIT` characters is a few milliseconds.
+The graders here have no time limit: callers grade through :mod:`parallel_r1.grading_pool`
+(:func:`~parallel_r1.grading_pool.grade`, :func:`~parallel_r1.grading_pool.grade_many`), which runs them in
+worker processes and kills any that overrun.
 """
 
 from __future__ import annotations
 
-import atexit
-import logging
-import os
 import re
-import subprocess
-import sys
-import threading
-import time
-from collections import deque
-from collections.abc import Callable, Sequence
-from multiprocessing.connection import Connection, wait
-from pathlib import Path
+from collections.abc import Callable
+from decimal import Decimal
 
 from .format import strip_tags
 
 FINAL_ANSWER_RE = re.compile(r"(?i)Final Answer\s*:\s*([^\n]+)")
 BOXED = "\\boxed{"
-
-DEFAULT_TIMEOUT = 5.0
-INLINE_LIMIT = 4096  # characters of pred + gold under which minerva_exact runs in-process
 
 
 # ----------------------------------------------------------------------------- extraction
@@ -139,7 +126,7 @@ def _between_first_two_dollars(s: str) -> str:
 
 
 def normalize_final_answer(final_answer: str) -> str:
-    """Minerva's answer normalisation (spec §4.2), step for step."""
+    """Minerva's answer normalisation, step for step (docs/rewards.md, "Grading")."""
     final_answer = final_answer.split("=")[-1]
     for before, after in SUBSTITUTIONS:
         final_answer = final_answer.replace(before, after)
@@ -159,25 +146,144 @@ def normalize_final_answer(final_answer: str) -> str:
 
 
 def minerva_exact(pred: str, gold: str) -> bool:
-    """The paper's check: Minerva-normalised prediction == normalised gold."""
+    """The paper's check: Minerva-normalised prediction == normalised gold, exactly as the paper.
+
+    Its quirks are kept (rewards must match the paper's); each is tested:
+
+    * only the text after the last ``=`` counts: ``x=5`` equals ``y=5`` and ``y=2x+1`` equals ``2x+1``;
+    * every space is removed (``1 2`` equals ``12``), and the removed words are substrings, so
+      ``\\text{issue}`` equals ``\\text{is}`` ("sue") and ``"a "`` goes anywhere (``banana `` -> ``banan``);
+    * commas go only from a pure digit string: ``-1,000`` and ``1,000.5`` keep them;
+    * ``\\dfrac`` is not ``\\frac``, ``\\left(`` is not ``(``, and the match is case-sensitive;
+    * the ``\\fracab`` / ``\\sqrta`` rewrites take single characters: ``\\frac1{2}`` becomes
+      ``\\frac{1}{{}2}`` and ``\\sqrt23`` becomes ``\\sqrt{2}3``;
+    * ``^\\circ`` is removed but ``\\%`` is not;
+    * no numeric equivalence: ``0.5`` is not ``\\frac12``, ``025`` is not ``25``, ``27.0`` is not ``27``.
+    """
     return normalize_final_answer(pred) == normalize_final_answer(gold)
 
 
 _WORDS_RE = re.compile(r"[A-Za-z]{2,}")
 
+# Digit groups joined by a LaTeX thousands separator: 1\,000, 1{,}000, 1,\!000, 1\ 000. Only
+# groups of exactly three digits, and never after a decimal point (3.141\,592 stays).
+_THOUSANDS_RE = re.compile(r"(?<![\d.])\d{1,3}(?:(?:\\,|\{,\}|,\\!|\\ |\\thinspace\s*)\d{3})+(?!\d)")
+_SEPARATOR_RE = re.compile(r"\\,|\{,\}|,\\!|\\ |\\thinspace\s*")
+# A whole answer that is one number with plain-comma groups, maybe named or in dollars: "x = 1,000".
+# Elsewhere "1,000" may be a list, so it is left to math-verify.
+_COMMA_NUMBER_RE = re.compile(r"((?:[^=]*=)?\s*(?:\\\$)?\s*)(-?\d{1,3}(?:,\d{3})+(?:\.\d+)?)")
+_DEGREE_RE = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|°|\\degree(?![a-zA-Z])")
+_PERCENT_RE = re.compile(r"\\%|%")
+# An inequality in one variable: "x > 3", "3 < x", "-2 \le x < 5" (a ``\le`` is not a ``\left``).
+_RELATION_RE = re.compile(r"\\leqslant|\\geqslant|\\leq|\\geq|\\le(?![a-z])|\\ge(?![a-z])|\\lt(?![a-z])|\\gt(?![a-z])|<=|>=|≤|≥|<|>")
+_LESS = {"\\leqslant", "\\leq", "\\le", "<=", "≤", "<", "\\lt"}
+_STRICT = {"<", ">", "\\lt", "\\gt"}
+_VARIABLE_RE = re.compile(r"[a-zA-Z]|\\theta")
+_OR_RE = re.compile(r"(?:\\quad)?\s*(?:\\cup|\\text\{\s*or\s*\}|\\lor|\\vee|\bor\b)\s*(?:\\quad)?")
+
+
+def _constant(s: str) -> bool:
+    """No free letter once LaTeX commands (``\\frac``, ``\\pi``, ``\\infty``) are removed."""
+    return bool(s.strip()) and not re.search(r"[a-zA-Z]", re.sub(r"\\[a-zA-Z]+", "", s))
+
+
+def _interval(inequality: str) -> str | None:
+    """``x > 3`` -> ``(3, \\infty)``, ``-2 \\le x < 5`` -> ``[-2, 5)``; ``None`` if not such an inequality."""
+    parts = _RELATION_RE.split(inequality)
+    ops = _RELATION_RE.findall(inequality)
+    parts = [p.strip() for p in parts]
+    if len(ops) == 1:
+        (left, right), (op,) = parts, ops
+        if _VARIABLE_RE.fullmatch(left) and _constant(right):
+            bound, var_less = right, op in _LESS  # x < b
+        elif _VARIABLE_RE.fullmatch(right) and _constant(left):
+            bound, var_less = left, op not in _LESS  # b > x
+        else:
+            return None
+        if var_less:
+            return f"(-\\infty, {bound}" + (")" if op in _STRICT else "]")
+        return ("(" if op in _STRICT else "[") + f"{bound}, \\infty)"
+    if len(ops) == 2:
+        low, var, high = parts
+        if not (_VARIABLE_RE.fullmatch(var) and _constant(low) and _constant(high)):
+            return None
+        if (ops[0] in _LESS) != (ops[1] in _LESS):
+            return None
+        if ops[0] not in _LESS:  # b > x > a
+            low, high, ops = high, low, ops[::-1]
+        return ("(" if ops[0] in _STRICT else "[") + f"{low}, {high}" + (")" if ops[1] in _STRICT else "]")
+    return None
+
+
+def _inequalities_to_intervals(s: str) -> str:
+    """An answer made only of one-variable inequalities, joined by "or" / ``\\cup``, as intervals."""
+    if not _RELATION_RE.search(s):
+        return s
+    pieces = [_interval(p) for p in _OR_RE.split(s.replace("$", ""))]
+    return s if None in pieces else " \\cup ".join(pieces)
+
+
+def normalize_for_math_verify(answer: str) -> str:
+    """The answer forms math-verify misreads, rewritten before it parses them (docs/rewards.md).
+
+    * thousands separators in LaTeX (``1\\,000``, ``1{,}000``, ``1,\\!000``) are dropped, and plain
+      commas (``x = 1,000``) when the whole answer is that one number;
+    * degree signs (``°``, ``^\\circ``, ``^{\\circ}``) are dropped: ``90°`` is ``90``;
+    * percent signs are dropped, so ``50\\%`` is ``50`` and never ``0.5``;
+    * one-variable inequalities become intervals: ``x > 3`` is ``(3, \\infty)``.
+    """
+    answer = _THOUSANDS_RE.sub(lambda m: _SEPARATOR_RE.sub("", m.group()), answer)
+    number = _COMMA_NUMBER_RE.fullmatch(answer.strip())
+    if number:
+        answer = number.group(1) + number.group(2).replace(",", "")
+    answer = _PERCENT_RE.sub("", _DEGREE_RE.sub("", answer))
+    return _inequalities_to_intervals(answer).strip()
+
+
+def _same_text(a: str, b: str) -> bool:
+    """Identical up to spacing and ``\\left``/``\\right``, which no grader should overrule."""
+    def squash(s: str) -> str:
+        s = re.sub(r"\\left|\\right|\\[,;!]|\$", "", s)
+        return re.sub(r"(?<!\d)\s+|\s+(?!\d)", "", s)
+
+    return squash(a) == squash(b)
+
+
+# Both without nested or overlapping repeats: linear on a megabyte of digits.
+_DECIMAL_RE = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)")
+_BASE_RE = re.compile(r"([0-9A-Za-z]+)_\{?(\d+)\}?")  # 2516_8: a numeral in base 8
+
+
+def _overrules(pred: str, gold: str) -> bool:
+    """Pairs math-verify accepts that are wrong (checked after it says yes).
+
+    * Two plain decimals compare exactly: math-verify rounds to 6 decimal places, so it takes
+      ``.0000672`` for ``.0000673``.
+    * Numerals in different bases differ: math-verify drops subscripts, so it takes ``52_8`` for
+      ``52_9``. (``52`` against ``52_9`` is left to math-verify: the base may be implied.)
+    """
+    if _DECIMAL_RE.fullmatch(pred) and _DECIMAL_RE.fullmatch(gold):
+        return Decimal(pred) != Decimal(gold)
+    base_p, base_g = _BASE_RE.fullmatch(pred), _BASE_RE.fullmatch(gold)
+    return bool(base_p and base_g and int(base_p.group(2)) != int(base_g.group(2)))
+
 
 def math_verify_grade(pred: str, gold: str) -> bool:
-    """math-verify ``verify(parse(gold), parse(pred))`` with both parsed as boxed LaTeX.
+    """math-verify ``verify(parse(gold), parse(pred))``, both parsed as boxed LaTeX after
+    :func:`normalize_for_math_verify`; the same text (up to spacing) is always correct.
 
-    Unguarded (no time limit): call it through :func:`grade`.
+    Unguarded (no time limit): call it through :func:`parallel_r1.grading_pool.grade`.
     """
+    pred, gold = normalize_for_math_verify(pred), normalize_for_math_verify(gold)
+    if _same_text(pred, gold):
+        return True
     from math_verify import parse, verify
 
     gold_parsed = parse(BOXED + gold + "}", parsing_timeout=None)
     if not gold_parsed:
         return False
     if verify(gold_parsed, parse(BOXED + pred + "}", parsing_timeout=None), timeout_seconds=None):
-        return True
+        return not _overrules(pred, gold)
     # "18 eggs": as LaTeX the words become a product of symbols; as free text they are dropped.
     if "\\" not in pred and _WORDS_RE.search(pred):
         return verify(gold_parsed, parse(pred, parsing_timeout=None), timeout_seconds=None)
@@ -191,271 +297,7 @@ GRADERS: dict[str, Callable[[str, str], bool]] = {
 }
 
 
-def _check_grader(grader: str) -> None:
-    if grader not in GRADERS:
-        raise KeyError(f"unknown grader {grader!r}; known: {', '.join(GRADERS)}")
-
-
-# ----------------------------------------------------------------------------- worker pool
-
-
-def _worker_main(task_fd: int, result_fd: int) -> None:
-    """Loop of a grading worker: read ``(fn, pred, gold)``, write a bool."""
-    tasks, results = Connection(task_fd, writable=False), Connection(result_fd, readable=False)
-    # math-verify logs the whole input on some failures; a 1 MB answer must not flood stderr.
-    logging.getLogger("math_verify").setLevel(logging.CRITICAL)
-    import math_verify.grader
-    import math_verify.parser
-
-    # The parent enforces the time limit by killing us, so math-verify's warning is moot.
-    math_verify.grader.TIMEOUT_WARNING_SHOWN = math_verify.parser.TIMEOUT_WARNING_SHOWN = True
-    results.send("ready")
-    while True:
-        try:
-            fn, pred, gold = tasks.recv()
-        except (EOFError, OSError):  # the parent is gone
-            return
-        try:
-            ok = bool(fn(pred, gold))
-        except Exception:  # a grader error is a wrong answer, never a crashed batch
-            ok = False
-        try:
-            results.send(ok)
-        except OSError:
-            return
-
-
-class _Worker:
-    """One ``python -c`` grading process with a task pipe and a result pipe.
-
-    A fresh interpreter rather than ``multiprocessing``: no fork of a multi-threaded trainer,
-    and no re-import of the caller's ``__main__`` (scripts without a main guard still work).
-    """
-
-    def __init__(self):
-        task_r, task_w = os.pipe()
-        result_r, result_w = os.pipe()
-        src = str(Path(__file__).resolve().parents[1])
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")])))
-        code = f"from parallel_r1.grading import _worker_main; _worker_main({task_r}, {result_w})"
-        self.process = subprocess.Popen(
-            [sys.executable, "-c", code], pass_fds=(task_r, result_w), env=env, stdin=subprocess.DEVNULL
-        )
-        os.close(task_r)
-        os.close(result_w)
-        self.tasks = Connection(task_w, readable=False)
-        self.results = Connection(result_r, writable=False)
-        self.ready = False
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def kill(self) -> None:
-        for conn in (self.tasks, self.results):
-            conn.close()
-        if self.alive():
-            self.process.kill()
-        self.process.wait()
-
-
-class GradingPool:
-    """Worker processes that grade ``(pred, gold)`` pairs under a hard per-answer time limit.
-
-    A worker that overruns is killed (SIGKILL) and replaced; one that dies (out of memory,
-    segfault) is replaced too. Either way the answer is graded ``False``. Thread-safe. The
-    time limit counts from the moment a ready worker receives the answer, so the start-up
-    of a worker (about a second: it imports math-verify) is never charged to an answer.
-    """
-
-    def __init__(self, workers: int = 1):
-        self._workers: list[_Worker] = []
-        self._lock = threading.Lock()
-        self._pid = os.getpid()
-        self.resize(workers)
-
-    @property
-    def size(self) -> int:
-        return len(self._workers)
-
-    def resize(self, workers: int) -> None:
-        """Grow to at least ``workers`` processes (never shrinks)."""
-        while len(self._workers) < workers:
-            self._workers.append(_Worker())
-
-    def close(self) -> None:
-        for w in self._workers:
-            w.kill()
-        self._workers = []
-
-    def _replace(self, w: _Worker) -> _Worker:
-        w.kill()
-        fresh = _Worker()
-        self._workers[self._workers.index(w)] = fresh
-        return fresh
-
-    def map(self, grader: str, pairs: Sequence[tuple[str, str]], timeout: float = DEFAULT_TIMEOUT) -> list[bool]:
-        """Grade every ``(pred, gold)`` pair; each one gets at most ``timeout`` seconds."""
-        _check_grader(grader)
-        fn = GRADERS[grader]
-        results = [False] * len(pairs)
-        with self._lock:
-            pending = deque(range(len(pairs)))
-            for w in list(self._workers):
-                if not w.alive():
-                    self._replace(w)
-            idle = [w for w in self._workers if w.ready]
-            starting = {w.results: w for w in self._workers if not w.ready}
-            busy: dict = {}  # result conn -> (worker, index, deadline)
-            while pending or busy:
-                while pending and idle:
-                    w, i = idle.pop(), pending.popleft()
-                    try:
-                        w.tasks.send((fn, *pairs[i]))
-                    except OSError:  # died between tasks: answer i stays False
-                        fresh = self._replace(w)
-                        starting[fresh.results] = fresh
-                        continue
-                    busy[w.results] = (w, i, time.monotonic() + timeout)
-                if not (pending or busy):
-                    break
-                now = time.monotonic()
-                wait_for = min((d for _, _, d in busy.values()), default=now + 60.0) - now
-                for conn in wait([*busy, *starting], timeout=max(0.0, wait_for)):
-                    if conn in starting:
-                        w = starting.pop(conn)
-                        try:
-                            w.ready = conn.recv() == "ready"
-                        except (EOFError, OSError):
-                            w.ready = False
-                        if w.ready:
-                            idle.append(w)
-                        else:  # failed to start: no worker can run, so give up cleanly
-                            raise RuntimeError(f"grading worker failed to start (exit code {w.process.wait()})")
-                        continue
-                    w, i, _ = busy.pop(conn)
-                    try:
-                        results[i] = bool(conn.recv())
-                        idle.append(w)
-                    except (EOFError, OSError):  # crashed on this answer
-                        fresh = self._replace(w)
-                        starting[fresh.results] = fresh
-                now = time.monotonic()
-                for conn, (w, i, deadline) in list(busy.items()):
-                    if now >= deadline:
-                        del busy[conn]
-                        fresh = self._replace(w)
-                        starting[fresh.results] = fresh
-        return results
-
-
-_POOL: GradingPool | None = None
-_POOL_LOCK = threading.Lock()
-
-
-def default_workers() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:
-        return max(1, os.cpu_count() or 1)
-
-
-def get_pool(workers: int = 1) -> GradingPool:
-    """The process-wide pool, grown to ``workers`` processes (a forked child gets its own)."""
-    global _POOL
-    with _POOL_LOCK:
-        if _POOL is None or _POOL._pid != os.getpid():
-            _POOL = GradingPool(workers)
-        else:
-            _POOL.resize(workers)
-        return _POOL
-
-
-@atexit.register
-def _close_pool() -> None:
-    if _POOL is not None and _POOL._pid == os.getpid():
-        _POOL.close()
-
-
-# ----------------------------------------------------------------------------- public API
-
-
-def _inline(grader: str, pred: str, gold: str) -> bool:
-    return grader == "minerva_exact" and len(pred) + len(gold) <= INLINE_LIMIT
-
-
-def grade(pred: str | None, gold: str, grader: str = "math_verify", timeout: float = DEFAULT_TIMEOUT) -> bool:
-    """Is ``pred`` the same answer as ``gold``? Never takes much longer than ``timeout`` seconds."""
-    _check_grader(grader)
-    if pred is None or not str(gold).strip():
-        return False
-    pred, gold = str(pred), str(gold).strip()
-    if _inline(grader, pred, gold):
-        return GRADERS[grader](pred, gold)
-    return get_pool(1).map(grader, [(pred, gold)], timeout)[0]
-
-
-def is_correct(completion: str, gold: str, grader: str = "math_verify", extractor: str = "final_answer") -> bool:
-    """Extract the answer of ``completion`` with ``extractor`` and grade it against ``gold``.
-
-    ``gold`` may be a GSM8K worked solution (``#### N``).
-    """
-    if extractor not in EXTRACTORS:
-        raise KeyError(f"unknown extractor {extractor!r}; known: {', '.join(EXTRACTORS)}")
-    return grade(EXTRACTORS[extractor](completion), gold_answer(gold), grader)
-
-
-def grade_answers(
-    preds: Sequence[str | None],
-    golds: Sequence[str],
-    grader: str = "math_verify",
-    workers: int | None = None,
-    timeout: float = DEFAULT_TIMEOUT,
-) -> list[bool]:
-    """:func:`grade` for many already-extracted answers, spread over worker processes."""
-    _check_grader(grader)
-    if len(preds) != len(golds):
-        raise ValueError(f"grade_answers: {len(preds)} predictions for {len(golds)} gold answers")
-    results = [False] * len(preds)
-    remote: list[int] = []
-    for i, (p, g) in enumerate(zip(preds, golds)):
-        if p is None or not str(g).strip():
-            continue
-        if _inline(grader, str(p), str(g).strip()):
-            results[i] = GRADERS[grader](str(p), str(g).strip())
-        else:
-            remote.append(i)
-    if remote:
-        n = min(len(remote), workers or default_workers())
-        pairs = [(str(preds[i]), str(golds[i]).strip()) for i in remote]
-        for i, ok in zip(remote, get_pool(n).map(grader, pairs, timeout)):
-            results[i] = ok
-    return results
-
-
-def grade_many(
-    completions: Sequence[str],
-    golds: Sequence[str],
-    grader: str = "math_verify",
-    extractor: str = "final_answer",
-    workers: int | None = None,
-    timeout: float = DEFAULT_TIMEOUT,
-) -> list[bool]:
-    """:func:`is_correct` for many completions, graded in parallel processes; never hangs.
-
-    ``workers`` defaults to the number of usable CPUs; each answer gets at most ``timeout``
-    seconds (an overrun is graded ``False``).
-    """
-    if extractor not in EXTRACTORS:
-        raise KeyError(f"unknown extractor {extractor!r}; known: {', '.join(EXTRACTORS)}")
-    if len(completions) != len(golds):
-        raise ValueError(f"grade_many: {len(completions)} completions for {len(golds)} gold answers")
-    extract = EXTRACTORS[extractor]
-    preds = [extract(c) for c in completions]
-    return grade_answers(preds, [gold_answer(g) for g in golds], grader, workers, timeout)
-
-
 __all__ = [
-    "DEFAULT_TIMEOUT", "EXTRACTORS", "FINAL_ANSWER_RE", "GRADERS", "GradingPool", "extract_boxed",
-    "extract_final_answer", "extract_gsm8k_gold", "get_pool", "gold_answer", "grade", "grade_answers",
-    "grade_many", "is_correct", "math_verify_grade", "minerva_exact", "normalize_final_answer",
+    "EXTRACTORS", "FINAL_ANSWER_RE", "GRADERS", "extract_boxed", "extract_final_answer", "extract_gsm8k_gold",
+    "gold_answer", "math_verify_grade", "minerva_exact", "normalize_final_answer", "normalize_for_math_verify",
 ]  # fmt: skip

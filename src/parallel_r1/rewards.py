@@ -53,7 +53,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
-from . import grading
+from . import grading, grading_pool
 from .format import PARALLEL_CLOSE, PARALLEL_OPEN, PATH_CLOSE, PATH_OPEN, TAG_RE, parse, strip_tags
 
 # ----------------------------------------------------------------------------- answer extraction
@@ -308,7 +308,7 @@ class Reward:
 
     def facts(self, completion: str, gold: str, grader: str | None = None) -> Facts:
         pred = self.extract(completion)
-        correct = grading.grade(pred, grading.gold_answer(gold), grader or self.grader)
+        correct = grading_pool.grade(pred, grading.gold_answer(gold), grader or self.grader)
         return measure(completion, pred, correct)
 
     def score(self, facts: Facts, step: int) -> float:
@@ -394,17 +394,17 @@ class RewardSchedule:
         step: int = 1,
         grader: str | None = None,
         workers: int | None = None,
-        timeout: float = grading.DEFAULT_TIMEOUT,
+        timeout: float = grading_pool.DEFAULT_TIMEOUT,
     ) -> list[dict]:
         """Per completion: ``pred``, ``correct``, ``uses_parallel``, ``format_ok``, ``num_blocks``,
-        ``mode``, ``reward``. Answers are graded in parallel processes (:func:`grading.grade_answers`).
+        ``mode``, ``reward``. Answers are graded in parallel processes (:func:`grading_pool.grade_answers`).
         """
         if len(completions) != len(golds):
             raise ValueError(f"{len(completions)} completions for {len(golds)} gold answers")
         active = self.active(step)
         preds = [active.extract(c) for c in completions]
         gold_answers = [grading.gold_answer(g) for g in golds]
-        correct = grading.grade_answers(preds, gold_answers, grader or active.grader, workers, timeout)
+        correct = grading_pool.grade_answers(preds, gold_answers, grader or active.grader, workers, timeout)
         mode = active.mode(step)
         rows = []
         for c, p, ok in zip(completions, preds, correct):

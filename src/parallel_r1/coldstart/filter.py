@@ -122,7 +122,8 @@ def filter_traces(
     gsm8k_gold: dict[str, str] | None = None,
 ) -> tuple[list[dict], dict]:
     """Apply the rules of the module doc; return (kept SFT rows, report)."""
-    from ..grading import extract_final_answer, gold_answer, grade_answers
+    from ..grading import extract_final_answer, gold_answer
+    from ..grading_pool import grade_answers
 
     reason: dict[int, str] = {}
     preds: dict[int, str] = {}
@@ -203,7 +204,8 @@ def filter_traces(
 
 def compare_with_gsm8k(rows, texts, kept_idx, gold_by_q, grader) -> dict:
     """Grade traces against the GSM8K gold answer (joined by question text); also compare the rows' own gold."""
-    from ..grading import extract_final_answer, gold_answer, grade_answers
+    from ..grading import extract_final_answer, gold_answer
+    from ..grading_pool import grade_answers
 
     joined = [i for i, r in enumerate(rows) if r.get("problem") and " ".join(r["problem"].split()) in gold_by_q]
     gold = [gold_answer(gold_by_q[" ".join(rows[i]["problem"].split())]) for i in joined]

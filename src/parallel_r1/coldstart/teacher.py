@@ -244,7 +244,7 @@ class GenerateStats:
 
 def score_row(text: str, gold: str) -> dict:
     """Format and correctness of one trace (what the progress bar's success rate counts)."""
-    from ..grading import is_correct
+    from ..grading_pool import is_correct
 
     p = parse(text)
     correct = bool(gold) and is_correct(text, gold)

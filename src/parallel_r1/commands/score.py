@@ -65,7 +65,7 @@ def score_rows(
     timeout: float = 5.0,
 ) -> list[dict]:
     """The output rows for ``rows`` (see the module docstring)."""
-    from .. import grading
+    from .. import grading, grading_pool
     from ..format import analyze
     from ..rewards import get_schedule, measure
 
@@ -74,7 +74,7 @@ def score_rows(
     golds = [grading.gold_answer(str(r["answer"])) for r in rows]
     extract = grading.EXTRACTORS[extractor]
     preds = [extract(c) for c in completions]
-    correct = grading.grade_answers(preds, golds, grader or "math_verify", workers, timeout)
+    correct = grading_pool.grade_answers(preds, golds, grader or "math_verify", workers, timeout)
 
     # Rewards of one family share extraction and grader: grade each group once.
     groups: dict[tuple, list[str]] = defaultdict(list)
@@ -84,7 +84,7 @@ def score_rows(
     values: dict[str, list[float]] = {}
     for (extract_fn, group_grader), names in groups.items():
         group_preds = [extract_fn(c) for c in completions]
-        ok = grading.grade_answers(group_preds, golds, group_grader, workers, timeout)
+        ok = grading_pool.grade_answers(group_preds, golds, group_grader, workers, timeout)
         facts = [measure(c, p, o) for c, p, o in zip(completions, group_preds, ok)]
         for name in names:
             active = schedules[name].active(step)
