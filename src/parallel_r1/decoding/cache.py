@@ -1,14 +1,19 @@
-"""A key/value cache whose rows can be forked, merged and compacted between decoding steps.
+"""A key/value cache whose rows can be compacted between decoding steps, and the slot streams.
 
-The engine keeps one batch row per decoding stream (a trunk, or one path of a block). Every
-step appends one slot per row and per input token; a per-row ``valid`` mask says which slots
-hold real keys (idle rows and padding write slots nobody may see). Between steps the engine
-rebuilds the batch with :func:`regather`: every new row is a concatenation of the valid slots
-of some old rows. That one operation forks a trunk into k paths (the same row k times: the
-prefix is copied, never recomputed), merges a block's paths into one row for the summary
-(path 1's row plus the path-only slots of the others), drops finished rows and squeezes out
-invalid slots. Keys are stored with their rotary positions already applied, so a slot's
-place in the row does not matter; attention over a set of keys is order-free.
+The engine keeps one batch row per *sample*. A row holds the sample's prompt, trunk and
+summaries, and while a block is open also its k paths: every slot carries a *stream* id
+(``-1`` invalid: padding or an idle query's slot; ``0`` shared: prompt, trunk, summaries and
+merged paths; ``j + 1``: path j of the open block). A query of stream s sees the valid slots of
+stream 0 and of its own stream (:func:`visible`), which is the Unseen training layout: paths
+see the prefix and themselves, never each other. So a fork copies nothing (the k paths' first
+tokens are k more queries in the same row) and a merge copies nothing (the block's path slots
+are relabelled 0, and the summary sees them). Keys are stored with their rotary positions
+already applied, so a slot's place in the row does not matter; attention over a set of keys
+is order-free.
+
+:func:`regather` rebuilds the batch from chosen old rows, keeping only their valid slots: it
+expands the distinct prompts' prefill into one row per sample, and drops finished samples and
+squeezes out invalid slots. It is the only operation that copies cache contents.
 
 transformers' ``DynamicLayer`` concatenates on every step (a full copy of the cache per
 token); :class:`SlotLayer` writes into a buffer with spare capacity instead.
@@ -19,7 +24,7 @@ from __future__ import annotations
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
-_GROW = 128  # spare slots allocated at once
+GROW = 128  # spare slots allocated at once
 
 
 class SlotLayer(DynamicLayer):
@@ -37,7 +42,7 @@ class SlotLayer(DynamicLayer):
         if not self.is_initialized:
             self.lazy_initialization(keys, values)
         self.length = 0
-        self._k, self._v = self._alloc(keys, keys.shape[-2] + _GROW), self._alloc(values, values.shape[-2] + _GROW)
+        self._k, self._v = self._alloc(keys, keys.shape[-2] + GROW), self._alloc(values, values.shape[-2] + GROW)
         self._write(keys, values)
 
     @staticmethod
@@ -47,7 +52,7 @@ class SlotLayer(DynamicLayer):
     def _write(self, keys: torch.Tensor, values: torch.Tensor) -> None:
         n = self.length + keys.shape[-2]
         if n > self._k.shape[-2]:
-            k, v = self._alloc(self._k, n + _GROW), self._alloc(self._v, n + _GROW)
+            k, v = self._alloc(self._k, n + GROW), self._alloc(self._v, n + GROW)
             k[:, :, : self.length] = self._k[:, :, : self.length]
             v[:, :, : self.length] = self._v[:, :, : self.length]
             self._k, self._v = k, v
@@ -70,33 +75,49 @@ def new_cache() -> Cache:
     return Cache(layer_class_to_replicate=SlotLayer)
 
 
-def regather(cache: Cache, valid: torch.Tensor, plans: list[list[tuple[int, int]]]) -> torch.Tensor:
-    """Rebuild the batch in place: new row b = valid slots of old rows, per ``plans[b]``.
+def visible(slot_streams: torch.Tensor, query_streams: torch.Tensor) -> torch.Tensor:
+    """Which slots each query sees (the Unseen layout, module doc).
+
+    Args:
+        slot_streams: int ``[B, S]``, stream id per cache slot (-1 invalid).
+        query_streams: int ``[B, q]``, stream id per query (-1: padding query, sees nothing).
+    Returns:
+        bool ``[B, q, S]``.
+    """
+    k, q = slot_streams[:, None, :], query_streams[:, :, None]
+    return (k >= 0) & (q >= 0) & ((k == 0) | (k == q))
+
+
+def regather(cache: Cache, streams: torch.Tensor, plan: list[int]) -> tuple[torch.Tensor, int]:
+    """Rebuild the batch in place: new row b = the valid slots of old row ``plan[b]``.
 
     Args:
         cache: the engine's cache, rows ``[B, H, S, D]`` per layer.
-        valid: bool ``[B, S]``, which slots of each old row hold real keys.
-        plans: one entry per new row, a list of ``(old_row, skip)``: the valid slots of
-            ``old_row`` in slot order, without the first ``skip`` of them.
+        streams: int ``[B, S]`` on the host, stream id per slot (-1 invalid).
+        plan: one old row per new row (an old row may be repeated: one prompt, n samples).
     Returns:
-        the new ``valid`` mask, bool ``[B', S']`` (S' = the longest new row; shorter rows are
-        padded at the end with invalid slots).
+        the new host ``streams`` ``[B', S']`` (S' = the longest new row; shorter rows are padded
+        at the end with invalid slots), and the bytes of keys/values written.
     """
-    old_b, s = valid.shape
-    slots = [valid[r].nonzero().squeeze(1) for r in range(old_b)]
-    rows = [torch.cat([slots[r][skip:] + r * s for r, skip in plan]) if plan else valid.new_zeros(0, dtype=torch.long) for plan in plans]
-    width = max((len(x) for x in rows), default=0)
-    index = torch.zeros(len(rows), width, dtype=torch.long, device=valid.device)
-    new_valid = torch.zeros(len(rows), width, dtype=torch.bool, device=valid.device)
-    for b, x in enumerate(rows):
-        index[b, : len(x)] = x
-        new_valid[b, : len(x)] = True
-    flat = index.reshape(-1)
+    old_b, s = streams.shape
+    slots = [(streams[r] >= 0).nonzero().squeeze(1) for r in range(old_b)]  # host tensors: no device sync
+    width = max((len(slots[r]) for r in plan), default=0)
+    index = torch.zeros(len(plan), width, dtype=torch.long)
+    new = torch.full((len(plan), width), -1, dtype=streams.dtype)
+    for b, r in enumerate(plan):
+        n = len(slots[r])
+        index[b, :n] = slots[r] + r * s
+        new[b, :n] = streams[r, slots[r]]
+    written = 0
+    flat = None
     for layer in cache.layers:
         if not layer.is_initialized:
             continue
+        if flat is None:
+            flat = index.reshape(-1).to(layer.keys.device, non_blocking=True)
         h, dk, dv = layer.keys.shape[1], layer.keys.shape[-1], layer.values.shape[-1]
         k = layer.keys.transpose(1, 2).reshape(old_b * s, h, dk).index_select(0, flat)
         v = layer.values.transpose(1, 2).reshape(old_b * s, h, dv).index_select(0, flat)
-        layer.set(k.view(len(rows), width, h, dk).transpose(1, 2), v.view(len(rows), width, h, dv).transpose(1, 2))
-    return new_valid
+        layer.set(k.view(len(plan), width, h, dk).transpose(1, 2), v.view(len(plan), width, h, dv).transpose(1, 2))
+        written += (k.numel() + v.numel()) * k.element_size()
+    return new, written

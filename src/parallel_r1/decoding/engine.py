@@ -1,13 +1,14 @@
-"""The parallel decoding engine (spec PARALLEL_R1.md §3.3, §3.4; issue 3).
+"""The parallel decoding engine (docs/decoding.md).
 
 Unseen variant, per sample (the paper's agent loop, made exact):
 
 1. decode the trunk until ``<Parallel>``, EOS or the budget;
-2. fork k path rows that share the prefix's keys/values; each gets an injected ``<Path>`` at
-   position pos(``<Parallel>``)+1 and decodes until ``</Path>`` (an EOS becomes ``</Path>``; a
-   path at its own budget, or a block about to overflow the total budget, gets ``</Path>``
-   appended). The paths of a block are rows of the same batch, decoded side by side;
-3. merge the paths' caches into one row that sees the prefix and every path, inject
+2. fork k paths that share the prefix's keys/values (k streams in the sample's batch row, kept
+   apart by the mask: cache.py); each gets an injected ``<Path>`` at position
+   pos(``<Parallel>``)+1 and decodes until ``</Path>`` (an EOS becomes ``</Path>``; a path at its
+   own budget, or a block about to overflow the total budget, gets ``</Path>`` appended). The
+   paths of a block are decoded side by side, one query each per forward;
+3. merge the paths (their slots become visible to what follows, nothing is copied), inject
    ``</Parallel>\\n<Summary>`` at max(path positions)+1, decode the summary until
    ``</Summary>`` (an EOS becomes ``</Summary>``), and go back to 1;
 4. stop after the ``</Summary>`` of block ``max_blocks``, at EOS, or at ``max_new_tokens``.
@@ -28,22 +29,32 @@ Choices where the spec is silent:
   never sampled (in the trunk only ``<Parallel>``; in a path only ``</Path>``; in a summary only
   ``</Summary>``). The paper's loop lets such tags through as text, which makes a malformed
   block the trainer lays out causally; here every completion's layout is well formed.
-* A ``<Parallel>`` sampled with no room left for a minimal block (k paths of one token plus
-  the closing and summary tags) ends the sample with finish reason ``length``.
+* A ``<Parallel>`` sampled with no room left for a minimal block (:func:`min_block_room`, shared
+  with the vLLM backend) ends the sample with finish reason ``length``.
+
+On accelerators (docs/decoding.md): the engine runs on the model's device, in ``dtype`` (autocast,
+e.g. bfloat16 when the trainer trains in bf16); sampled ids are read once per step (they drive the
+state machine) and log-probs stay on the device until the chunk ends; under sharded parameters
+(FSDP / FSDP2 / ZeRO-3) with several ranks every rank runs the same number of forwards
+(``lockstep``).
 * ``max_new_tokens`` bounds the completion (trunk + every path + summaries), ``max_path_tokens``
   one path including its two tags.
 """
 
 from __future__ import annotations
 
+import contextlib
+import enum
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 
+from ..devices import check_unseen_attention, params_sharded, resolve_dtype, world_size
 from ..format import parse
 from ..structure import TagIds
-from .cache import new_cache, regather
-from .sampling import sample_tokens
+from .cache import GROW, new_cache, regather, visible
+from .sampling import draw
 
 
 @dataclass
@@ -60,7 +71,10 @@ class DecodingConfig:
     top_k: int | None = field(default=0, metadata={"help": "Top-k sampling (0 or None = off)."})
     path_temperature: float | None = field(default=1.0, metadata={"help": "Temperature inside paths (paper forces 1.0); None = temperature."})
     constrain_tags: bool = field(default=True, metadata={"help": "Unseen: never sample a tag that would break the block structure."})
-    batch_size: int = field(default=64, metadata={"help": "Samples decoded together (paths add rows)."})
+    batch_size: int = field(default=64, metadata={"help": "Samples decoded together (one batch row each; a block's paths share their sample's row). RL: `rollout_batch_size`."})
+    max_cache_bytes: int | None = field(default=None, metadata={"help": "Memory budget of the key/value cache in bytes: a batch whose estimated cache exceeds it is decoded in smaller chunks (None = batch_size only)."})
+    dtype: str | None = field(default=None, metadata={"help": "Compute dtype of the forwards: None/auto = the model's parameters; bfloat16/float16 = autocast (use the trainer's precision: bf16 training -> bfloat16)."})
+    lockstep: bool | None = field(default=None, metadata={"help": "Every rank runs the same number of forwards (needed when parameters are sharded: FSDP, FSDP2, ZeRO-3). None = auto (sharded parameters and world size > 1)."})
     seed: int | None = field(default=None, metadata={"help": "Seed of the sampler; None = nondeterministic."})
 
     def __post_init__(self):
@@ -71,6 +85,9 @@ class DecodingConfig:
             raise ValueError(f"decoding: num_paths must be >= 2 (a block has at least two paths), got {self.num_paths}")
         if self.max_blocks < 1 or self.max_new_tokens < 1 or self.batch_size < 1:
             raise ValueError("decoding: max_blocks, max_new_tokens and batch_size must be >= 1")
+        if self.max_cache_bytes is not None and self.max_cache_bytes <= 0:
+            raise ValueError(f"decoding: max_cache_bytes must be > 0, got {self.max_cache_bytes}")
+        resolve_dtype(self.dtype)
         if self.max_path_tokens is not None and self.max_path_tokens < 2:
             raise ValueError("decoding: max_path_tokens must be >= 2 (the two path tags)")
         if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
@@ -109,19 +126,48 @@ class Sample:
     exact: bool = True  # every token has the context and positions of the Unseen training layout
 
 
+def min_block_room(num_paths: int, tail: int) -> int:
+    """Completion tokens a block needs after its ``<Parallel>``: k paths of one sampled token with
+    their two tags (3k), the tail ``</Parallel>\\n<Summary>`` (``tail`` tokens) and a summary of
+    one token plus ``</Summary>`` (2). Both backends end a sample whose ``<Parallel>`` leaves
+    less room with finish reason ``length``."""
+    return 3 * num_paths + tail + 2
+
+
+class Kind(enum.Enum):
+    """What a stream (a trunk/summary, or one path) does next."""
+
+    TRUNK = "trunk"
+    PATH = "path"
+    SUMMARY = "summary"
+    FORK = "fork"  # sampled <Parallel>: _rebuild opens the block's k paths
+    DRAIN = "drain"  # ended; one more forward scores its injected tags
+    DONE = "done"
+
+
 class _Seq:
-    """Tokens with their log-probs; a log-prob of None is filled once the logits exist."""
+    """Tokens with their log-probs. A log-prob is a handle into the chunk's :class:`_Scores`
+    (computed on the device, read once at the end); None until the logits that score it exist."""
 
     def __init__(self):
         self.ids: list[int] = []
-        self.lps: list[float | None] = []
+        self.lps: list[int | None] = []
         self.inj: list[bool] = []
 
-    def add(self, tok: int, lp: float | None, injected: bool) -> int:
+    def add(self, tok: int, lp: int | None, injected: bool) -> int:
         self.ids.append(tok)
         self.lps.append(lp)
         self.inj.append(injected)
         return len(self.ids) - 1
+
+
+class Pending(NamedTuple):
+    """A token fed at the next forward."""
+
+    token: int
+    owner: _Seq | None  # whose log-prob ``at`` the logits of the token before this one fill (None: known)
+    at: int
+    stream: int  # cache stream of its slot (cache.py): 0 shared, j + 1 path j
 
 
 class _Sample(_Seq):
@@ -131,6 +177,7 @@ class _Sample(_Seq):
         self.blocks = 0
         self.paths: list[_Path] = []
         self.finish: str | None = None
+        self.b = 0  # its batch row
 
     def used(self) -> int:
         return len(self.ids) + sum(len(p.ids) for p in self.paths)
@@ -141,22 +188,89 @@ class _Path(_Seq):
         super().__init__()
         self.j = j
         self.closing = False  # </Path> appended, its keys not yet computed
-        self.waiting = False  # </Path> computed; row idles until the block merges
+        self.waiting = False  # </Path> computed; the stream idles until the block merges
         self.last_pos = 0
-        self.next_open_lp = 0.0  # log p(<Path>) after this path's </Path>: the next path's first token
-        self.next_close_lp = 0.0  # log p(</Parallel>) after it: used when this is the last path
+        self.next_open_lp: int | None = None  # log p(<Path>) after this path's </Path>: the next path's first token
+        self.next_close_lp: int | None = None  # log p(</Parallel>) after it: used when this is the last path
 
 
 @dataclass
 class _Row:
-    """One batch row: a sample's trunk/summary, or one of its paths."""
+    """One decoding stream: a sample's trunk/summary, or one of its paths (all in the sample's batch row)."""
 
     sample: _Sample
     path: _Path | None = None
-    kind: str = "trunk"  # trunk | summary | path
-    pending: list[tuple[int, _Seq | None, int]] = field(default_factory=list)  # (token, owner, index to fill)
+    kind: Kind = Kind.TRUNK
+    pending: list[Pending] = field(default_factory=list)
     pos: int = 0  # position id of pending[0]
-    prefix: int = 0  # path rows: valid slots before the path's own (prefix incl. <Parallel>)
+    stream: int = 0
+    col: int = 0  # column of pending[0] in the last forward's input
+    last: int = 0  # index of the pending token whose logits pick the next token
+
+
+class _Scores:
+    """Log-probs asked for during a chunk: gathered on the device once per step, read once per chunk.
+
+    ``log_softmax(logits / temperature)`` in float32 over the model's logits as the forward returned
+    them (bf16 under bf16 autocast, as in the trainer's forward), for any token: sampled or injected.
+    """
+
+    def __init__(self, temperature: float):
+        self.t = temperature if temperature > 0 else 1.0
+        self.parts: list[torch.Tensor] = []
+        self.asked: list[tuple[int, int, int]] = []
+        self.n = 0
+
+    def ask(self, b: int, col: int, tok: int) -> int:
+        self.asked.append((b, col, tok))
+        return self.n + len(self.asked) - 1
+
+    def flush(self, logits: torch.Tensor) -> None:
+        """Score what was asked against ``logits`` ``[B, q, V]`` (no host sync)."""
+        if not self.asked:
+            return
+        b, col, tok = (to_device(x, logits.device) for x in torch.tensor(self.asked).T)
+        rows = torch.log_softmax(logits[b, col].float() / self.t, dim=-1)
+        self.parts.append(rows.gather(1, tok[:, None]).squeeze(1))
+        self.n += len(self.asked)
+        self.asked = []
+
+    def read(self) -> list[float]:
+        return torch.cat(self.parts).tolist() if self.parts else []
+
+
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Host -> device without waiting for the device (pinned + non_blocking on CUDA)."""
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+class _Lockstep:
+    """Every rank runs the same number of forwards (each is a collective of the sharded model).
+
+    Before each real forward a rank all-reduces 1 (without reading the result); a rank with
+    nothing left all-reduces 0, reads the max, and runs a one-token dummy forward while some rank
+    still works: transformers' ``synced_gpus``, one all-reduce per step.
+    """
+
+    def __init__(self):
+        import torch.distributed as dist
+
+        self.dist = dist
+
+    def flag(self, value: int, device: torch.device) -> torch.Tensor:
+        dev = device if self.dist.get_backend() == "nccl" else torch.device("cpu")
+        t = torch.tensor([value], device=dev)
+        self.dist.all_reduce(t, op=self.dist.ReduceOp.MAX)
+        return t
+
+    def drain(self, device: torch.device, dummy) -> int:
+        steps = 0
+        while int(self.flag(0, device).item()):
+            dummy()
+            steps += 1
+        return steps
 
 
 class ParallelEngine:
@@ -164,7 +278,15 @@ class ParallelEngine:
 
     def __init__(self, model, tokenizer, config: DecodingConfig | None = None):
         self.model, self.tokenizer, self.cfg = model, tokenizer, config or DecodingConfig()
-        self.device = next(model.parameters()).device
+        if self.cfg.variant == "unseen":
+            check_unseen_attention(model)
+        param = next(model.parameters())
+        self.device = param.device
+        dtype = resolve_dtype(self.cfg.dtype)
+        self.autocast = dtype if dtype is not None and dtype != param.dtype else None
+        self.compute_dtype = dtype or param.dtype
+        lockstep = self.cfg.lockstep
+        self.lockstep = _Lockstep() if (lockstep is None and params_sharded(model) and world_size() > 1) or lockstep else None
         self.tags = self._tags()
         eos = model.generation_config.eos_token_id if getattr(model, "generation_config", None) else None
         eos = [eos] if isinstance(eos, int) else list(eos or [])
@@ -178,6 +300,9 @@ class ParallelEngine:
         self.context = getattr(model.config, "max_position_embeddings", None)
         self.path_budget = self.cfg.max_path_tokens or self.cfg.max_new_tokens
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos)
+        # counters of the last generate(): forwards, host reads per step (sampled ids) and per chunk
+        # (log-probs), forks, cache bytes copied (prompt expansion and compaction; a fork copies none)
+        self.stats: dict[str, int] = {}
 
     def _tags(self) -> TagIds | None:
         try:
@@ -206,16 +331,65 @@ class ParallelEngine:
         if self.cfg.seed is not None:
             gen = torch.Generator(device=self.device).manual_seed(self.cfg.seed)
         jobs = [(i, ids) for i, ids in enumerate(encoded) for _ in range(n)]
+        chunks = self._chunks(jobs)
+        self.stats = dict(forwards=0, step_syncs=0, chunk_syncs=0, forks=0, copy_bytes=0, chunks=len(chunks), dummy_forwards=0)
         out: list[Sample] = []
         was_training = self.model.training
         self.model.eval()
         try:
             with torch.no_grad():
-                for start in range(0, len(jobs), self.cfg.batch_size):
-                    out += self._run(jobs[start : start + self.cfg.batch_size], start, gen)
+                for start, chunk in chunks:
+                    out += self._run(chunk, start, gen)
+                if self.lockstep is not None:
+                    self.stats["dummy_forwards"] = self.lockstep.drain(self.device, self._dummy)
         finally:
             self.model.train(was_training)
         return out
+
+    def kv_bytes_per_token(self) -> int:
+        """Bytes of keys and values one cache slot takes (every layer)."""
+        c = self.model.config
+        heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+        head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+        return 2 * c.num_hidden_layers * heads * head_dim * self.compute_dtype.itemsize
+
+    def _chunks(self, jobs) -> list[tuple[int, list]]:
+        """Split the jobs into batches of at most ``batch_size`` samples whose estimated cache fits
+        ``max_cache_bytes``: rows × (longest prompt + max_new_tokens + spare slots) × bytes per slot,
+        twice (a compaction holds the old and the new cache at once)."""
+        out, cur, longest, start = [], [], 0, 0
+        per_slot, budget = self.kv_bytes_per_token(), self.cfg.max_cache_bytes
+        for i, job in enumerate(jobs):
+            width = max(longest, len(job[1])) + self.cfg.max_new_tokens + GROW
+            if cur and (len(cur) == self.cfg.batch_size or (budget and 2 * (len(cur) + 1) * width * per_slot > budget)):
+                out.append((start, cur))
+                cur, longest, start = [], 0, i
+                width = len(job[1]) + self.cfg.max_new_tokens + GROW
+            if budget and 2 * width * per_slot > budget:
+                raise ValueError(
+                    f"decoding: max_cache_bytes {budget} is below one sample's cache ({2 * width * per_slot} bytes for a "
+                    f"{len(job[1])}-token prompt + {self.cfg.max_new_tokens} new tokens); raise it or lower max_new_tokens"
+                )
+            cur.append(job)
+            longest = max(longest, len(job[1]))
+        if cur:
+            out.append((start, cur))
+        return out
+
+    # ------------------------------------------------------------------ forwards
+
+    def _forward(self, **kwargs):
+        if self.lockstep is not None:
+            self.lockstep.flag(1, self.device)
+        self.stats["forwards"] += 1
+        with torch.autocast(self.device.type, dtype=self.autocast) if self.autocast else contextlib.nullcontext():
+            return self.model(**kwargs)
+
+    def _dummy(self) -> None:
+        """One-token forward of a rank with nothing left, matching the others' collectives."""
+        one = torch.full((1, 1), self.pad, dtype=torch.long, device=self.device)
+        with torch.autocast(self.device.type, dtype=self.autocast) if self.autocast else contextlib.nullcontext():
+            self.model(input_ids=one, position_ids=torch.zeros_like(one), use_cache=False)
 
     # ------------------------------------------------------------------ loop
 
@@ -225,37 +399,50 @@ class ParallelEngine:
         samples = []
         for k, (i, ids) in enumerate(jobs):
             samples.append(_Sample(first_index + k, i, ids, completion_budget(self.cfg.max_new_tokens, self.context, len(ids))))
-        cache, valid, logits = self._prefill([prompt_of[i] for i in uniq])
+        cache, streams, logits = self._prefill([prompt_of[i] for i in uniq])
         row_of_prompt = {i: r for r, i in enumerate(uniq)}
-        valid = regather(cache, valid, [[(row_of_prompt[s.prompt_index], 0)] for s in samples])
-        logits = logits[[row_of_prompt[s.prompt_index] for s in samples]]
+        plan = [row_of_prompt[s.prompt_index] for s in samples]
+        if plan != list(range(len(uniq))) or bool((streams < 0).any()):
+            streams, copied = regather(cache, streams, plan)
+            self.stats["copy_bytes"] += copied
+            logits = logits[to_device(torch.tensor(plan), logits.device)]
+        for b, s in enumerate(samples):
+            s.b = b
+        self._scores = _Scores(self.cfg.temperature)
         rows = [_Row(s, pos=len(s.prompt_ids)) for s in samples]
         # the first completion token comes from the prompt's last logits
-        for row, pick in zip(rows, self._pick(rows, logits.unsqueeze(1), [0] * len(rows), gen)):
-            self._advance(row, *pick)
-        rows, valid = self._rebuild(rows, cache, valid)
+        logits = logits[:, None]
+        for row, tok in zip(rows, self._pick(rows, logits, gen)):
+            self._advance(row, tok)
+        self._scores.flush(logits)
+        rows, streams = self._rebuild(rows, cache, streams)
         while rows:
-            last = [len(r.pending) - 1 for r in rows]
-            logits, valid = self._step(rows, cache, valid)
-            self._fill_injected(rows, logits)
-            live = [i for i, r in enumerate(rows) if r.pending]
-            for i in live:
-                r = rows[i]
-                if r.kind == "drain":
-                    r.pending, r.kind = [], "done"
-                elif r.kind == "path" and r.path.closing:
-                    self._close_path(r, logits[i, last[i]])
+            for r in rows:
+                r.last = len(r.pending) - 1
+            logits, streams = self._step(rows, cache, streams)
+            self._fill_injected(rows)
+            picking = []
+            for r in rows:
+                if not r.pending:
+                    continue
+                if r.kind is Kind.DRAIN:
+                    r.pending, r.kind = [], Kind.DONE
+                elif r.kind is Kind.PATH and r.path.closing:
+                    self._close_path(r)
                     r.pending = []
-            live = [i for i in live if rows[i].pending]
-            picks = self._pick([rows[i] for i in live], logits[live], [last[i] for i in live], gen)
-            for i, pick in zip(live, picks):
-                self._advance(rows[i], *pick)
+                else:
+                    picking.append(r)
+            for r, tok in zip(picking, self._pick(picking, logits, gen)):
+                self._advance(r, tok)
+            self._scores.flush(logits)
             self._budget_paths(rows)
-            rows, valid = self._rebuild(rows, cache, valid)
-        return [self._finish(s) for s in samples]
+            rows, streams = self._rebuild(rows, cache, streams)
+        scores = self._scores.read()  # the chunk's one read of its log-probs
+        self.stats["chunk_syncs"] += 1
+        return [self._finish(s, scores) for s in samples]
 
     def _prefill(self, prompts: list[list[int]]):
-        """Left-padded prefill of the distinct prompts; returns cache, valid [P, L], last logits [P, V]."""
+        """Left-padded prefill of the distinct prompts; returns cache, host streams [P, L], last logits [P, V]."""
         length = max(len(p) for p in prompts)
         ids = torch.full((len(prompts), length), self.pad, dtype=torch.long)
         valid = torch.zeros(len(prompts), length, dtype=torch.bool)
@@ -267,128 +454,134 @@ class ParallelEngine:
         mask = causal & valid[:, None, :]
         mask |= torch.eye(length, dtype=torch.bool)  # pad queries see themselves: no empty row
         cache = new_cache()
-        out = self.model(
-            input_ids=ids.to(self.device), attention_mask=mask[:, None].to(self.device),
-            position_ids=pos.to(self.device), past_key_values=cache, use_cache=True, logits_to_keep=1,
+        out = self._forward(
+            input_ids=to_device(ids, self.device), attention_mask=to_device(mask[:, None], self.device),
+            position_ids=to_device(pos, self.device), past_key_values=cache, use_cache=True, logits_to_keep=1,
         )  # fmt: skip
-        return cache, valid.to(self.device), out.logits[:, -1].float()
+        streams = torch.where(valid, 0, -1)
+        return cache, streams, out.logits[:, -1]
 
-    def _step(self, rows: list[_Row], cache, valid):
-        """Feed every row's pending tokens (idle rows feed an invisible pad); returns logits [B, q, V]."""
-        q = max(1, max(len(r.pending) for r in rows))
-        b, s = valid.shape
-        ids = torch.full((b, q), self.pad, dtype=torch.long)
-        pos = torch.zeros(b, q, dtype=torch.long)
-        real = torch.zeros(b, q, dtype=torch.bool)
-        for i, r in enumerate(rows):
-            n = len(r.pending)
-            if n:
-                ids[i, :n] = torch.tensor([t for t, _, _ in r.pending])
-                pos[i, :n] = torch.arange(r.pos, r.pos + n)
-                real[i, :n] = True
-        real = real.to(self.device)
-        new = torch.ones(q, q, dtype=torch.bool, device=self.device).tril() & real[:, None, :]
-        new |= torch.eye(q, dtype=torch.bool, device=self.device)
-        old = valid[:, None, :].expand(b, q, s) & real[:, :, None]
-        mask = torch.cat([old, new], dim=2)[:, None]
-        out = self.model(
-            input_ids=ids.to(self.device), attention_mask=mask, position_ids=pos.to(self.device),
-            past_key_values=cache, use_cache=True,
-        )  # fmt: skip
+    def _step(self, rows: list[_Row], cache, streams: torch.Tensor):
+        """Feed every stream's pending tokens, the streams of a sample side by side in its batch
+        row (idle columns feed an invisible pad); returns logits ``[B, q, V]`` and the new host streams."""
+        b_rows = streams.shape[0]
+        groups: list[list[_Row]] = [[] for _ in range(b_rows)]
         for r in rows:
-            r.pos += len(r.pending)
-        return out.logits.float(), torch.cat([valid, real], dim=1)
+            if r.pending:
+                groups[r.sample.b].append(r)
+        q = max(1, max(sum(len(r.pending) for r in g) for g in groups))
+        ids = [[self.pad] * q for _ in range(b_rows)]
+        pos = [[0] * q for _ in range(b_rows)]
+        qs = [[-1] * q for _ in range(b_rows)]
+        for b, g in enumerate(groups):
+            c = 0
+            for r in g:
+                r.col = c
+                for t, p in enumerate(r.pending):
+                    ids[b][c], pos[b][c], qs[b][c] = p.token, r.pos + t, p.stream
+                    c += 1
+                r.pos += len(r.pending)
+        qs = torch.tensor(qs)
+        dev = self.device
+        query = to_device(qs, dev)
+        new = visible(query, query) & torch.ones(q, q, dtype=torch.bool, device=dev).tril()
+        new |= torch.eye(q, dtype=torch.bool, device=dev)  # idle columns see themselves: no empty row
+        mask = torch.cat([visible(to_device(streams, dev), query), new], dim=2)[:, None]
+        out = self._forward(
+            input_ids=to_device(torch.tensor(ids), dev), attention_mask=mask,
+            position_ids=to_device(torch.tensor(pos), dev), past_key_values=cache, use_cache=True,
+        )  # fmt: skip
+        return out.logits, torch.cat([streams, qs], dim=1)
 
-    def _logprobs(self, logits: torch.Tensor) -> torch.Tensor:
-        t = self.cfg.temperature if self.cfg.temperature > 0 else 1.0
-        return torch.log_softmax(logits / t, dim=-1)
-
-    def _fill_injected(self, rows: list[_Row], logits) -> None:
+    def _fill_injected(self, rows: list[_Row]) -> None:
         """Log-probs of pending tokens 2.. come from the logits at the token before them."""
-        for i, r in enumerate(rows):
+        for r in rows:
             for j in range(1, len(r.pending)):
-                tok, owner, at = r.pending[j]
+                tok, owner, at, _ = r.pending[j]
                 if owner is not None:
-                    owner.lps[at] = float(self._logprobs(logits[i, j - 1])[tok])
+                    owner.lps[at] = self._scores.ask(r.sample.b, r.col + j - 1, tok)
 
-    def _pick(self, rows: list[_Row], logits, last: list[int], gen) -> list[tuple[int, torch.Tensor]]:
-        """Sample the next token of each row; returns (token, log-probs row) pairs (one batched
-        log-softmax for all rows rather than one per row)."""
+    def _pick(self, rows: list[_Row], logits, gen) -> list[int]:
+        """Sample the next token of each stream from its logits at ``col + last``: the one host
+        read of a decoding step (the ids drive the state machine)."""
         if not rows:
             return []
-        nxt = torch.stack([logits[i, last[i]] for i in range(len(rows))])
+        b = to_device(torch.tensor([r.sample.b for r in rows]), logits.device)
+        c = to_device(torch.tensor([r.col + r.last for r in rows]), logits.device)
         temps, banned = [], []
         for r in rows:
-            path = r.kind == "path" and self.cfg.path_temperature is not None
+            path = r.kind is Kind.PATH and self.cfg.path_temperature is not None
             temps.append(self.cfg.path_temperature if path else self.cfg.temperature)
             banned.append(self._banned(r))
-        toks = sample_tokens(nxt, temps, self.cfg.top_p, self.cfg.top_k, banned, gen)
-        return list(zip(toks, self._logprobs(nxt)))
+        toks = draw(logits[b, c], temps, self.cfg.top_p, self.cfg.top_k, banned, gen)
+        self.stats["step_syncs"] += 1
+        return toks.tolist()
 
     def _banned(self, row: _Row) -> list[int]:
         if self.cfg.variant == "seen" or not self.cfg.constrain_tags:
             return []
-        allowed = {"trunk": self.tags.parallel_open, "path": self.tags.path_close, "summary": self.tags.summary_close}[row.kind]
+        allowed = {Kind.TRUNK: self.tags.parallel_open, Kind.PATH: self.tags.path_close, Kind.SUMMARY: self.tags.summary_close}[row.kind]
         return [t for t in self.tags.as_tuple() if t != allowed]
 
     # ------------------------------------------------------------------ state machine
 
-    def _advance(self, row: _Row, tok: int, lp: torch.Tensor) -> None:
-        """Append a freshly sampled token (``lp``: the log-probs it was drawn from) to its stream
-        and decide what is fed next."""
+    def _score(self, row: _Row, tok: int) -> int:
+        """Handle of log p(tok) at the logits that picked the row's next token."""
+        return self._scores.ask(row.sample.b, row.col + row.last, tok)
+
+    def _advance(self, row: _Row, tok: int) -> None:
+        """Append a freshly sampled token to its stream and decide what is fed next."""
         s = row.sample
-        if row.kind == "path":
+        if row.kind is Kind.PATH:
             p = row.path
             if tok in self.eos:  # the paper closes a path that ends with EOS
                 tok = self.tags.path_close
-                p.add(tok, float(lp[tok]), True)
+                p.add(tok, self._score(row, tok), True)
             else:
-                p.add(tok, float(lp[tok]), False)
-            row.pending = [(tok, None, 0)]
+                p.add(tok, self._score(row, tok), False)
+            row.pending = [Pending(tok, None, 0, row.stream)]
             if tok == self.tags.path_close:
                 p.closing = True
             elif len(p.ids) + 1 >= self.path_budget:
                 self._append_path_close(row)
             return
-        if row.kind == "summary" and tok in self.eos:
+        if row.kind is Kind.SUMMARY and tok in self.eos:
             tok = self.tags.summary_close
-            s.add(tok, float(lp[tok]), True)
+            s.add(tok, self._score(row, tok), True)
         else:
-            s.add(tok, float(lp[tok]), False)
-        row.pending = [(tok, None, 0)]
+            s.add(tok, self._score(row, tok), False)
+        row.pending = [Pending(tok, None, 0, 0)]
         unseen = self.cfg.variant == "unseen"
         if tok in self.eos:
             return self._end(row, "eos")
-        if unseen and row.kind == "summary" and tok == self.tags.summary_close:
+        if unseen and row.kind is Kind.SUMMARY and tok == self.tags.summary_close:
             s.blocks += 1
-            row.kind = "trunk"
+            row.kind = Kind.TRUNK
             if s.blocks >= self.cfg.max_blocks:
                 return self._end(row, "max_blocks")
         if s.used() >= s.budget:
             return self._end(row, "length")
-        if unseen and row.kind == "trunk" and tok == self.tags.parallel_open:
-            # room for k paths of one sampled token each, their closers and the summary tags
-            if s.used() + 3 * self.cfg.num_paths + self.tail > s.budget:
+        if unseen and row.kind is Kind.TRUNK and tok == self.tags.parallel_open:
+            if s.budget - s.used() < min_block_room(self.cfg.num_paths, self.tail):
                 return self._end(row, "length")
-            row.kind = "fork"  # _rebuild turns the row into k path rows
+            row.kind = Kind.FORK
 
     def _append_path_close(self, row: _Row) -> None:
         p = row.path
         at = p.add(self.tags.path_close, None, True)
-        row.pending.append((self.tags.path_close, p, at))
+        row.pending.append(Pending(self.tags.path_close, p, at, row.stream))
         p.closing = True
 
-    def _close_path(self, row: _Row, logits: torch.Tensor) -> None:
-        """The row just computed its </Path>: keep what the next tokens of the block need."""
-        lp = self._logprobs(logits)
+    def _close_path(self, row: _Row) -> None:
+        """The stream just computed its </Path>: keep what the next tokens of the block need."""
         p = row.path
-        p.next_open_lp, p.next_close_lp = float(lp[self.tags.path_open]), float(lp[self.tags.parallel_close])
+        p.next_open_lp, p.next_close_lp = self._score(row, self.tags.path_open), self._score(row, self.tags.parallel_close)
         p.last_pos = row.pos - 1
         p.closing, p.waiting = False, True
 
     def _budget_paths(self, rows: list[_Row]) -> None:
         """Close every open path of a block that could not otherwise fit its summary tags."""
-        for s in {id(r.sample): r.sample for r in rows if r.kind == "path"}.values():
+        for s in {id(r.sample): r.sample for r in rows if r.kind is Kind.PATH}.values():
             open_ = [p for p in s.paths if not p.closing and not p.waiting]
             if open_ and s.used() + 2 * len(open_) + self.tail > s.budget:
                 for r in rows:
@@ -397,49 +590,55 @@ class ParallelEngine:
 
     def _end(self, row: _Row, reason: str) -> None:
         row.sample.finish = reason
-        if any(owner is not None for _, owner, _ in row.pending[1:]):
-            row.kind = "drain"  # one more forward for the log-probs of the injected tags
+        if any(p.owner is not None for p in row.pending[1:]):
+            row.kind = Kind.DRAIN
         else:
-            row.pending, row.kind = [], "done"
+            row.pending, row.kind = [], Kind.DONE
 
     # ------------------------------------------------------------------ batch surgery
 
-    def _rebuild(self, rows: list[_Row], cache, valid):
-        """Fork, merge and drop rows; regather the cache when the batch changed."""
-        k = self.cfg.num_paths
-        plans, new_rows, changed = [], [], False
-        for b, r in enumerate(rows):
-            if r.kind == "done":
-                changed = True
-            elif r.kind == "fork":
-                changed = True
-                s, tok = r.sample, r.pending[0][0]
-                s.paths = [_Path(j) for j in range(k)]
-                for p in s.paths:
-                    at = p.add(self.tags.path_open, None, True)
-                    row = _Row(s, p, "path", [(tok, None, 0), (self.tags.path_open, p if p.j == 0 else None, at)], r.pos)
-                    row.prefix = int(valid[b].sum()) + 1
-                    plans.append([(b, 0)])
-                    new_rows.append(row)
-            elif r.kind == "path" and r.path.waiting:
-                siblings = [x for x in rows if x.sample is r.sample and x.kind == "path"]
+    def _rebuild(self, rows: list[_Row], cache, streams: torch.Tensor):
+        """Fork and merge streams (no cache copy: cache.py), drop finished samples' batch rows."""
+        out, dropped = [], False
+        for r in rows:
+            if r.kind is Kind.DONE:
+                dropped = True
+            elif r.kind is Kind.FORK:
+                out += self._fork(r)
+            elif r.kind is Kind.PATH and r.path.waiting:
+                siblings = [x for x in rows if x.sample is r.sample and x.kind is Kind.PATH]
                 if not all(x.path.waiting for x in siblings):
-                    plans.append([(b, 0)])
-                    new_rows.append(r)
+                    out.append(r)
                 elif r.path.j == 0:
-                    changed = True
-                    plans.append([(rows.index(x), 0 if x.path.j == 0 else x.prefix) for x in siblings])
-                    new_rows.append(self._merge(r.sample))
+                    b = r.sample.b
+                    streams[b] = torch.where(streams[b] > 0, 0, streams[b])  # the summary sees every path
+                    out.append(self._merge(r.sample))
             else:
-                plans.append([(b, 0)])
-                new_rows.append(r)
-        if not changed:
-            return rows, valid
-        keep = [(row, plan) for row, plan in zip(new_rows, plans) if row.kind != "done"]
-        if not keep:
-            return [], valid
-        valid = regather(cache, valid, [plan for _, plan in keep])
-        return [row for row, _ in keep], valid
+                out.append(r)
+        if not out:
+            return [], streams
+        live = sorted({id(r.sample): r.sample for r in out}.values(), key=lambda s: s.b)
+        valid = (streams >= 0).sum(1)
+        # drop finished rows; squeeze idle columns' slots when they make up over half the width
+        if dropped or streams.shape[1] > 2 * int(valid.max()) + GROW:
+            streams, copied = regather(cache, streams, [s.b for s in live])
+            self.stats["copy_bytes"] += copied
+            for b, s in enumerate(live):
+                s.b = b
+        return out, streams
+
+    def _fork(self, r: _Row) -> list[_Row]:
+        """k path streams in the sample's row: path 0 feeds the pending ``<Parallel>`` (shared) and
+        its ``<Path>``, path j > 0 its ``<Path>`` at the same position."""
+        s, tok = r.sample, r.pending[0].token
+        s.paths = [_Path(j) for j in range(self.cfg.num_paths)]
+        self.stats["forks"] += 1
+        out = []
+        for p in s.paths:
+            opener = Pending(self.tags.path_open, p if p.j == 0 else None, p.add(self.tags.path_open, None, True), p.j + 1)
+            pending = [Pending(tok, None, 0, 0), opener] if p.j == 0 else [opener]
+            out.append(_Row(s, p, Kind.PATH, pending, r.pos if p.j == 0 else r.pos + 1, stream=p.j + 1))
+        return out
 
     def _merge(self, s: _Sample) -> _Row:
         """Splice the block's paths into the sample and open its summary."""
@@ -452,17 +651,18 @@ class ParallelEngine:
         pos = max(p.last_pos for p in s.paths) + 1
         close_lp = s.paths[-1].next_close_lp
         s.paths = []
-        row = _Row(s, kind="summary", pos=pos)
-        row.pending.append((self.tags.parallel_close, None, s.add(self.tags.parallel_close, close_lp, True)))
+        row = _Row(s, kind=Kind.SUMMARY, pos=pos)
+        row.pending.append(Pending(self.tags.parallel_close, None, s.add(self.tags.parallel_close, close_lp, True), 0))
         for tok in [*self.newline, self.tags.summary_open]:
-            row.pending.append((tok, s, s.add(tok, None, True)))
+            row.pending.append(Pending(tok, s, s.add(tok, None, True), 0))
         if s.used() >= s.budget:
             self._end(row, "length")
         return row
 
-    def _finish(self, s: _Sample) -> Sample:
+    def _finish(self, s: _Sample, scores: list[float]) -> Sample:
         text = self.tokenizer.decode(s.ids, skip_special_tokens=False)
         blocks = s.blocks
         if self.cfg.variant == "seen":
             blocks = parse(text).num_blocks
-        return Sample(s.prompt_index, list(s.prompt_ids), s.ids, [float(x) for x in s.lps], s.inj, text, s.finish or "length", blocks)
+        lps = [scores[h] for h in s.lps]
+        return Sample(s.prompt_index, list(s.prompt_ids), s.ids, lps, s.inj, text, s.finish or "length", blocks)

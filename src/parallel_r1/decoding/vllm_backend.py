@@ -1,4 +1,4 @@
-"""vLLM backend for GPU machines: the paper's separate-request agent loop (spec PARALLEL_R1.md §3.3).
+"""vLLM backend for GPU machines: the paper's separate-request agent loop (docs/decoding.md).
 
 **Not exact.** vLLM has no custom attention masks or position ids per request, so this backend
 does what the paper's verl loop does: every request is one flat causal sequence. Path j is
@@ -6,7 +6,7 @@ generated from ``context + <Path>`` alone (paths do not see each other, position
 the flat sequence, so they already start at pos(``<Parallel>``)+1), but the summary and every
 later token are generated after re-reading the trunk and *all* paths causally, with sequential
 positions. A trainer that scores these tokens under the Unseen layout sees different contexts
-for every token after a block (spec §3.3, "Rollout/training mismatch"). Use
+for every token after a block (docs/decoding.md). Use
 :class:`~parallel_r1.decoding.ParallelEngine` (transformers) where exact log-probs matter;
 use this one for fast GPU evaluation or Seen rollouts. Every :class:`Sample` it returns says so:
 ``backend="vllm"``, ``exact=False``.
@@ -31,7 +31,7 @@ import math
 
 from ..format import parse
 from ..structure import TagIds
-from .engine import DecodingConfig, Sample, completion_budget, encode_prompt
+from .engine import DecodingConfig, Sample, completion_budget, encode_prompt, min_block_room
 
 
 class _State:
@@ -142,7 +142,7 @@ class VLLMEngine:
             s.add(toks, lps, False)
             if not toks or toks[-1] != t.parallel_open:
                 s.finish = "eos" if toks and toks[-1] == self.eos else "length"
-            elif s.left() < k * 3 + tail + 2:  # no room for k one-token paths, the tail and a one-token summary
+            elif s.left() < min_block_room(k, tail):  # the engine's rule
                 s.finish = "length"
             else:
                 forking.append(s)

@@ -64,6 +64,7 @@ class RLConfig(GRPOConfig):
     max_response_schedule: dict | str | None = field(default=None, metadata={"help": "Staged max response length, RL step -> tokens, e.g. {0: 2048, 100: 4096, 160: 8192} (OctoThinker). Unset = max_completion_length throughout."})
     clip_ratio_high_schedule: dict | str | None = field(default=None, metadata={"help": "epsilon_high (clip-higher) by RL step, e.g. {0: 0.28, 201: 0.2} for the scaffold run that keeps going after its alternating stage (paper: 0.28 in S2, back to 0.2 for the accuracy stage). Unset = epsilon_high throughout."})
     train_injected: bool = field(default=True, metadata={"help": "Train on the tags the Unseen engine injects (<Path>, </Parallel>, <Summary>, ...), as the paper does (response_mask all 1)."})
+    rollout_batch_size: int = field(default=64, metadata={"help": "Completions the rollout engine decodes together per process (one batch row each; a block's paths share their row). Larger is faster on accelerators until the key/value cache runs out of memory."})
     rollout_seed: int | None = field(default=None, metadata={"help": "Seed of the rollout sampler (per RL step and rank); None = not seeded, as the paper."})
 
     data_dir: str | None = field(default=None, metadata={"help": "Folder of the shipped data sets for a known `dataset` name (default: the registry's, ../shared/data)."})
@@ -118,6 +119,8 @@ class RLConfig(GRPOConfig):
             raise ValueError("max_response_schedule: needs rollout_backend: engine")
         if self.num_paths < 2:
             raise ValueError(f"num_paths: a block needs at least 2 paths, got {self.num_paths}")
+        if self.rollout_batch_size <= 0:
+            raise ValueError(f"rollout_batch_size: must be > 0 completions, got {self.rollout_batch_size}")
         try:
             self.max_response_schedule = _int_keys(self.max_response_schedule, int)
             self.clip_ratio_high_schedule = _int_keys(self.clip_ratio_high_schedule, float)

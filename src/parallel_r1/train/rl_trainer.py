@@ -136,7 +136,8 @@ def make_rollout_func(engine_config, tag_ids, length_schedule: dict[int, int], s
     def rollout(prompts: list[str], trainer) -> dict:
         step = step_fn(trainer.state.global_step)
         budget = budget_at(length_schedule, step)
-        cfg = replace(engine_config, max_new_tokens=budget, seed=None if engine_config.seed is None else engine_config.seed + step * 1000 + trainer.accelerator.process_index)
+        cfg = replace(engine_config, max_new_tokens=budget, seed=None if engine_config.seed is None else engine_config.seed + step * 1000 + trainer.accelerator.process_index,
+                      **engine_settings(trainer.args))
         tok = trainer.processing_class
         with _model_for_generation(trainer) as model:
             samples = ParallelEngine(model, tok, cfg).generate(list(prompts), n=1)
@@ -154,6 +155,14 @@ def make_rollout_func(engine_config, tag_ids, length_schedule: dict[int, int], s
         return out
 
     return rollout
+
+
+def engine_settings(args) -> dict:
+    """Engine fields that follow the trainer: the rollout batch size, and the trainer's compute
+    precision (its forwards run under bf16/fp16 autocast, so the rollout's do too: the log-probs
+    then match the trainer's). Lockstep under sharded parameters is the engine's own decision."""
+    dtype = "bfloat16" if getattr(args, "bf16", False) else "float16" if getattr(args, "fp16", False) else None
+    return {"batch_size": getattr(args, "rollout_batch_size", 64), "dtype": dtype}
 
 
 @contextlib.contextmanager
