@@ -62,11 +62,14 @@ def parse(name: str, description: str, types, argv: list[str]) -> tuple:
     return parse_config(f"parallel-r1 {name}", description, types(), argv)
 
 
+STORED = ("rl", "sft")  # the commands whose page is stored
+
+
 def pages() -> dict[str, str]:
     """Every stored page, freshly generated: ``{command: text}``."""
-    from . import rl, sft
+    from ..cli import command_module  # by name, as the CLI does: the commands import this module
 
-    return {m.NAME: generate(m.NAME, m.HELP, m.config_types()) for m in (rl, sft)}
+    return {name: generate(name, command_module(name).HELP, command_module(name).config_types()) for name in STORED}
 
 
 if __name__ == "__main__":
