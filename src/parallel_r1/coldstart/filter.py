@@ -7,7 +7,7 @@ A trace is kept iff, checked in this order (the first failure names the drop rea
    the format checker (:func:`parallel_r1.format.parse`); with ``require_parallel`` it must
    also hold at least one block;
 3. ``no_answer``: it has a ``Final Answer:`` line (:func:`parallel_r1.grading.extract_final_answer`);
-4. ``wrong_answer``: that answer matches the gold answer (:func:`parallel_r1.grading.grade_answers`);
+4. ``wrong_answer``: that answer matches the gold answer (:func:`parallel_r1.grading_pool.grade_answers`);
 5. ``too_long``: prompt (the v3 prompt through the tokenizer's chat template) + trace + EOS fit
    ``max_tokens`` tokens of the given tokenizer (the paper: 4,096 Qwen3 tokens).
 
