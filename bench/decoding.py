@@ -11,7 +11,9 @@ EOS) while the real model runs every forward, so only the decoding scheme differ
 (b) engine  vs  the paper's re-prefill scheme with plain ``generate`` calls (trunk; the k paths
     as k rows re-reading the context; the summary re-reading context + paths causally).
 
-Prints the medians and the ratios (goals: (a) <= 0.6 for k=2, <= 0.4 for k=4; (b) < 1).
+Prints the medians and the ratios (goals: (a) <= 0.6 for k=2, <= 0.4 for k=4; (b) < 1), and the
+engine's own counters (docs/decoding.md): host syncs per decode step (reads of device values
+the loop waits for) and cache bytes copied per fork.
 """
 
 from __future__ import annotations
@@ -74,7 +76,7 @@ def forced_generate(model, rows: list[list[int]], targets: list[list[int]], pad:
 
 
 def reprefill(model, prompt: list[int], completion: list[int], tags: TagIds, k: int, pad: int) -> None:
-    """The paper's agent loop (spec §3.3) with plain generate calls."""
+    """The paper's agent loop (docs/decoding.md) with plain generate calls."""
     fork = completion.index(tags.parallel_open) + 1
     close = completion.index(tags.parallel_close)
     path_len = (close - fork) // k
@@ -118,6 +120,11 @@ def main() -> None:
                 runs["engine"].append(timed(lambda: engine.generate([prompt])))
                 runs["sequential"].append(timed(lambda: forced_generate(model, [prompt], [completion], tok.pad_token_id)))
                 runs["reprefill"].append(timed(lambda: reprefill(model, prompt, completion, tags, k, tok.pad_token_id)))
+        engine.generate([prompt, prompt], n=2)  # 4 samples: forks, merges and row drops all happen
+        st = engine.stats
+        print(f"k={k}: host syncs per decode step {st['step_syncs'] / st['forwards']:.2f} ({st['step_syncs']} reads of sampled ids "
+              f"in {st['forwards']} forwards, + {st['chunk_syncs']} read of the log-probs per chunk); cache bytes copied per fork "
+              f"{st['copy_bytes'] / max(st['forks'], 1):.0f} ({st['copy_bytes']} bytes in all: prompt copies and dropped rows, {st['forks']} forks)")
         med = {name: statistics.median(v) for name, v in runs.items()}
         print(f"k={k}: {len(completion)} completion tokens | engine {med['engine']:.2f}s  sequential {med['sequential']:.2f}s  "
               f"re-prefill {med['reprefill']:.2f}s")

@@ -212,3 +212,106 @@ def test_generate_command_appends_samples(tiny_checkpoint, tmp_path):
     assert [r["problem_id"] for r in rows] == ["problem-0"] * 2 + ["problem-1"] * 2
     assert all(0 < r["length"] <= 12 for r in rows)
     assert main(["generate", "--model", str(tmp_path / "nope"), "--problem", "x"]) == 2
+
+
+def test_chunked_batches_stay_exact_and_a_tiny_cache_budget_is_refused():
+    model, tok = build_tiny_model("llama")
+    tags = TagIds.from_tokenizer(tok)
+    model = with_tag_bias(model, tags)
+    base = dict(max_new_tokens=60, max_path_tokens=12, seed=1, batch_size=8)
+    probe = ParallelEngine(model, tok, DecodingConfig(**base))
+    per_sample = 2 * (4 + 60 + 128) * probe.kv_bytes_per_token()  # the engine's estimate for a <=4-token prompt
+    engine = ParallelEngine(model, tok, DecodingConfig(**base, max_cache_bytes=2 * per_sample))
+    samples = engine.generate(["a b", "c d e"], n=3)
+    assert engine.stats["chunks"] == 3  # 6 samples, 2 fit the budget at once
+    assert sum(s.num_blocks for s in samples) >= 2
+    assert max_gap(model, tags, samples, "unseen") <= 1e-4
+    with pytest.raises(ValueError, match="max_cache_bytes 1000 is below one sample's cache"):
+        ParallelEngine(model, tok, DecodingConfig(**base, max_cache_bytes=1000)).generate(["a b"])
+
+
+class Traced(torch.Tensor):
+    """Tensors derived from the model's logits; counts every read of their values on the host."""
+
+    reads = 0
+    READS = (torch.Tensor.tolist, torch.Tensor.item, torch.Tensor.__float__, torch.Tensor.__int__,
+             torch.Tensor.__bool__, torch.Tensor.__index__)  # fmt: skip
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        if func in cls.READS:
+            cls.reads += 1
+        return super().__torch_function__(func, types, args, kwargs or {})
+
+
+class TracedLM(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.inner, self.config, self.generation_config = model, model.config, model.generation_config
+
+    def get_input_embeddings(self):
+        return self.inner.get_input_embeddings()
+
+    def forward(self, **kw):
+        out = self.inner(**kw)
+        out.logits = out.logits.as_subclass(Traced)
+        return out
+
+
+def test_at_most_one_host_read_per_decode_step():
+    model, tok = build_tiny_model("qwen2")
+    tags = TagIds.from_tokenizer(tok)
+    model = with_tag_bias(model, tags)
+    engine = ParallelEngine(TracedLM(model), tok, DecodingConfig(num_paths=3, max_new_tokens=60, max_path_tokens=10, seed=2, batch_size=4))
+    Traced.reads = 0
+    samples = engine.generate(["one two", "three", "four five six"], n=2)
+    st = engine.stats
+    assert st["forks"] >= 3 and st["chunks"] == 2
+    # every read of a model-derived value is one of the counted ones: the sampled ids once per step,
+    # the log-probs once per chunk
+    assert Traced.reads == st["step_syncs"] + st["chunk_syncs"]
+    assert st["step_syncs"] <= st["forwards"] and st["chunk_syncs"] == st["chunks"]
+    assert st["copy_bytes"] > 0  # prompt copies for n=2 and dropped rows; forks copy nothing
+    assert max_gap(model, tags, samples, "unseen") <= 1e-4
+
+
+def test_bf16_autocast_rollouts_match_a_bf16_trainer():
+    """The trainer under bf16 autocast scores in bf16; a float32 rollout then differs from it by the
+    bf16 rounding, a bf16 rollout only by batching/kernel order (docs/decoding.md)."""
+    model, tok = build_tiny_model("llama")
+    tags = TagIds.from_tokenizer(tok)
+    model = with_tag_bias(model, tags)
+    cfg = dict(max_new_tokens=60, max_path_tokens=12, seed=4)
+    bf16 = ParallelEngine(model, tok, DecodingConfig(**cfg, dtype="bfloat16")).generate(["hello there", "x y z"], n=2)
+    fp32 = ParallelEngine(model, tok, DecodingConfig(**cfg)).generate(["hello there", "x y z"], n=2)
+    assert sum(s.num_blocks for s in bf16) >= 1
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        gap_bf16 = max_gap(model, tags, bf16, "unseen")
+        gap_fp32 = max_gap(model, tags, fp32, "unseen")
+    assert gap_bf16 <= 0.05
+    assert gap_bf16 < gap_fp32
+    with pytest.raises(ValueError, match="dtype 'fp8'"):
+        DecodingConfig(dtype="fp8")
+
+
+def test_devices_and_attention_are_checked_before_any_model_loads(tmp_path):
+    from types import SimpleNamespace
+
+    from parallel_r1.devices import check_unseen_attention, resolve_device, resolve_dtype
+    from parallel_r1.train.rl import RLConfig, _check
+
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    with pytest.raises(ValueError, match=rf"device 'cuda:{n}': this machine has"):
+        resolve_device(f"cuda:{n}")
+    assert resolve_device("cpu") == torch.device("cpu") and resolve_dtype("bf16") is torch.bfloat16 and resolve_dtype("auto") is None
+    for impl in ("flash_attention_2", "flash_attention_3", "flex_attention"):
+        with pytest.raises(ValueError, match=rf"'{impl}' ignores the Unseen layout's 4-D attention mask.*'sdpa' or 'eager'"):
+            check_unseen_attention(SimpleNamespace(config=SimpleNamespace(_attn_implementation=impl)))
+    check_unseen_attention("eager")
+    model, tok = build_tiny_model("llama")
+    model.config._attn_implementation = "flash_attention_2"
+    with pytest.raises(ValueError, match="flash_attention_2"):
+        ParallelEngine(model, tok, DecodingConfig())
+    ParallelEngine(model, tok, DecodingConfig(variant="seen"))  # causal: any implementation will do
+    with pytest.raises(ValueError, match="rollout_batch_size: must be > 0"):
+        _check(RLConfig(output_dir=str(tmp_path), rollout_batch_size=0, use_cpu=True, report_to="none"))

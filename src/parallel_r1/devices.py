@@ -98,3 +98,10 @@ def params_sharded(model: torch.nn.Module) -> bool:
     if any(isinstance(m, (FSDPModule, FullyShardedDataParallel)) for m in model.modules()):
         return True
     return any(isinstance(p, DTensor) or hasattr(p, "ds_id") for p in model.parameters())
+
+
+if __name__ == "__main__":  # `python -m parallel_r1.devices` under a launcher: which process am I?
+    from accelerate import PartialState
+
+    state = PartialState(cpu=not torch.cuda.is_available())
+    print(f"rank {state.process_index} of {state.num_processes} ({state.distributed_type}, {state.backend}, {state.device})", flush=True)
