@@ -22,6 +22,7 @@ interval of the difference (resampling problems, each problem's sft and rl outco
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import random
@@ -118,12 +119,16 @@ def run_experiment(path: str) -> dict:
     out = Path(recipe["out"])
     ev, rl = recipe["eval"], recipe["rl"]
     sft_model = ensure_sft(recipe["sft"])
-    # the SFT model's evaluation is shared by every experiment with the same SFT model and eval settings
+    run_rl(rl, sft_model, out)
+    # The SFT model's evaluation is shared by every experiment with the same SFT model and eval
+    # settings; a lock lets experiments run side by side (the second one waits, then reuses it).
     shared = sft_model.parent / "sft_eval" / f"{ev['benchmark']}-{ev['problems']}x{ev.get('samples', 1)}-seed{ev.get('seed', 0)}-T{ev.get('temperature', 1.0)}"
-    run_eval(ev, rl, "sft", sft_model, shared)
+    shared.mkdir(parents=True, exist_ok=True)
+    with open(shared / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        run_eval(ev, rl, "sft", sft_model, shared)
     if not (out / "eval" / "sft").exists():
         shutil.copytree(shared / "eval" / "sft", out / "eval" / "sft")
-    run_rl(rl, sft_model, out)
     run_eval(ev, rl, "rl", out, out)
     name = ev["benchmark"]
     before, after = (per_problem(out / "eval" / t / "completions.jsonl", name) for t in ("sft", "rl"))
