@@ -28,6 +28,7 @@ import os
 import random
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -67,10 +68,44 @@ def run_rl(rl: dict, model: Path, out: Path) -> Path:
     recipe = out / "rl_recipe.yaml"
     atomic_write_text(recipe, yaml.safe_dump(dict(rl, model=str(model), output_dir=str(out)), sort_keys=False))
     trainer, ckpt = build_trainer(parse_config(["--config", str(recipe)]))
+    time_steps(trainer, out / "timing.jsonl")
     trainer.train(resume_from_checkpoint=ckpt)
     trainer.save_model(str(out))
     (out / "DONE.json").write_text("{}\n")
     return out
+
+
+def time_steps(trainer, path: Path) -> None:
+    """Profile of every RL step into ``timing.jsonl``: generation seconds, step seconds (the rest
+    is the old-log-prob and loss forward/backward over prompt + completion tokens, the optimiser,
+    logging, checkpoint writes), and the prompt / completion tokens the loss forward reads. A step
+    runs from one generation to the next (the last one to the end of training)."""
+    from transformers import TrainerCallback
+
+    from parallel_r1.io import JsonlAppender
+
+    sink, pending = JsonlAppender(path), []
+    inner = trainer._generate
+
+    def flush(now: float) -> None:
+        if pending:
+            row = pending.pop()
+            sink.write(dict(row, step_s=round(now - row.pop("t0"), 2)))
+
+    def timed(prompts):
+        now = time.perf_counter()
+        flush(now)
+        out = inner(prompts)
+        pending.append(dict(rl_step=trainer.rl_step(), t0=now, gen_s=round(time.perf_counter() - now, 2), rollouts=len(out[1]),
+                            prompt_tokens=sum(map(len, out[0])), completion_tokens=sum(map(len, out[1]))))  # fmt: skip
+        return out
+
+    class LastStep(TrainerCallback):
+        def on_train_end(self, *args, **kwargs):
+            flush(time.perf_counter())
+
+    trainer._generate = timed
+    trainer.add_callback(LastStep())
 
 
 def run_eval(ev: dict, rl: dict, tag: str, model: Path, out: Path) -> dict:
