@@ -58,7 +58,7 @@ class DemoConfig:
     sft_steps: int | None = field(default=None, metadata={"help": "SFT optimiser steps (default 30; quick 15)."})
     sft_batch_size: int = field(default=8, metadata={"help": "SFT traces per step."})
     sft_learning_rate: float = field(default=3e-4, metadata={"help": "SFT learning rate (full fine-tune)."})
-    rl_steps: int | None = field(default=None, metadata={"help": "RL steps (default 8; quick 2)."})
+    rl_steps: int | None = field(default=None, metadata={"help": "RL steps (default 10: the alternating schedule's first window, 8 accuracy + 2 parallel-aware steps; quick 2)."})
     rl_reward: str = field(default="alternating", metadata={"help": "RL reward or schedule by name (parallel_r1.rewards): e.g. accuracy, alternating, scaffold."})
     rl_data: str = field(default="synthetic_easy", metadata={"help": "RL problems: synthetic_easy, synthetic_hard or any data set name of `parallel-r1 rl`."})
     rl_prompts: int = field(default=4, metadata={"help": "Prompts per RL step."})
@@ -73,7 +73,7 @@ class DemoConfig:
     def __post_init__(self):
         q = self.quick
         self.sft_steps = self.sft_steps if self.sft_steps is not None else (15 if q else 30)
-        self.rl_steps = self.rl_steps if self.rl_steps is not None else (2 if q else 8)
+        self.rl_steps = self.rl_steps if self.rl_steps is not None else (2 if q else 10)
         self.eval_problems = self.eval_problems if self.eval_problems is not None else (16 if q else 256)
         names = STAGES if self.stages == "all" else tuple(s.strip() for s in self.stages.split(",") if s.strip())
         unknown = [s for s in names if s not in STAGES]
