@@ -1,6 +1,7 @@
 """Our Unseen RL step vs a plain TRL GRPO step: same model, same prompts, same batch, one run.
 
-    .venv/bin/python bench/rl_step.py [--model PATH|smollm2|tiny] [--steps 3] [--max-new-tokens 64]
+    .venv/bin/python bench/rl_step.py      # SmolLM2-135M, 2 prompts x 4 rollouts, v3 prompt
+    .venv/bin/python bench/rl_step.py [--model PATH|smollm2|tiny] [--steps 2] [--template no_prompt]
 
 "ours" = ``parallel-r1 rl`` (ParallelGRPOTrainer, Unseen engine rollouts through rollout_func,
 path-isolating layout in the loss, rollout/metrics logging). "plain" = ``trl.GRPOTrainer`` with
@@ -8,8 +9,9 @@ its own transformers generation and a causal forward. Both run the same number o
 the same weights, in alternating rounds; the first step of each trainer is a warm-up and is not
 timed, and checkpoint writes are timed apart (see Timer). Prints the step-time ratio
 ours / plain (goal <= 1.15), the share of each step spent generating, and the ratio of the
-non-generation part. Completion lengths differ between the two samplers, so time per
-completion token is printed too.
+non-generation part (the loss forward/backward over prompt + completion tokens, and the
+optimiser step). Completion lengths differ between the two samplers, so time per completion
+token is printed too, and the prompt / completion tokens each step's loss forward reads.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ class Timer:
     """
 
     def __init__(self, trainer):
-        self.gen, self.steps, self.tokens, self.saves = [], [], [], []
+        self.gen, self.steps, self.tokens, self.prompt_tokens, self.saves = [], [], [], [], []
         self._t0 = None
         self._saving = 0.0
         inner = trainer._generate
@@ -56,6 +58,7 @@ class Timer:
             out = inner(prompts)
             self.gen.append(time.perf_counter() - now)
             self.tokens.append(sum(len(c) for c in out[1]))
+            self.prompt_tokens.append(sum(len(p) for p in out[0]))
             return out
 
         trainer._generate = timed
@@ -64,18 +67,19 @@ class Timer:
     def close(self):
         """End of training: time the last step, drop the warm-up step."""
         self.steps.append(time.perf_counter() - self._t0 - self._saving)
-        self.steps, self.gen, self.tokens = self.steps[1:], self.gen[1:], self.tokens[1:]
+        self.steps, self.gen, self.tokens, self.prompt_tokens = self.steps[1:], self.gen[1:], self.tokens[1:], self.prompt_tokens[1:]
 
     @classmethod
     def empty(cls) -> Timer:
         t = cls.__new__(cls)
-        t.gen, t.steps, t.tokens, t.saves = [], [], [], []
+        t.gen, t.steps, t.tokens, t.prompt_tokens, t.saves = [], [], [], [], []
         return t
 
     def extend(self, other: Timer) -> None:
         self.gen += other.gen
         self.steps += other.steps
         self.tokens += other.tokens
+        self.prompt_tokens += other.prompt_tokens
         self.saves += other.saves
 
 
@@ -95,8 +99,8 @@ def prepare(model: str, out: Path) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="tiny", help="tiny (random, seconds), smollm2, or a checkpoint folder")
-    ap.add_argument("--steps", type=int, default=3, help="timed RL steps per round (after one warm-up step)")
+    ap.add_argument("--model", default="smollm2", help="smollm2 (default), tiny (random, seconds), or a checkpoint folder")
+    ap.add_argument("--steps", type=int, default=2, help="timed RL steps per round (after one warm-up step)")
     ap.add_argument("--rounds", type=int, default=2, help="rounds of (ours, plain), each on fresh trainers")
     ap.add_argument("--prompts", type=int, default=2)
     ap.add_argument("--num-generations", type=int, default=4)
@@ -176,6 +180,9 @@ def main() -> None:
     print(f"per completion token:       {(so / max(ko, 1)) / (sp / max(kp, 1)):.3f}")
     print(f"non-generation part ratio:  {(so - go) / (sp - gp):.3f}")
     print(f"share of our step spent in generation: {go / so:.1%}")
+    po = sum(t_ours.prompt_tokens) / len(t_ours.prompt_tokens)
+    print(f"tokens per step read by the loss forward: {po:.0f} prompt ({po / a.prompts / a.num_generations:.0f} per rollout, "
+          f"re-read by each of the {a.num_generations} rollouts of a group) + {ko:.0f} completion ({po / (po + ko):.0%} prompt)")
     if t_ours.saves or t_plain.saves:
         print(f"checkpoint writes left out of the step times: ours {sum(t_ours.saves):.2f} s in {len(t_ours.saves)}, "
               f"plain {sum(t_plain.saves):.2f} s in {len(t_plain.saves)}")

@@ -1,0 +1,256 @@
+"""Run one CPU experiment of docs/experiments.md from its recipe: SFT model -> RL -> held-out eval.
+
+    PYTHONPATH=src python scripts/experiment.py recipes/experiments/e1_alternating.yaml
+    PYTHONPATH=src python scripts/experiment.py --plots runs/exp/e1_alternating runs/exp/e2_accuracy
+
+A recipe (``recipes/experiments/*.yaml``) has four parts:
+
+* ``out``: the run folder (RL run, ``eval/{sft,rl}/``, ``summary.json``, ``report.html``);
+* ``sft``: ``parallel-r1 demo`` fields for the cold-start model (``out`` + sizes); the demo's
+  ``base`` and ``sft`` stages are run when ``<sft.out>/sft/DONE.json`` is missing, so every
+  experiment that names the same ``sft.out`` starts from the same SFT model;
+* ``rl``: ``parallel-r1 rl`` fields (``model`` and ``output_dir`` are filled in);
+* ``eval``: held-out ``benchmark`` (test split), ``problems``, ``samples`` per problem,
+  sampler ``seed``, and the paired bootstrap's ``resamples`` / ``seed``.
+
+Every stage is resumable: the RL run continues from its last checkpoint, an evaluation from its
+completions file. ``summary.json`` holds accuracy before / after with the 95 % paired bootstrap
+interval of the difference (resampling problems, each problem's sft and rl outcomes together).
+``--plots`` draws the docs figures (docs/img/exp_*.png) from finished run folders.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import os
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+
+
+def load_recipe(path: str) -> dict:
+    recipe = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    for key in ("out", "sft", "rl", "eval"):
+        if key not in recipe:
+            raise ValueError(f"{path}: missing top-level field {key!r} (out, sft, rl, eval)")
+    for key in ("benchmark", "problems"):
+        if key not in recipe["eval"]:
+            raise ValueError(f"{path}: eval.{key} is required")
+    return recipe
+
+
+def ensure_sft(sft: dict) -> Path:
+    """The cold-start model of the demo's ``base`` + ``sft`` stages under ``sft['out']``."""
+    from parallel_r1.demo import DemoConfig, run_demo
+
+    cfg = DemoConfig(stages="base,sft", gsm8k=False, **sft)
+    model = cfg.dirs()["sft"]
+    if not (model / "DONE.json").exists():
+        run_demo(cfg)
+    return model
+
+
+def run_rl(rl: dict, model: Path, out: Path) -> Path:
+    from parallel_r1.io import atomic_write_text
+    from parallel_r1.train.rl import build_trainer, parse_config
+
+    if (out / "DONE.json").exists():
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    recipe = out / "rl_recipe.yaml"
+    atomic_write_text(recipe, yaml.safe_dump(dict(rl, model=str(model), output_dir=str(out)), sort_keys=False))
+    trainer, ckpt = build_trainer(parse_config(["--config", str(recipe)]))
+    time_steps(trainer, out / "timing.jsonl")
+    trainer.train(resume_from_checkpoint=ckpt)
+    trainer.save_model(str(out))
+    (out / "DONE.json").write_text("{}\n")
+    return out
+
+
+def time_steps(trainer, path: Path) -> None:
+    """Profile of every RL step into ``timing.jsonl``: generation seconds, step seconds (the rest
+    is the old-log-prob and loss forward/backward over prompt + completion tokens, the optimiser,
+    logging, checkpoint writes), and the prompt / completion tokens the loss forward reads. A step
+    runs from one generation to the next (the last one to the end of training)."""
+    from transformers import TrainerCallback
+
+    from parallel_r1.io import JsonlAppender
+
+    sink, pending = JsonlAppender(path), []
+    inner = trainer._generate
+
+    def flush(now: float) -> None:
+        if pending:
+            row = pending.pop()
+            sink.write(dict(row, step_s=round(now - row.pop("t0"), 2)))
+
+    def timed(prompts):
+        now = time.perf_counter()
+        flush(now)
+        out = inner(prompts)
+        pending.append(dict(rl_step=trainer.rl_step(), t0=now, gen_s=round(time.perf_counter() - now, 2), rollouts=len(out[1]),
+                            prompt_tokens=sum(map(len, out[0])), completion_tokens=sum(map(len, out[1]))))  # fmt: skip
+        return out
+
+    class LastStep(TrainerCallback):
+        def on_train_end(self, *args, **kwargs):
+            flush(time.perf_counter())
+
+    trainer._generate = timed
+    trainer.add_callback(LastStep())
+
+
+def run_eval(ev: dict, rl: dict, tag: str, model: Path, out: Path) -> dict:
+    from parallel_r1.evaluate import EvalConfig, evaluate
+
+    n = int(ev.get("samples", 1))
+    cfg = EvalConfig(
+        model=str(model), out=str(out / "eval" / tag), benchmarks=[ev["benchmark"]], k={ev["benchmark"]: 1},
+        samples={ev["benchmark"]: n}, template=rl.get("template", "no_prompt"), variant=rl.get("variant", "unseen"),
+        max_new_tokens=rl["max_completion_length"], num_paths=rl.get("num_paths", 2), max_blocks=rl.get("max_blocks", 2),
+        max_path_tokens=rl.get("max_path_tokens"), temperature=float(ev.get("temperature", 1.0)),
+        limit=int(ev["problems"]), batch_size=int(ev.get("batch_size", 16)), seed=int(ev.get("seed", 0)),
+    )  # fmt: skip
+    print(f"\n== eval {tag}: {model}", flush=True)
+    return evaluate(cfg)
+
+
+def per_problem(path: Path, benchmark: str) -> dict[str, float]:
+    """{problem id: share of its samples that are correct} from an eval's completions.jsonl."""
+    from parallel_r1.io import read_jsonl
+
+    hits: dict[str, list[bool]] = {}
+    for r in read_jsonl(path, skip_bad=True):
+        if r["benchmark"] == benchmark:
+            hits.setdefault(str(r["problem_id"]), []).append(bool(r["correct"]))
+    return {pid: sum(v) / len(v) for pid, v in hits.items()}
+
+
+def paired_bootstrap(before: list[float], after: list[float], resamples: int = 10_000, seed: int = 0) -> dict:
+    """Mean of ``after - before`` over problems and its 95 % percentile interval, resampling problems."""
+    if len(before) != len(after) or not before:
+        raise ValueError("paired_bootstrap: need two equally long, non-empty lists")
+    diffs = [a - b for a, b in zip(after, before)]
+    n = len(diffs)
+    rng = random.Random(seed)
+    means = sorted(sum(diffs[rng.randrange(n)] for _ in range(n)) / n for _ in range(resamples))
+    return {"diff": sum(diffs) / n, "lo": means[int(0.025 * resamples)], "hi": means[int(0.975 * resamples) - 1],
+            "n_problems": n, "resamples": resamples, "seed": seed}  # fmt: skip
+
+
+def run_experiment(path: str) -> dict:
+    from parallel_r1.io import atomic_write_json, atomic_write_text
+    from parallel_r1.report import build_report
+
+    recipe = load_recipe(path)
+    out = Path(recipe["out"])
+    ev, rl = recipe["eval"], recipe["rl"]
+    sft_model = ensure_sft(recipe["sft"])
+    run_rl(rl, sft_model, out)
+    # The SFT model's evaluation is shared by every experiment with the same SFT model and eval
+    # settings; a lock lets experiments run side by side (the second one waits, then reuses it).
+    shared = sft_model.parent / "sft_eval" / f"{ev['benchmark']}-{ev['problems']}x{ev.get('samples', 1)}-seed{ev.get('seed', 0)}-T{ev.get('temperature', 1.0)}"
+    shared.mkdir(parents=True, exist_ok=True)
+    with open(shared / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        run_eval(ev, rl, "sft", sft_model, shared)
+    if not (out / "eval" / "sft").exists():
+        shutil.copytree(shared / "eval" / "sft", out / "eval" / "sft")
+    run_eval(ev, rl, "rl", out, out)
+    name = ev["benchmark"]
+    before, after = (per_problem(out / "eval" / t / "completions.jsonl", name) for t in ("sft", "rl"))
+    ids = sorted(before.keys() & after.keys())
+    boot = paired_bootstrap([before[i] for i in ids], [after[i] for i in ids], int(ev.get("resamples", 10_000)), int(ev.get("bootstrap_seed", 0)))
+    results = {t: json.loads((out / "eval" / t / "results.json").read_text())["benchmarks"][name] for t in ("sft", "rl")}
+    summary = {
+        "recipe": path, "benchmark": name,
+        "accuracy": {t: results[t]["mean@k"] for t in results},
+        "parallel_ratio": {t: results[t]["parallel_ratio"] for t in results},
+        "mean_length": {t: results[t]["mean_length"] for t in results},
+        "difference": boot,
+    }  # fmt: skip
+    atomic_write_json(out / "summary.json", summary)
+    atomic_write_text(out / "report.html", build_report(out))
+    b = boot
+    print(f"\n{name} held-out accuracy ({b['n_problems']} problems): sft {summary['accuracy']['sft']:.3f} -> rl {summary['accuracy']['rl']:.3f}; "
+          f"difference {b['diff']:+.3f}, 95 % paired bootstrap interval [{b['lo']:+.3f}, {b['hi']:+.3f}]")  # fmt: skip
+    return summary
+
+
+# ----------------------------------------------------------------------------- docs figures
+
+
+def plots(run_dirs: list[str], img: Path) -> None:
+    """E2 (parallel ratio and accuracy per RL step, runs side by side) and E3 (<Parallel> position)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from parallel_r1.analysis import analyze_run
+
+    runs = {Path(d).name: analyze_run(d) for d in run_dirs}
+    img.mkdir(parents=True, exist_ok=True)
+
+    def smooth(ys, w=3):
+        return [sum(ys[max(0, i - w + 1) : i + 1]) / len(ys[max(0, i - w + 1) : i + 1]) for i in range(len(ys))]
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    for name, a in runs.items():
+        steps = [s["step"] for s in a["steps"]]
+        for ax, key in zip(axes, ("accuracy", "parallel_ratio")):
+            ys = [s[key] if s[key] is not None else float("nan") for s in a["steps"]]
+            (line,) = ax.plot(steps, ys, alpha=0.3)
+            ax.plot(steps, smooth(ys), color=line.get_color(), label=f"{name} (3-step mean)")
+    for ax, title in zip(axes, ("rollout accuracy", "parallel ratio (valid block)")):
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("RL step")
+        ax.grid(alpha=0.3)
+        ax.set_ylim(-0.03, 1.03)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(img / "exp_e2_curves.png", dpi=80)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(5, 3))
+    for name, a in runs.items():
+        steps = [s["step"] for s in a["steps"]]
+        ys = [s["mean_parallel_position"] if s["mean_parallel_position"] is not None else float("nan") for s in a["steps"]]
+        ax.plot(steps, ys, marker="o", ms=2, label=name)
+    ax.set_title("mean relative position of <Parallel> (0 = start)", fontsize=10)
+    ax.set_xlabel("RL step")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(img / "exp_e3_position.png", dpi=80)
+    plt.close(fig)
+    for name, a in runs.items():
+        t = a["position_trend"]
+        print(f"{name}: <Parallel> position first third {t['early']}, last third {t['late']}, shift {t['shift']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("recipe", nargs="*", help="recipes/experiments/*.yaml (run in order)")
+    ap.add_argument("--plots", nargs="+", metavar="RUN_DIR", help="draw docs/img/exp_e2_curves.png and exp_e3_position.png from these runs")
+    ap.add_argument("--img", default="docs/img")
+    a = ap.parse_args(argv)
+    for path in a.recipe:
+        load_recipe(path)  # every recipe error before any model loads
+    for path in a.recipe:
+        run_experiment(path)
+    if a.plots:
+        plots(a.plots, Path(a.img))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
