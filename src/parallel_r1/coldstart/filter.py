@@ -83,6 +83,12 @@ def read_traces(path: str | os.PathLike) -> list[dict]:
             )
         return rows
     for n, r in enumerate(read_jsonl(path), 1):
+        missing = [k for k in ("response", "answer") if k not in r] + ([] if "problem" in r or "prompt" in r else ["problem (or prompt)"])
+        if missing:
+            raise ValueError(
+                f"{path}:{n}: missing field(s) {', '.join(missing)}; expected `coldstart generate` rows or SFT rows "
+                "(problem, response, answer)"
+            )
         if "problem_id" in r:  # coldstart generate
             rid = f"{r['problem_id']}#{r.get('sample_index', 0)}"
         else:
