@@ -50,8 +50,9 @@ def _value_fits(value, tp) -> bool:
         return any(_value_fits(value, a) for a in args)
     if tp is type(None):
         return value is None
-    if origin is list:
-        return isinstance(value, list) and (not args or all(_value_fits(v, args[0]) for v in value))
+    if origin is list:  # one string is one item, as on a command line
+        items = [value] if isinstance(value, str) else value
+        return isinstance(items, list) and (not args or all(_value_fits(v, args[0]) for v in items))
     if origin is dict:
         return isinstance(value, dict)
     if origin is typing.Literal:
