@@ -82,13 +82,9 @@ def read_traces(path: str | os.PathLike) -> list[dict]:
                 )
             )
         return rows
+    fields: set[str] = set()
     for n, r in enumerate(read_jsonl(path), 1):
-        missing = [k for k in ("response", "answer") if k not in r] + ([] if "problem" in r or "prompt" in r else ["problem (or prompt)"])
-        if missing:
-            raise ValueError(
-                f"{path}:{n}: missing field(s) {', '.join(missing)}; expected `coldstart generate` rows or SFT rows "
-                "(problem, response, answer)"
-            )
+        fields.update(r)
         if "problem_id" in r:  # coldstart generate
             rid = f"{r['problem_id']}#{r.get('sample_index', 0)}"
         else:
@@ -103,6 +99,13 @@ def read_traces(path: str | os.PathLike) -> list[dict]:
                 answer=str(r.get("answer") or "").strip(),
                 where=f"{path}:{n}",
             )
+        )
+    # A row without a response is counted (no_response); a file where no row has one has the wrong columns.
+    missing = [k for k in ("response",) if k not in fields] + ([] if fields & {"problem", "prompt"} else ["problem (or prompt)"])
+    if rows and missing:
+        raise ValueError(
+            f"{path}: no row has the field(s) {', '.join(missing)}; expected `coldstart generate` or SFT rows "
+            f"(problem, response, answer), found: {', '.join(sorted(fields))}"
         )
     return rows
 
