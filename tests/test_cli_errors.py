@@ -291,7 +291,11 @@ def test_coldstart_filter_names_missing_fields_and_refuses_zero_length(tmp_path,
     src = tmp_path / "wrong.jsonl"
     src.write_text(json.dumps({"question": "1+1?", "trace": "Final Answer: 2"}) + "\n")
     rc, err = run_cli(capsys, "coldstart", "filter", "--input", src, "--output", tmp_path / "o.jsonl")
-    assert rc == 2 and f"{src}: no row has the field(s) response, problem (or prompt)" in err and "found: question, trace" in err
+    assert (
+        rc == 2
+        and f"{src}: no row has the field(s) response, problem (or prompt)" in err
+        and "found: question, trace" in err
+    )
     assert not (tmp_path / "o.jsonl").exists()
     rc, err = run_cli(
         capsys, "coldstart", "filter", "--input", src, "--output", tmp_path / "o.jsonl", "--max_length", 0
