@@ -21,6 +21,7 @@ import sys
 # Order = the curriculum's order.
 COMMANDS = (
     "prepare-model",
+    "make-tiny-model",
     "midtrain",
     "coldstart",
     "sft",
@@ -77,6 +78,26 @@ def parse_command(name: str, argv: list[str]) -> tuple:
     return parse_config(f"parallel-r1 {name}", module.HELP, module.CONFIG, argv)
 
 
+INTERRUPTED = "interrupted; what was written so far is kept, re-run to continue"
+
+
+def error_line(e: BaseException) -> str | None:
+    """The one-line message for an error the user can fix (bad input, a path that cannot be
+    read or written, a bad recipe), or None for a bug (its traceback is shown)."""
+    import yaml
+
+    if isinstance(e, OSError) and e.strerror:  # PermissionError, IsADirectoryError, NotADirectoryError, ...
+        where = f"{e.filename} -> {e.filename2}" if e.filename2 else e.filename
+        return f"{e.strerror.lower()}: {where}" if where else e.strerror.lower()
+    if isinstance(e, KeyError):
+        return str(e.args[0]) if e.args else "missing key"
+    if isinstance(e, yaml.YAMLError):
+        return f"malformed YAML: {str(e).splitlines()[0]}"
+    if isinstance(e, (OSError, ValueError, ImportError)):  # ImportError: an optional extra (vLLM) missing
+        return str(e)
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     debug, argv = _pop_debug(argv)
@@ -88,16 +109,20 @@ def main(argv: list[str] | None = None) -> int:
         _top_parser().print_usage(sys.stderr)
         print(f"parallel-r1: unknown command {name!r}; known: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
+    parsing = True
     try:
         configs = parse_command(name, rest)
+        parsing = False
         return int(command_module(name).run(*configs) or 0)
     except KeyboardInterrupt:
-        print(f"\nparallel-r1 {name}: interrupted; what was written so far is kept, re-run to continue", file=sys.stderr)
+        print(f"\nparallel-r1 {name}: {getattr(command_module(name), 'ON_INTERRUPT', INTERRUPTED)}", file=sys.stderr)
         return 130
-    except (FileNotFoundError, ValueError, KeyError, ImportError) as e:  # ImportError: an optional extra (vLLM) missing
-        if debug:
+    except Exception as e:
+        msg = error_line(e)
+        if msg is None and parsing and isinstance(e, TypeError):  # a recipe value of the wrong type
+            msg = f"bad value in the config: {e}"
+        if debug or msg is None:
             raise
-        msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
         # library functions prefix their messages with the command name for callers outside the CLI
         msg = msg.removeprefix(f"{name}: ")
         print(f"parallel-r1 {name}: error: {msg}", file=sys.stderr)

@@ -80,6 +80,12 @@ class DemoConfig:
         if unknown:
             raise ValueError(f"demo: unknown stage(s) {', '.join(unknown)}; known: {', '.join(STAGES)}")
         self.stage_list = names
+        from .validate import non_negative, one_of, positive
+
+        one_of(self, "variant", ("unseen", "seen"))
+        positive(self, "sft_steps", "sft_batch_size", "sft_learning_rate", "rl_steps", "rl_prompts", "rl_rollouts", "rl_learning_rate")
+        positive(self, "eval_problems", "max_new_tokens", "max_path_tokens")
+        non_negative(self, "seed")
         from .rewards import get_schedule
 
         try:  # fail now, not after the SFT stage

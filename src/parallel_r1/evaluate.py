@@ -105,6 +105,11 @@ class EvalConfig:
             raise KeyError(f"unknown grader {self.grader!r}; known: {', '.join(GRADERS)}")
         if self.extractor not in EXTRACTORS:
             raise KeyError(f"unknown extractor {self.extractor!r}; known: {', '.join(EXTRACTORS)}")
+        from .validate import fraction, non_negative, positive
+
+        positive(self, "max_new_tokens", "batch_size", "limit", "num_paths", "max_path_tokens", "grading_workers")
+        non_negative(self, "temperature", "path_temperature", "top_k", "max_blocks")
+        fraction(self, "top_p")
         for name in self.benchmarks:
             k, n = self.k_of(name), self.n_of(name)
             if k < 1:
@@ -259,10 +264,15 @@ def _cut(text: str, stop: Sequence[str]) -> str:
 def check_run_folder(out: Path, cfg: EvalConfig) -> None:
     """Fail when ``out`` holds results of another run (other model or sample-changing settings).
 
-    Called before the model loads, so a wrong ``output_dir`` costs nothing.
+    Called before the model loads, so a wrong ``output_dir`` costs nothing. A ``run.json`` beside
+    no completion (a run that failed before its first sample) records nothing to protect: it is
+    rewritten, so the corrected re-run goes ahead.
     """
+    from .validate import output_folder
+
+    output_folder(out)
     path = out / "run.json"
-    if path.exists():
+    if path.exists() and done_samples(out / "completions.jsonl"):
         try:
             old = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
@@ -272,7 +282,7 @@ def check_run_folder(out: Path, cfg: EvalConfig) -> None:
         if diff:
             detail = "; ".join(f"{f}: {old_ident.get(f)!r} there, {ident.get(f)!r} now" for f in diff)
             raise ValueError(f"eval: {out} holds results of another run ({detail}); use another output_dir")
-    elif (out / "completions.jsonl").exists() or (out / "results.json").exists():
+    elif not path.exists() and ((out / "completions.jsonl").exists() or (out / "results.json").exists()):
         raise ValueError(f"eval: {out} has results but no run.json; it is not an eval folder of this tool, use another output_dir")
 
 
@@ -281,7 +291,7 @@ def open_run_folder(out: Path, cfg: EvalConfig, extra: dict | None = None) -> No
     check_run_folder(out, cfg)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "run.json"
-    if not path.exists():
+    if not path.exists() or not done_samples(out / "completions.jsonl"):
         atomic_write_json(path, {"identity": cfg.identity(), **(extra or {})})
 
 
@@ -425,19 +435,9 @@ def run_identity(cfg: EvalConfig) -> dict:
 
 def load_for_eval(model_path: str):
     """Model and tokenizer, with the tag tokens added in memory when the checkpoint lacks them."""
-    from .models import add_tag_tokens, check_model_source, has_tag_tokens, load_model, load_tokenizer
+    from .models import load_with_tags
 
-    check_model_source(model_path)
-    try:
-        tok = load_tokenizer(model_path)
-        model = load_model(model_path).eval()
-    except FileNotFoundError:
-        raise
-    except OSError as e:  # transformers: not a local folder and not loadable from the hub (offline, typo)
-        raise FileNotFoundError(f"eval: cannot load model {model_path!r}: not a local folder, and loading it as a hub id failed ({str(e).splitlines()[0]})") from None
-    added = False
-    if not has_tag_tokens(tok):
-        add_tag_tokens(model, tok)
-        added = True
+    model, tok, added = load_with_tags(model_path)
+    if added:
         print(f"eval: {model_path} has no tag tokens; added them in memory (as prepare-model does)", file=sys.stderr)
     return model, tok, added

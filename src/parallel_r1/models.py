@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import json
 import os
@@ -58,13 +59,7 @@ def smollm2_checkpoint() -> Path:
     if hasattr(model.config, "__dict__"):
         model.config.__dict__.pop("quantization_config", None)
     model.is_quantized = False
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)  # atomic: a crash mid-conversion leaves no half checkpoint behind
-    return out
+    return save_checkpoint(model, tok, out)
 
 
 def resolve(name_or_path: str | os.PathLike) -> str:
@@ -75,13 +70,29 @@ def resolve(name_or_path: str | os.PathLike) -> str:
     return name
 
 
+# Top folders that hold this project's own outputs (every recipe writes under runs/): a path
+# starting there is local even before the folder exists.
+LOCAL_ROOTS = ("runs",)
+
+
+def looks_local(name: str) -> bool:
+    """Whether ``name`` is meant as a local path rather than a hub id ("name" or "org/name"):
+    ``./x``, ``../x``, ``~/x``, absolute paths, more than two components, ``runs/x``, or any
+    path whose first component exists here."""
+    if name.startswith((".", "/", "~")) or Path(name).is_absolute():
+        return True
+    parts = Path(name).parts
+    return len(parts) > 2 or (len(parts) == 2 and (parts[0] in LOCAL_ROOTS or Path(parts[0]).exists()))
+
+
 def check_model_source(name_or_path: str | os.PathLike) -> None:
-    """Fail early and clearly on a path that looks local but does not exist."""
+    """Fail at once on a missing path that looks local (:func:`looks_local`), instead of trying it
+    as a hub id (offline, that is a minute of retries and a traceback)."""
     name = str(name_or_path)
     if name in ALIASES or Path(name).expanduser().exists():
         return
-    if name.startswith((".", "/", "~")) or name.count("/") > 1:  # hub ids are "name" or "org/name"
-        raise FileNotFoundError(f"model path does not exist: {name}")
+    if looks_local(name):
+        raise FileNotFoundError(f"model path does not exist: {name} (a local path, so it is not looked up on the hub)")
 
 
 def load_tokenizer(name_or_path: str | os.PathLike, **kwargs):
@@ -137,19 +148,69 @@ def add_tag_tokens(model, tokenizer) -> int:
     return len(missing)
 
 
-def prepare_model(src: str, out: str | os.PathLike) -> Path:
-    """Load ``src``, add the tags, save a ready-to-train checkpoint to ``out`` (atomically)."""
+def load_with_tags(name_or_path: str | os.PathLike, dtype: torch.dtype | str = torch.float32):
+    """``(model in eval mode, tokenizer, added)``: the six tags are added in memory when the
+    checkpoint lacks them (``add_tag_tokens``, as ``prepare-model`` does; nothing is written)."""
+    check_model_source(name_or_path)
+    try:
+        tok = load_tokenizer(name_or_path)
+        model = load_model(name_or_path, dtype=dtype).eval()
+    except FileNotFoundError:
+        raise
+    except OSError as e:  # transformers: not a local folder and not loadable from the hub (offline, typo)
+        raise FileNotFoundError(
+            f"cannot load model {str(name_or_path)!r}: not a local folder, and loading it as a hub id failed ({str(e).splitlines()[0]})"
+        ) from None
+    added = not has_tag_tokens(tok)
+    if added:
+        add_tag_tokens(model, tok)
+    return model, tok, added
+
+
+def claim_output_dir(out: str | os.PathLike, mark: str, force: bool = False) -> Path:
+    """Check that a checkpoint may be written to ``out`` before anything loads: ``out`` is not a
+    file, and a non-empty folder is replaced only when it holds ``mark`` (our own earlier output of
+    the same kind) or with ``force``; whatever else it holds is never deleted silently."""
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(errno.EEXIST, "exists and is not a folder", str(out))
+    if out.is_dir() and any(out.iterdir()) and not (out / mark).exists() and not force:
+        raise ValueError(f"{out} is not empty and is not an earlier output of this command; choose another folder, or pass --force to replace what it holds")
+    return out
+
+
+def save_checkpoint(model, tokenizer, out: str | os.PathLike, mark: str | None = None, info: dict | None = None) -> Path:
+    """Save model + tokenizer to ``out`` atomically: written to ``OUT.tmp`` and moved in place, so a
+    crash leaves either the old folder or the new one, and never a ``OUT.tmp`` behind.
+    ``mark``: a file name recording ``info`` (which command wrote the folder)."""
+    out = Path(out)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if mark:
+            (tmp / mark).write_text(json.dumps(info or {}))
+        shutil.rmtree(out, ignore_errors=True)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+PREPARED_MARK = "parallel_r1_prepared.json"
+TINY_MARK = "parallel_r1_tiny.json"
+
+
+def prepare_model(src: str, out: str | os.PathLike, force: bool = False) -> Path:
+    """Load ``src``, add the tags, save a ready-to-train checkpoint to ``out`` (atomically).
+    ``out`` is checked first (:func:`claim_output_dir`), so a wrong folder costs no loading."""
+    out = claim_output_dir(out, PREPARED_MARK, force)
+    check_model_source(src)
     tok = load_tokenizer(src)
     model = load_model(src)
     add_tag_tokens(model, tok)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
-    return out
+    return save_checkpoint(model, tok, out, PREPARED_MARK, {"source": str(src)})
 
 
 CHAT_TEMPLATE = (
@@ -211,11 +272,9 @@ def build_tiny_model(arch: str = "llama", tokenizer=None, hidden_size: int = 64,
     return model, tok
 
 
-def save_tiny_model(out: str | os.PathLike, arch: str = "llama", **kwargs) -> Path:
-    """Write a tiny model + tokenizer checkpoint to ``out`` (for recipes and tests)."""
-    out = Path(out)
+def save_tiny_model(out: str | os.PathLike, arch: str = "llama", force: bool = False, **kwargs) -> Path:
+    """Write a tiny model + tokenizer checkpoint to ``out`` (for recipes and tests); ``out`` follows
+    :func:`claim_output_dir`."""
+    out = claim_output_dir(out, TINY_MARK, force)
     model, tok = build_tiny_model(arch, **kwargs)
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    (out / "parallel_r1_tiny.json").write_text(json.dumps({"arch": arch}))
-    return out
+    return save_checkpoint(model, tok, out, TINY_MARK, {"arch": arch})

@@ -82,7 +82,9 @@ def read_traces(path: str | os.PathLike) -> list[dict]:
                 )
             )
         return rows
+    fields: set[str] = set()
     for n, r in enumerate(read_jsonl(path), 1):
+        fields.update(r)
         if "problem_id" in r:  # coldstart generate
             rid = f"{r['problem_id']}#{r.get('sample_index', 0)}"
         else:
@@ -97,6 +99,13 @@ def read_traces(path: str | os.PathLike) -> list[dict]:
                 answer=str(r.get("answer") or "").strip(),
                 where=f"{path}:{n}",
             )
+        )
+    # A row without a response is counted (no_response); a file where no row has one has the wrong columns.
+    missing = [k for k in ("response",) if k not in fields] + ([] if fields & {"problem", "prompt"} else ["problem (or prompt)"])
+    if rows and missing:
+        raise ValueError(
+            f"{path}: no row has the field(s) {', '.join(missing)}; expected `coldstart generate` or SFT rows "
+            f"(problem, response, answer), found: {', '.join(sorted(fields))}"
         )
     return rows
 

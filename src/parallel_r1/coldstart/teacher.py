@@ -240,6 +240,7 @@ class GenerateStats:
     skipped: int = 0  # already on disk
     failed: int = 0
     successes: int = 0  # valid parallel format and correct answer
+    last_error: str | None = None  # of the last failed request
 
 
 def score_row(text: str, gold: str) -> dict:
@@ -300,6 +301,7 @@ def generate(
                 bar.update(1)
                 if c.text is None or not c.text.strip():
                     stats.failed += 1
+                    stats.last_error = c.error or "empty response"
                     with JsonlAppender(errors_path, fsync=False) as ef:
                         ef.write(dict(problem_id=str(p.id), sample_index=k, error=c.error or "empty response", time=time.time()))
                     continue

@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import enum
 import os
+import types as pytypes
+import typing
 from pathlib import Path
 
 
@@ -37,6 +40,52 @@ def load_yaml(path: str | os.PathLike) -> dict:
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping of field: value, got {type(data).__name__}")
     return data
+
+
+def _value_fits(value, tp) -> bool:
+    """Whether a YAML value can become a field of type ``tp``. Strings are what a command line
+    gives, so a string fits a number or a boolean when it reads as one (argparse converts it)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, pytypes.UnionType):
+        return any(_value_fits(value, a) for a in args)
+    if tp is type(None):
+        return value is None
+    if origin is list:  # one string is one item, as on a command line
+        items = [value] if isinstance(value, str) else value
+        return isinstance(items, list) and (not args or all(_value_fits(v, args[0]) for v in items))
+    if origin is dict:
+        return isinstance(value, dict)
+    if origin is typing.Literal:
+        return value in args
+    if tp in (int, float):
+        if isinstance(value, str):
+            try:
+                tp(value)
+            except ValueError:
+                return False
+            return True
+        return isinstance(value, (int, float) if tp is float else int) and not isinstance(value, bool)
+    if tp is bool:
+        return isinstance(value, bool) or (isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"))
+    if tp is str:
+        return isinstance(value, (str, int, float)) and not isinstance(value, bool)
+    return True  # enums, TRL's own types: their parsers decide
+
+
+def check_types(path: str | os.PathLike, values: dict, types: tuple[type, ...]) -> None:
+    """A recipe value of the wrong type (a list for a count, text for a number) is one error
+    naming the file, the key and the value, instead of a failure deep inside a stage."""
+    hints = {}
+    for t in types:
+        try:
+            hints.update({k: v for k, v in typing.get_type_hints(t).items() if k not in hints})
+        except (NameError, TypeError):  # an annotation that cannot be resolved is not checked
+            continue
+    for key, value in values.items():
+        tp = hints.get(key)
+        if tp is not None and not (isinstance(tp, type) and issubclass(tp, enum.Enum)) and not _value_fits(value, tp):
+            name = getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+            raise ValueError(f"{path}: {key}: expected {name}, got {value!r}")
 
 
 def _split_config_flag(argv: list[str]) -> tuple[str | None, list[str]]:
@@ -68,6 +117,7 @@ def parse_config(prog: str, description: str, types: tuple[type, ...], argv: lis
         unknown = [k for k in values if k not in fields]
         if unknown:
             raise ValueError(f"{path}: unknown key(s) {', '.join(map(repr, unknown))} for `{prog}`; known: {', '.join(sorted(fields))}")
+        check_types(path, values, types)
         for key, value in env.items():
             os.environ[str(key)] = str(value)
         parser.set_defaults_with_config(**values)

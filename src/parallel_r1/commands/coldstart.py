@@ -24,7 +24,7 @@ class TracesConfig:
     limit: int | None = field(default=None, metadata={"help": "First N problems only."})
     n: int = field(default=1, metadata={"help": "Samples per problem."})
     prompt_file: str | None = field(default=None, metadata={"help": "Teacher prompt with one {Problem} placeholder (default: the built-in one)."})
-    base_url: str = field(default="http://127.0.0.1:8000/v1", metadata={"help": "OpenAI-compatible endpoint (openai teacher)."})
+    base_url: str | None = field(default=None, metadata={"help": "OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1 for a local vLLM server (required by the openai teacher)."})
     model: str | None = field(default=None, metadata={"help": "Served model name (openai) or local model path/alias (local)."})
     api_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "Environment variable holding the API key."})
     concurrency: int = field(default=8, metadata={"help": "Requests in flight at once."})
@@ -45,6 +45,13 @@ class TracesConfig:
         if self.teacher != "synthetic" and not self.model:
             what = "the served model name" if self.teacher == "openai" else "a model path or alias"
             raise ValueError(f"--model is required for the {self.teacher} teacher ({what})")
+        if self.teacher == "openai" and not self.base_url:
+            raise ValueError("--base_url is required for the openai teacher (e.g. http://127.0.0.1:8000/v1 for a local vLLM server)")
+        from ..validate import fraction, non_negative, positive
+
+        positive(self, "n", "limit", "concurrency", "timeout", "max_new_tokens", "batch_size")
+        non_negative(self, "max_retries", "backoff", "temperature")
+        fraction(self, "top_p")
 
 
 @dataclass
@@ -61,6 +68,11 @@ class FilterConfig:
     grader: str = field(default="math_verify", metadata={"help": "math_verify | minerva_exact."})
     gsm8k_join: bool = field(default=True, metadata={"help": "Grade against GSM8K gold joined by question (--no_gsm8k_join skips it)."})
     data_dir: str | None = field(default=None, metadata={"help": "Folder of the shipped data sets."})
+
+    def __post_init__(self):
+        from ..validate import positive
+
+        positive(self, "max_length")
 
 
 ACTIONS = {"generate": TracesConfig, "filter": FilterConfig}
@@ -123,6 +135,9 @@ def run(cfg: TracesConfig | FilterConfig) -> int:
             progress=cfg.progress,
         )
         print(summary_line(stats, Path(cfg.output)))
+        if stats.failed and not stats.written:  # nothing came back: a dead endpoint, a wrong model, ...
+            print(f"parallel-r1 coldstart generate: error: every request failed; last: {stats.last_error}", file=sys.stderr)
+            return 1
         return 0
     from ..coldstart.filter import run_filter
 

@@ -6,12 +6,14 @@
 
 Prompts go through the chosen template (``parallel_v3`` by default) and the model's chat
 template. With ``--output`` every sample is appended to a jsonl as it is produced; otherwise the
-completions are printed.
+completions are printed. A checkpoint without the six tag tokens (``smollm2`` straight from
+its package) gets them in memory, as ``eval`` does; ``--logprobs`` adds the per-token log-probs.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import sys
 from dataclasses import dataclass, field
 
 HELP = "sample completions with the parallel decoding engine"
@@ -47,6 +49,7 @@ class GenerateConfig:
     constrain_tags: bool = field(default=True, metadata={"help": "Unseen: never sample a tag that would break the block structure."})
     batch_size: int = field(default=64, metadata={"help": "Samples decoded together (paths add rows)."})
     seed: int | None = field(default=None, metadata={"help": "Seed of the sampler (default: nondeterministic)."})
+    logprobs: bool = field(default=False, metadata={"help": "Also write each sample's completion tokens (`tokens`) and their log-probs (`logprobs`, the sampling distribution's, as the trainer computes them)."})
 
     def __post_init__(self):
         if (self.problem is None) == (self.problems is None):
@@ -55,6 +58,14 @@ class GenerateConfig:
             raise ValueError(f"unknown dtype {self.dtype!r}; known: float32, bfloat16, float16")
         if self.backend not in ("transformers", "vllm"):
             raise ValueError(f"unknown backend {self.backend!r}; known: transformers, vllm")
+        from ..prompts import TEMPLATES
+        from ..validate import fraction, non_negative, one_of, positive
+
+        one_of(self, "template", TEMPLATES)
+        one_of(self, "variant", ("unseen", "seen"))
+        positive(self, "n", "limit", "num_paths", "max_new_tokens", "max_path_tokens", "batch_size")
+        non_negative(self, "max_blocks", "temperature", "path_temperature", "top_k")
+        fraction(self, "top_p")
 
 
 CONFIG = (GenerateConfig,)
@@ -65,10 +76,10 @@ def run(cfg: GenerateConfig) -> int:
 
     from ..decoding import DecodingConfig, ParallelEngine
     from ..io import JsonlAppender
-    from ..models import load_model, load_tokenizer
+    from ..models import load_with_tags
     from ..prompts import build_prompt
 
-    dcfg = DecodingConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(DecodingConfig)})
+    dcfg = DecodingConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(DecodingConfig) if hasattr(cfg, f.name)})
     if cfg.problem:
         problems = [(f"problem-{i}", text) for i, text in enumerate(cfg.problem)]
     else:
@@ -82,9 +93,10 @@ def run(cfg: GenerateConfig) -> int:
         engine = VLLMEngine(cfg.model, dcfg, llm_kwargs=dict(dtype=cfg.dtype))
         tok = engine.tokenizer
     else:
-        tok = load_tokenizer(cfg.model)
-        model = load_model(cfg.model, dtype=getattr(torch, cfg.dtype))
-        engine = ParallelEngine(model, tok, dcfg)  # refuses a model without the tag tokens before decoding
+        model, tok, added = load_with_tags(cfg.model, dtype=getattr(torch, cfg.dtype))
+        if added:
+            print(f"generate: {cfg.model} has no tag tokens; added them in memory (as prepare-model does)", file=sys.stderr)
+        engine = ParallelEngine(model, tok, dcfg)
     prompts = [build_prompt(text, tok, cfg.template) for _, text in problems]
     log = JsonlAppender(cfg.output) if cfg.output else None
     for start in range(0, len(prompts), dcfg.batch_size):
@@ -99,6 +111,8 @@ def run(cfg: GenerateConfig) -> int:
                 backend=s.backend,
                 exact=s.exact,
             )
+            if cfg.logprobs:
+                row.update(tokens=tok.convert_ids_to_tokens(list(s.completion_ids)), logprobs=[float(x) for x in s.logprobs])
             if log:
                 log.write(row)
             else:

@@ -22,6 +22,9 @@ from dataclasses import dataclass, field
 
 HELP = "grade and reward saved completions (jsonl in, jsonl out)"
 
+# score writes its output in one pass and keeps no state: a stopped run starts again from the top.
+ON_INTERRUPT = "interrupted; score has nothing to resume: run it again (the output file is rewritten from the start)"
+
 CHUNK = 256  # rows graded together; output is written chunk by chunk
 
 
@@ -35,6 +38,13 @@ class ScoreConfig:
     extractor: str = field(default="auto", metadata={"help": "Answer extraction for `correct`: final_answer | boxed | auto."})
     workers: int | None = field(default=None, metadata={"help": "Grading processes (default: all CPUs)."})
     timeout: float = field(default=5.0, metadata={"help": "Seconds per answer before it is graded wrong."})
+
+    def __post_init__(self):
+        from ..validate import positive
+
+        positive(self, "workers", "timeout")
+        if self.step < 1:
+            raise ValueError(f"--step must be >= 1 (the paper's steps start at 1), got {self.step}")
 
 
 CONFIG = (ScoreConfig,)
@@ -115,8 +125,6 @@ def run(cfg: ScoreConfig) -> int:
         raise KeyError(f"unknown grader {cfg.grader!r}; known: {', '.join(grading.GRADERS)}")
     if cfg.extractor not in grading.EXTRACTORS:
         raise KeyError(f"unknown extractor {cfg.extractor!r}; known: {', '.join(grading.EXTRACTORS)}")
-    if cfg.step < 1:
-        raise ValueError(f"--step must be >= 1 (the paper's steps start at 1), got {cfg.step}")
     rewards = cfg.rewards or list(REWARDS)
     for name in rewards:
         get_schedule(name)  # unknown names fail before any work

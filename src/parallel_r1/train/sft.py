@@ -120,6 +120,8 @@ class ParallelSFTConfig(SFTConfig):
             raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {self.variant!r}")
         if self.bf16 is None:
             self.bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+        if self.report_to in (None, [None], []):  # a recipe without report_to: the documented default
+            self.report_to = "none"
         if isinstance(self.train_data, str):
             self.train_data = [self.train_data]
         if isinstance(self.eval_data, str):
