@@ -266,3 +266,21 @@ def test_transformers_requests_cut_at_the_first_stop():
         [RequestParams(max_tokens=4, stop_token_ids=[5, 9]), RequestParams(max_tokens=2, stop_token_ids=[5, 9])],
     )
     assert [o.outputs[0].token_ids for o in out] == [[4, 5], [1, 2]]  # stop kept; the second cut at its own budget
+
+
+def test_readiness_recipe_evaluates_few_shot_before_and_zero_shot_after(tmp_path):
+    from pathlib import Path
+
+    from parallel_r1.train.readiness import eval_config, load_config
+
+    repo = Path(__file__).resolve().parents[1]
+    midtrain = (repo / "recipes" / "midtrain_llama32_3b.yaml").read_text()
+    assert "recipes/readiness_octothinker.yaml" in midtrain
+    cfg = load_config(repo / "recipes" / "readiness_octothinker.yaml", branches={"long": str(tmp_path / "long")},
+                      rl=str(repo / "recipes" / "rl_octothinker.yaml"))  # fmt: skip
+    assert (cfg.rl["dataset"], cfg.rl["max_completion_length"]) == ("math8k", 4096)
+    before = eval_config(cfg, str(tmp_path / "long"), tmp_path / "b", "base")
+    after = eval_config(cfg, str(tmp_path / "rl"), tmp_path / "a", "rl")
+    assert (before.template, before.max_new_tokens, before.model_kind) == ("fewshot", 1024, "base")
+    assert (after.template, after.max_new_tokens, after.model_kind) == ("orz", 4096, "rl")
+    assert before.benchmarks == after.benchmarks and before.temperature == after.temperature == 0.0
