@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from parallel_r1 import analysis, report, tables
+from parallel_r1 import metrics as M
 from parallel_r1.cli import main
 from parallel_r1.format import analyze as analyze_trace
 from parallel_r1.io import write_jsonl
@@ -93,7 +94,9 @@ def test_analysis_per_step_matches_rollouts(tmp_path):
     rows = [json.loads(line) for line in (run / "rollouts.jsonl").read_text().splitlines()]
     for s in a["steps"]:
         g = [r for r in rows if r["step"] == s["step"]]
-        assert s["parallel_ratio"] == pytest.approx(np.mean([r["uses_parallel"] for r in g]))
+        # uses_parallel (writes <Parallel>) is the opens_parallel share; the parallel ratio counts valid closed blocks
+        assert s["opens_parallel"] == pytest.approx(np.mean([r["uses_parallel"] for r in g]))
+        assert s["parallel_ratio"] == pytest.approx(np.mean([M.has_parallel_block(r["completion"]) for r in g]))
         assert s["accuracy"] == pytest.approx(np.mean([r["correct"] for r in g]))
         assert s["reward"] == pytest.approx(np.mean([r["reward"] for r in g]))
         pos = [p for r in g for p in r["positions"]]
@@ -153,7 +156,7 @@ def test_summary_rows_and_markdown_table(tmp_path):
     assert rl["gsm8k"]["pass@k"] is None  # k = 1: pass@1 is mean@1, not repeated
     assert rows[0]["avg_accuracy"] == pytest.approx(0.75)
     md = tables.format_summary_markdown(rows).splitlines()
-    assert md[0] == "| model | AIME24 mean@2 | AIME24 pass@2 | AIME24 parallel % | AIME24 length | GSM8K mean@1 | GSM8K parallel % | GSM8K length | avg acc |"
+    assert md[0] == "| model | AIME24 mean@2 | AIME24 pass@2 | AIME24 parallel ratio % | AIME24 length | GSM8K mean@1 | GSM8K parallel ratio % | GSM8K length | avg acc |"
     assert md[2] == "| base | 75.0 | 100.0 | 50.0 | 30 | 75.0 | 50.0 | 30 | 75.0 |"
     assert [line.split(" | ")[0] for line in md[2:]] == ["| base", "| sft", "| rl"]
     assert analysis.eval_summary(run) == "\n".join(md)

@@ -114,3 +114,44 @@ def test_verl_maj_reference_agrees_on_full_sample():
         vote2vals[p].append(v)
     maj = max({k: len(v) for k, v in vote2vals.items()}, key=lambda k: len(vote2vals[k]))
     assert M.majority_correct(preds, [bool(v) for v in vals]) == bool(vote2vals[maj][0])
+
+
+# ----------------------------------------------------------------------------- one behaviour definition
+
+TRACES = [
+    "<Parallel><Path>a</Path><Path>b</Path></Parallel>\n<Summary>s</Summary>Final Answer: 1",  # valid block
+    "<Parallel><Path>only one</Path></Parallel>\n<Summary>s</Summary>Final Answer: 1",  # closed, 1 path: not valid
+    "<Parallel><Path>a</Path><Path>b",  # opened, never closed
+    "3 + 4 = 7\nFinal Answer: 7",  # sequential
+    "x <Parallel><Path>a</Path><Path>b</Path></Parallel>\n<Summary>s</Summary> <Parallel><Path>c",  # one valid, one open
+]
+
+
+def test_behaviour_definition_on_hand_made_traces():
+    assert [M.has_parallel_block(t) for t in TRACES] == [True, False, False, False, True]
+    assert [M.opens_parallel(t) for t in TRACES] == [True, True, True, False, True]
+    assert M.behaviour(TRACES) == {"parallel_ratio": 0.4, "opens_parallel": 0.8}
+    assert M.behaviour([]) == {"parallel_ratio": None, "opens_parallel": None}
+
+
+def test_rl_metrics_and_analysis_agree_on_the_same_rollouts(tmp_path):
+    """The trainer's logged metrics and ``analyze`` of the rollouts it wrote: one definition, one number."""
+    from types import SimpleNamespace
+
+    from parallel_r1 import analysis
+    from parallel_r1.io import JsonlAppender, read_jsonl
+    from parallel_r1.train.rl_trainer import ParallelGRPOTrainer
+
+    rows = [
+        {"step": 3, "prompt_id": f"p{i % 2}", "prompt": "q", "completion": t, "answer": "1", "reward": 1.0, "correct": i % 2 == 0,
+         "reward_mode": "accuracy", "length": 10 + i, "clipped": False, "ids": []}
+        for i, t in enumerate(TRACES * 2)
+    ]  # fmt: skip
+    with JsonlAppender(tmp_path / "rollouts.jsonl") as sink:
+        trainer = SimpleNamespace(tag_ids=None, _rollouts=sink, rl_step=lambda: 3)
+        ParallelGRPOTrainer._record(trainer, rows)
+    logged = trainer._rl_metrics
+    (step,) = analysis.steps_from_rollouts(list(read_jsonl(tmp_path / "rollouts.jsonl")))
+    for key in ("parallel_ratio", "opens_parallel"):
+        assert logged[key] == pytest.approx(step[key])
+    assert (logged["parallel_ratio"], logged["opens_parallel"]) == (0.4, 0.8)

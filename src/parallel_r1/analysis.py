@@ -4,7 +4,7 @@ Reads the run folder of ``parallel-r1 rl`` (docs/INTERFACES.md): ``rollouts.json
 per completion), ``metrics.jsonl`` (one row per RL step), ``config.yaml`` and
 ``eval/<tag>/results.json``, and writes ``RUN_DIR/analysis.json``:
 
-* per RL step: parallel ratio, mean blocks, mean relative ``<Parallel>`` position (the paper's
+* per RL step: parallel ratio and opens-``<Parallel>`` share (:func:`parallel_r1.metrics.behaviour`), mean blocks, mean relative ``<Parallel>`` position (the paper's
   figure 3: blocks move from the start, exploration, towards the end, verification), accuracy,
   mean reward and the reward mode of the step, completion length (mean, max), share of
   completions clipped by the budget, format-error rate;
@@ -33,7 +33,7 @@ from .tables import format_summary_markdown, summary_rows
 
 CLIP_THRESHOLD = 0.5
 STEP_KEYS = (
-    "parallel_ratio", "mean_blocks", "mean_parallel_position", "format_error_rate", "accuracy",
+    "parallel_ratio", "opens_parallel", "mean_blocks", "mean_parallel_position", "format_error_rate", "accuracy",
     "reward", "mean_length", "max_length", "clipped_ratio",
 )
 
@@ -81,7 +81,7 @@ def steps_from_rollouts(rows: list[dict], budget: int | None = None) -> list[dic
             "step": step,
             "n": len(g),
             "reward_mode": Counter(str(r.get("reward_mode", "")) for r in g).most_common(1)[0][0] or None,
-            "parallel_ratio": M.parallel_ratio([bool(r.get("uses_parallel")) for r in g]),
+            **M.behaviour([r.get("completion") or "" for r in g]),
             "mean_blocks": M.mean_blocks([int(r.get("num_blocks", 0)) for r in g]),
             "mean_parallel_position": M.mean_parallel_position([r.get("positions") or [] for r in g]),
             "format_error_rate": M.format_error_rate([bool(r.get("format_ok", True)) for r in g]),
@@ -225,7 +225,8 @@ def format_summary(a: dict) -> str:
     if steps:
         first, last = steps[0], steps[-1]
         lines.append(f"{'':22}{'step ' + str(first['step']):>12}{'step ' + str(last['step']):>12}")
-        for label, key, pct in (("parallel ratio", "parallel_ratio", True), ("<Parallel> position", "mean_parallel_position", False),
+        for label, key, pct in ((M.LABELS["parallel_ratio"], "parallel_ratio", True), (M.LABELS["opens_parallel"], "opens_parallel", True),
+                                ("<Parallel> position", "mean_parallel_position", False),
                                 ("accuracy", "accuracy", True), ("reward", "reward", False), ("mean length", "mean_length", False),
                                 ("clipped", "clipped_ratio", True), ("format errors", "format_error_rate", True)):
             lines.append(f"{label:22}{_f(first.get(key), pct):>12}{_f(last.get(key), pct):>12}")

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .io import atomic_write_json
+from .metrics import LABELS
 
 STAGES = ("base", "sft", "rl", "eval", "report")
 MODELS = ("base", "sft", "rl")
@@ -304,7 +305,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         atomic_write_json(marker, {"stage": stage, "seconds": timings[stage], "config": _plain(cfg), **info})
         print(f"== {stage}: finished in {timings[stage]:.0f}s")
     rows, table = summary(cfg)
-    print("\nSummary (held-out problems; mean@1 = accuracy, parallel % = completions with a valid <Parallel> block)")
+    print(f"\nSummary (held-out problems; mean@1 = accuracy, {LABELS['parallel_ratio']} % = completions with a valid closed <Parallel> block)")
     print(table)
     if (out / "report.html").exists():
         print(f"\nreport: {out / 'report.html'}")

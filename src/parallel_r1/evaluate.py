@@ -45,12 +45,18 @@ from .io import JsonlAppender, atomic_write_json, read_jsonl
 
 # Samples per problem by default (the paper: AIME/AMC mean@16 + pass@16, MATH mean@1).
 DEFAULT_K = {"aime24": 16, "aime25": 16, "amc23": 16, "math500": 1, "math": 1, "gsm8k": 1}
+# The apo sets hold 16 copies of each AIME/AMC problem: k=1 per row is already the paper's mean@16
+# (summarize groups the copies by extra["problem_index"] for pass@16).
+DEFAULT_K.update({"apo_aime24": 1, "apo_aime25": 1, "apo_amc23": 1, "math300": 1, "olympiadbench": 1})
 TEMPLATE_CHOICES = ("parallel_v3", "baseline", "fewshot", "no_prompt", "parallel_v2", "orz")
 # Settings that change what a sample is: a results folder only continues under the same ones.
 IDENTITY = (
     "model", "template", "variant", "grader", "extractor", "temperature", "top_p", "top_k",
-    "max_new_tokens", "num_paths", "max_blocks", "max_path_tokens", "path_temperature",
+    "max_new_tokens", "num_paths", "max_blocks", "max_path_tokens", "path_temperature", "protocol", "decoding",
 )
+# What a run.json written before a field existed means by its absence.
+IDENTITY_DEFAULTS = {"protocol": "custom", "decoding": "engine"}
+DECODINGS = ("engine", "paper")
 
 
 @dataclass
@@ -63,17 +69,20 @@ class EvalConfig:
 
     model: str = field(metadata={"help": "Model: local folder, hub id, or alias (`smollm2`)."})
     output_dir: str = field(metadata={"help": "Results folder: results.json, completions.jsonl, run.json. Re-running continues it."})
-    benchmarks: list[str] = field(default_factory=lambda: ["aime24", "aime25", "amc23", "math500"], metadata={"help": "Benchmark names (parallel_r1.data.registry.KNOWN), hub ids or files; space- or comma-separated."})
-    k: str = field(default="", metadata={"help": "k per benchmark, e.g. `aime24=16,amc23=16,math500=1` or one number for all; unset ones use the paper's table (AIME/AMC 16, MATH/GSM8K 1)."})
+    protocol: str = field(default="custom", metadata={"help": "Evaluation protocol (parallel_r1.protocols): custom (the defaults below), parallel_r1 (the paper's grader, benchmarks, sampling), octothinker (few-shot base / zero-shot RL models). It fills every setting not given explicitly; explicit flags win (docs/eval.md)."})
+    model_kind: str | None = field(default=None, metadata={"help": "base | rl: which OctoThinker setting applies (few-shot base models, zero-shot RL models); unset = read from the model folder."})
+    benchmarks: list[str] | None = field(default=None, metadata={"help": "Benchmark names (parallel_r1.data.registry.KNOWN), hub ids or files; space- or comma-separated. Default: the protocol's (custom: aime24 aime25 amc23 math500)."})
+    k: str = field(default="", metadata={"help": "k per benchmark, e.g. `aime24=16,amc23=16,math500=1` or one number for all; unset ones use the protocol's table (custom: AIME/AMC 16, MATH/GSM8K 1)."})
     samples: str = field(default="", metadata={"help": "Samples per problem when more than k are wanted (better pass@k estimates), same syntax as k; default n = k."})
-    template: str = field(default="parallel_v3", metadata={"help": "Prompt: parallel_v3 (the paper's final prompt), baseline, fewshot (OctoThinker few-shot, base models), no_prompt, parallel_v2 (pilot SFT data), orz (OctoThinker RL template, \\boxed{} answers)."})
+    template: str | None = field(default=None, metadata={"help": "Prompt: parallel_v3 (the paper's final prompt), baseline, fewshot (OctoThinker few-shot, base models), no_prompt, parallel_v2 (pilot SFT data), orz (OctoThinker RL template, \\boxed{} answers). Default: the protocol's (custom: parallel_v3)."})
     variant: str = field(default="unseen", metadata={"help": "Generation: `unseen` (paths isolated, engine-orchestrated) or `seen` (free causal generation)."})
-    grader: str = field(default="math_verify", metadata={"help": "Answer checker: math_verify or minerva_exact."})
-    extractor: str = field(default="auto", metadata={"help": "Answer extraction: final_answer, boxed, auto (Final Answer: line, else last \\boxed{})."})
-    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (paper 1.0)."})
-    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling (paper 1.0)."})
+    decoding: str = field(default="engine", metadata={"help": "`engine` (the exact decoding engine, tag-constrained) or `paper` (the paper's separate-request loop on plain `generate`: paths from the shared prefix, summary re-reading the flat text, stray tags let through; docs/eval.md)."})
+    grader: str | None = field(default=None, metadata={"help": "Answer checker: math_verify or minerva_exact. Default: the protocol's (custom: math_verify)."})
+    extractor: str | None = field(default=None, metadata={"help": "Answer extraction: final_answer, boxed, auto (Final Answer: line, else last \\boxed{}), paper (last Final Answer: in the last 300 tag-stripped characters), octothinker. Default: the protocol's (custom: auto)."})
+    temperature: float | None = field(default=None, metadata={"help": "Sampling temperature; 0 = greedy. Default: the protocol's (custom and parallel_r1 1.0, octothinker 0)."})
+    top_p: float | None = field(default=None, metadata={"help": "Nucleus sampling. Default: the protocol's (1.0)."})
     top_k: int | None = field(default=None, metadata={"help": "Top-k sampling (paper: off)."})
-    max_new_tokens: int = field(default=3000, metadata={"help": "Completion budget in tokens (paper 3000)."})
+    max_new_tokens: int | None = field(default=None, metadata={"help": "Completion budget in tokens. Default: the protocol's (custom and parallel_r1 3000, octothinker 1024 base / 4096 RL)."})
     num_paths: int = field(default=2, metadata={"help": "Paths per parallel block (Unseen)."})
     max_blocks: int = field(default=4, metadata={"help": "Max parallel blocks per completion (Unseen)."})
     max_path_tokens: int | None = field(default=None, metadata={"help": "Max tokens per path (Unseen); unset = the completion budget."})
@@ -85,9 +94,23 @@ class EvalConfig:
     grading_workers: int | None = field(default=None, metadata={"help": "Grader processes (default: CPUs)."})
 
     def __post_init__(self):
+        from .protocols import get_protocol, resolve_model_kind
+
+        proto = get_protocol(self.protocol)
+        self.model_kind = resolve_model_kind(proto, self.model, self.model_kind) if self.model else self.model_kind
+        # Explicit values win over the protocol's; which ones did is recorded (run.json, results.json).
+        self.overrides = []
+        for name, value in proto.values(self.model_kind).items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+            elif self.protocol != "custom":
+                self.overrides.append(name)
         names = [self.benchmarks] if isinstance(self.benchmarks, str) else self.benchmarks
-        self.benchmarks = list(dict.fromkeys(b.strip() for n in names for b in str(n).split(",") if b.strip()))
-        self.k = _per_benchmark(self.k, self.benchmarks, "k")
+        self.benchmarks = _expand(list(dict.fromkeys(b.strip() for n in names for b in str(n).split(",") if b.strip())))
+        explicit_k = _per_benchmark(self.k, self.benchmarks, "k")
+        if explicit_k and self.protocol != "custom":
+            self.overrides.append("k")
+        self.k = {**{b: v for b, v in proto.k.items() if b in self.benchmarks}, **explicit_k}
         self.samples = _per_benchmark(self.samples, self.benchmarks, "samples")
         if not self.model:
             raise ValueError("eval: model is required")
@@ -99,7 +122,10 @@ class EvalConfig:
             raise KeyError(f"unknown template {self.template!r}; known: {', '.join(TEMPLATE_CHOICES)}")
         if self.variant not in ("unseen", "seen"):
             raise KeyError(f"unknown variant {self.variant!r}; known: unseen, seen")
-        from .grading import EXTRACTORS, GRADERS
+        if self.decoding not in DECODINGS:
+            raise KeyError(f"unknown decoding {self.decoding!r}; known: {', '.join(DECODINGS)}")
+        from .grading import GRADERS
+        from .protocols import EXTRACTORS
 
         if self.grader not in GRADERS:
             raise KeyError(f"unknown grader {self.grader!r}; known: {', '.join(GRADERS)}")
@@ -157,6 +183,16 @@ def _per_benchmark(value, benchmarks: Sequence[str], what: str) -> dict[str, int
     return out
 
 
+def _expand(benchmarks: list[str]) -> list[str]:
+    """``apo_eval`` is several benchmarks in one file: it is scored as each of them (a table row each)."""
+    from .data.registry import APO_SOURCES
+
+    out = []
+    for b in benchmarks:
+        out += list(APO_SOURCES) if b == "apo_eval" else [b]
+    return list(dict.fromkeys(out))
+
+
 def _model_id(model: str) -> str:
     p = Path(model).expanduser()
     return str(p.resolve()) if p.exists() else model
@@ -179,8 +215,9 @@ class Completion:
 GenerateFn = Callable[[list[str], int | None], list[Completion]]
 
 
-def engine_generate_fn(model, tokenizer, cfg: EvalConfig) -> GenerateFn:
-    """Generation through :class:`parallel_r1.decoding.ParallelEngine` (Seen or Unseen)."""
+def engine_generate_fn(model, tokenizer, cfg: EvalConfig, make_engine=None) -> GenerateFn:
+    """Generation through :class:`parallel_r1.decoding.ParallelEngine` (Seen or Unseen), or
+    through ``make_engine(DecodingConfig)`` (an engine with the same ``generate``)."""
     from .decoding import DecodingConfig, ParallelEngine
     from .structure import TagIds
 
@@ -194,7 +231,8 @@ def engine_generate_fn(model, tokenizer, cfg: EvalConfig) -> GenerateFn:
             temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
             path_temperature=cfg.path_temperature, seed=seed,
         )
-        samples = ParallelEngine(model, tokenizer, dcfg).generate(prompts, n=1)
+        engine = make_engine(dcfg) if make_engine is not None else ParallelEngine(model, tokenizer, dcfg)
+        samples = engine.generate(prompts, n=1)
         samples = sorted(samples, key=lambda s: s.prompt_index)
         out = []
         for s in samples:
@@ -241,8 +279,11 @@ def _split(name: str) -> str | None:
     return "test" if name in ("gsm8k", "math") else None
 
 
-def build_prompts(name: str, problems, tokenizer, template: str, data_dir: str | os.PathLike | None = None) -> BenchmarkPrompts:
-    """Prompts of one benchmark; few-shot exemplars come from ``data_dir`` too."""
+def build_prompts(
+    name: str, problems, tokenizer, template: str, data_dir: str | os.PathLike | None = None, use_chat_template: bool | None = None
+) -> BenchmarkPrompts:
+    """Prompts of one benchmark; few-shot exemplars come from ``data_dir`` too.
+    ``use_chat_template``: ``None`` = when the tokenizer has one (``prompts.build_prompt``)."""
     from .prompts import build_prompt
 
     if template == "fewshot":
@@ -250,7 +291,7 @@ def build_prompts(name: str, problems, tokenizer, template: str, data_dir: str |
 
         prompts = [fewshot_prompt(name, p.problem, data_dir) for p in problems]
         return BenchmarkPrompts(problems, prompts, list(fewshot_stop(name, data_dir)))
-    return BenchmarkPrompts(problems, [build_prompt(p.problem, tokenizer, template) for p in problems], [])
+    return BenchmarkPrompts(problems, [build_prompt(p.problem, tokenizer, template, use_chat_template) for p in problems], [])
 
 
 def _cut(text: str, stop: Sequence[str]) -> str:
@@ -278,7 +319,7 @@ def check_run_folder(out: Path, cfg: EvalConfig) -> None:
         except json.JSONDecodeError as e:
             raise ValueError(f"eval: {path} is not valid JSON ({e.msg}); use another output_dir") from None
         old_ident, ident = old.get("identity", {}), cfg.identity()
-        diff = [f for f in IDENTITY if old_ident.get(f) != ident.get(f)]
+        diff = [f for f in IDENTITY if old_ident.get(f, IDENTITY_DEFAULTS.get(f)) != ident.get(f)]
         if diff:
             detail = "; ".join(f"{f}: {old_ident.get(f)!r} there, {ident.get(f)!r} now" for f in diff)
             raise ValueError(f"eval: {out} holds results of another run ({detail}); use another output_dir")
@@ -305,11 +346,25 @@ def done_samples(path: Path) -> dict[tuple[str, str, int], dict]:
 
 
 def summarize(rows: Sequence[dict], k: int, n: int) -> dict:
-    """One benchmark's results from its completion rows (each problem has n >= k samples)."""
+    """One benchmark's results from its completion rows (each problem has n >= k samples).
+
+    Rows with a ``group`` (the apo sets: copies of one problem) are scored per group: c copies of
+    k samples each are one problem with c*k samples, so k=1 on the 16 copies gives mean@16 and
+    pass@16. ``c`` is the fewest copies any group has (``--limit`` may cut the last round short).
+    """
     by_problem: dict[str, list[dict]] = defaultdict(list)
+    grouped = bool(rows) and all("group" in r for r in rows)
     for r in rows:
-        by_problem[str(r["problem_id"])].append(r)
-    groups = [sorted(g, key=lambda r: r["sample_index"])[:n] for g in by_problem.values()]
+        by_problem[str(r["group"] if grouped else r["problem_id"])].append(r)
+    copies = 1
+    if grouped:
+        copies = min(len({r["problem_id"] for r in g}) for g in by_problem.values())
+        # rows arrive copy by copy; keep the first `copies` copies of every group
+        groups = [[r for r in g if r["problem_id"] in _first(g, copies)] for g in by_problem.values()]
+        groups = [sorted(g, key=lambda r: r["sample_index"])[: n * copies] for g in groups]
+        k, n = k * copies, n * copies
+    else:
+        groups = [sorted(g, key=lambda r: r["sample_index"])[:n] for g in by_problem.values()]
     short = [pid for pid, g in zip(by_problem, groups) if len(g) < k]
     if short:
         raise ValueError(f"eval: problems {', '.join(short[:5])} have fewer than k={k} samples")
@@ -320,17 +375,23 @@ def summarize(rows: Sequence[dict], k: int, n: int) -> dict:
         "n_problems": len(groups),
         "k": k,
         "n_samples": n,
+        **({"copies": copies} if grouped else {}),
         "mean@k": M.mean_at_k(correct),
         "pass@k": M.pass_at_k_mean(correct, k),
         "maj@k": M.maj_at_k(preds, correct, k),
         "best@k": M.best_at_k(correct, k),
-        "parallel_ratio": M.parallel_ratio([r["uses_parallel"] for r in flat]),
+        **M.behaviour([r["completion"] for r in flat]),
         "mean_blocks": M.mean_blocks([r["num_blocks"] for r in flat]),
         "mean_length": M.mean_length([r["length"] for r in flat]),
         "format_error_rate": M.format_error_rate([r["format_ok"] for r in flat]),
         "mean_parallel_position": M.mean_parallel_position([r["positions"] for r in flat]),
         "clipped_ratio": M.clipped_ratio([r.get("finish_reason") == "length" for r in flat]),
     }
+
+
+def _first(rows: Sequence[dict], copies: int) -> set[str]:
+    """The problem ids of the first ``copies`` copies among ``rows`` (in row order)."""
+    return set(list(dict.fromkeys(r["problem_id"] for r in rows))[:copies])
 
 
 # ----------------------------------------------------------------------------- driver
@@ -342,8 +403,9 @@ def evaluate(cfg: EvalConfig, generate_fn: GenerateFn | None = None, tokenizer=N
     ``generate_fn`` replaces the engine (tests script it); ``tokenizer`` is then used for
     chat templates (``None``: templates applied as plain text).
     """
-    from .grading import EXTRACTORS, gold_answer
+    from .grading import gold_answer
     from .grading_pool import grade_answers
+    from .protocols import EXTRACTORS, get_protocol
 
     out = Path(cfg.output_dir)
     # Everything that can be wrong with the input fails here, before the model loads.
@@ -354,21 +416,27 @@ def evaluate(cfg: EvalConfig, generate_fn: GenerateFn | None = None, tokenizer=N
         for name in benches:
             prompt_set(name, cfg.data_dir)
     check_run_folder(out, cfg)
-    extra = {}
+    extra = {"protocol": protocol_record(cfg)}
     if generate_fn is None:
         model, tokenizer, added = load_for_eval(cfg.model)
         extra["tags_added_in_memory"] = added
-        generate_fn = engine_generate_fn(model, tokenizer, cfg)
+        if cfg.decoding == "paper":
+            from .decoding.paper_loop import paper_generate_fn
+
+            generate_fn = paper_generate_fn(model, tokenizer, cfg)
+        else:
+            generate_fn = engine_generate_fn(model, tokenizer, cfg)
     open_run_folder(out, cfg, extra)
     done = done_samples(out / "completions.jsonl")
     extract = EXTRACTORS[cfg.extractor]
+    chat = None if get_protocol(cfg.protocol).chat_template else False
 
     from tqdm.auto import tqdm
 
     batch_no = 0
     with JsonlAppender(out / "completions.jsonl") as sink:
         for name, problems in benches.items():
-            bp = build_prompts(name, problems, tokenizer, cfg.template, cfg.data_dir)
+            bp = build_prompts(name, problems, tokenizer, cfg.template, cfg.data_dir, use_chat_template=chat)
             n = cfg.n_of(name)
             todo = [(i, s) for i, p in enumerate(problems) for s in range(n) if (name, str(p.id), s) not in done]
             bar = tqdm(total=len(problems) * n, initial=len(problems) * n - len(todo), desc=f"{name}", unit="sample", disable=not progress)
@@ -392,6 +460,7 @@ def evaluate(cfg: EvalConfig, generate_fn: GenerateFn | None = None, tokenizer=N
                         "pred": pred, "correct": bool(ok), "uses_parallel": rep.uses_parallel, "format_ok": rep.format_ok,
                         "num_blocks": rep.num_blocks, "positions": rep.positions if c.positions is None else c.positions,
                         "length": c.length, "finish_reason": c.finish_reason,
+                        **({"group": problems[i].extra["problem_index"]} if "problem_index" in problems[i].extra else {}),
                     })
                 sink.write_many(rows)
                 for r in rows:
@@ -399,7 +468,7 @@ def evaluate(cfg: EvalConfig, generate_fn: GenerateFn | None = None, tokenizer=N
                 bar.update(len(batch))
             bar.close()
 
-    results = {"model": cfg.identity()["model"], "settings": run_identity(cfg), "benchmarks": {}}
+    results = {"model": cfg.identity()["model"], "protocol": protocol_record(cfg), "settings": run_identity(cfg), "benchmarks": {}}
     for name, problems in benches.items():
         n = cfg.n_of(name)
         rows = [done[(name, str(p.id), s)] for p in problems for s in range(n)]
@@ -419,6 +488,14 @@ def _read_results(path: Path) -> dict:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError:
         return {}  # a torn write of ours: it is rebuilt from completions.jsonl
+
+
+def protocol_record(cfg: EvalConfig) -> dict:
+    """Which protocol produced a result, for ``run.json`` and ``results.json``: its name, the model
+    kind it was applied for, and the settings given explicitly over it."""
+    from .protocols import get_protocol
+
+    return {"name": cfg.protocol, "model_kind": cfg.model_kind, "overrides": list(cfg.overrides), "reproduces": get_protocol(cfg.protocol).reproduces}
 
 
 def run_identity(cfg: EvalConfig) -> dict:

@@ -13,9 +13,14 @@ Accuracy over ``n`` samples per problem, the way the paper and its baselines rep
   graded by the correctness of its first sample (as verl's ``calc_maj_val``). Answers are
   compared as stripped strings; missing answers do not vote. The papers are silent on both.
 
-Behaviour of the responses (no code in the paper's repo; the natural definitions):
+Behaviour of the responses (no code in the paper's repo; one definition, :func:`behaviour`,
+used by eval, the RL metrics, ``analyze``, the SFT format check, ``rl-readiness``, the demo and
+the report, under the labels of :data:`LABELS`):
 
-* parallel ratio: share of responses with at least one ``<Parallel>``;
+* parallel ratio: share of responses with at least one *valid closed block*, a ``</Parallel>``
+  closing at least two closed paths (:func:`has_parallel_block`);
+* opens ``<Parallel>``: share of responses that write ``<Parallel>`` at all (the paper's reward
+  condition ``n_par >= 1``), closed or not;
 * mean relative position: mean over *all blocks* of all responses of
   offset(``<Parallel>``) / response length (``format.block_positions``);
 * format-error rate: share of responses failing the format checker (a response without
@@ -134,9 +139,40 @@ def _mean(values: Sequence[float]) -> float | None:
     return float(np.mean(values)) if len(values) else None
 
 
-def parallel_ratio(uses_parallel: Sequence[bool]) -> float | None:
-    """Share of responses with at least one ``<Parallel>``. ``uses_parallel``: [N]."""
-    return _mean([float(x) for x in uses_parallel])
+# How every table, plot and log labels the two behaviour shares.
+LABELS = {"parallel_ratio": "parallel ratio", "opens_parallel": "opens <Parallel>"}
+
+
+def has_parallel_block(text: str) -> bool:
+    """Does a response hold a valid closed block: a ``</Parallel>`` closing >= 2 closed paths?"""
+    from .format import parse
+
+    return any(len(b.paths) >= 2 for b in parse(text).blocks)
+
+
+def opens_parallel(text: str) -> bool:
+    """Does a response write ``<Parallel>`` at all (closed or not)?"""
+    from .format import PARALLEL_OPEN
+
+    return PARALLEL_OPEN in text
+
+
+def behaviour(completions: Sequence[str]) -> dict[str, float | None]:
+    """The behaviour shares of a set of responses (tags kept). ``completions``: [N].
+
+    Returns ``{"parallel_ratio": share with a valid closed block, "opens_parallel": share that
+    writes <Parallel>}``, ``None`` for an empty set.
+    """
+    return {
+        "parallel_ratio": parallel_ratio([has_parallel_block(t) for t in completions]),
+        "opens_parallel": parallel_ratio([opens_parallel(t) for t in completions]),
+    }
+
+
+def parallel_ratio(flags: Sequence[bool]) -> float | None:
+    """Share of true flags, [N] -> float (``None`` when empty): the parallel ratio of
+    :func:`has_parallel_block` flags; :func:`behaviour` computes both shares from the texts."""
+    return _mean([float(x) for x in flags])
 
 
 def mean_blocks(num_blocks: Sequence[int]) -> float | None:
@@ -171,16 +207,20 @@ def mean_parallel_position(positions: Sequence[Sequence[float]]) -> float | None
 __all__ = [
     "BOOTSTRAP_RESAMPLES",
     "BOOTSTRAP_SEED",
+    "LABELS",
+    "behaviour",
     "best_at_k",
     "bootstrap_best_at_k",
     "clipped_ratio",
     "format_error_rate",
+    "has_parallel_block",
     "maj_at_k",
     "majority_correct",
     "mean_at_k",
     "mean_blocks",
     "mean_length",
     "mean_parallel_position",
+    "opens_parallel",
     "parallel_ratio",
     "pass_at_k",
     "pass_at_k_mean",

@@ -21,6 +21,7 @@ from pathlib import Path
 from .analysis import analyze_run
 from .format import parse
 from .io import atomic_write_text, read_jsonl
+from .metrics import LABELS
 from .tables import results_table, steps_table, summary_rows, summary_table_html
 
 CSS = """
@@ -88,7 +89,7 @@ def make_plots(a: dict) -> list[tuple[str, str]]:
     if not steps:  # evaluations only: no training curves to draw
         return plots + _eval_plot(evals, plt)
     fig, ax = new("Parallel ratio and format errors", "share of completions")
-    for key, label in (("parallel_ratio", "uses <Parallel>"), ("format_error_rate", "format error")):
+    for key, label in (("parallel_ratio", LABELS["parallel_ratio"]), ("opens_parallel", LABELS["opens_parallel"]), ("format_error_rate", "format error")):
         ax.plot(*_series(steps, key), marker="o", ms=3, label=label)
     ax.set_ylim(-0.03, 1.03)
     ax.legend(fontsize=8)

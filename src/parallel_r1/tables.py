@@ -9,8 +9,25 @@ from __future__ import annotations
 
 import html
 
+from .metrics import LABELS
+
 # Benchmark names as the papers' tables print them.
-DISPLAY = {"aime24": "AIME24", "aime25": "AIME25", "amc23": "AMC23", "math500": "MATH500", "math": "MATH", "gsm8k": "GSM8K"}
+DISPLAY = {
+    "aime24": "AIME24", "aime25": "AIME25", "amc23": "AMC23", "math500": "MATH500", "math": "MATH", "gsm8k": "GSM8K",
+    "apo_aime24": "AIME24 (APO)", "apo_aime25": "AIME25 (APO)", "apo_amc23": "AMC23 (APO)", "math300": "MATH300",
+    "olympiadbench": "OlympiadBench", "math8k": "MATH8K",
+}  # fmt: skip
+# The behaviour rows of every per-benchmark table: (label, results key), labels from metrics.LABELS.
+BEHAVIOUR_ROWS = [(LABELS[k] + " %", k) for k in ("parallel_ratio", "opens_parallel")]
+
+
+def protocol_label(results: dict) -> str:
+    """Which protocol produced a ``results.json``: ``parallel_r1``, ``octothinker/base``,
+    ``parallel_r1 + max_new_tokens`` (settings given over the protocol); ``custom`` for results
+    written before protocols existed."""
+    p = results.get("protocol") or {}
+    label = p.get("name", "custom") + (f"/{p['model_kind']}" if p.get("model_kind") else "")
+    return label + "".join(f" + {o}" for o in p.get("overrides") or [])
 
 
 def pct(x) -> str:
@@ -34,7 +51,7 @@ def format_table(results: dict, title: str | None = None) -> str:
     heads = [f"{DISPLAY.get(b, b)} (k={bench[b]['k']})" for b in names] + ["Avg."]
     rows = [
         ("mean@k", "mean@k"), ("pass@k", "pass@k"), ("maj@k", "maj@k"), ("best@k (verl)", "best@k"),
-        ("parallel ratio %", "parallel_ratio"), ("format errors %", "format_error_rate"),
+        *BEHAVIOUR_ROWS, ("format errors %", "format_error_rate"),
     ]
     table = []
     for label, key in rows:
@@ -45,7 +62,7 @@ def format_table(results: dict, title: str | None = None) -> str:
         vals = [bench[b].get(key) for b in names]
         table.append([label] + ["-" if v is None else fmt.format(v) for v in vals] + [""])
     table.append(["problems"] + [str(bench[b]["n_problems"]) for b in names] + [""])
-    body = text_table(["", *heads], table)
+    body = text_table(["", *heads], table) + f"\nprotocol: {protocol_label(results)}"
     return f"{title}\n{body}" if title else body
 
 
@@ -72,7 +89,8 @@ def summary_rows(evals: dict[str, dict]) -> list[dict]:
                 "parallel_ratio": b.get("parallel_ratio"), "mean_length": b.get("mean_length"),
             }
         accs = [c["accuracy"] for c in cells.values() if c["accuracy"] is not None]
-        rows.append({"model": tag, "path": res.get("model"), "benchmarks": cells, "avg_accuracy": sum(accs) / len(accs) if accs else None})
+        rows.append({"model": tag, "path": res.get("model"), "protocol": protocol_label(res), "benchmarks": cells,
+                     "avg_accuracy": sum(accs) / len(accs) if accs else None})  # fmt: skip
     return rows
 
 
@@ -86,7 +104,7 @@ def summary_columns(rows: list[dict]) -> list[tuple[str, str, str]]:
     cols = []
     for name, ks in benches.items():
         kk = "/".join(str(k) for k in sorted(ks))
-        for label, key in (("mean@" + kk, "accuracy"), ("pass@" + kk, "pass@k"), ("parallel %", "parallel_ratio"), ("length", "mean_length")):
+        for label, key in (("mean@" + kk, "accuracy"), ("pass@" + kk, "pass@k"), (LABELS["parallel_ratio"] + " %", "parallel_ratio"), ("length", "mean_length")):
             if key == "pass@k" and max(ks) <= 1:
                 continue
             cols.append((name, key, label))
@@ -106,12 +124,18 @@ def format_summary_markdown(rows: list[dict]) -> str:
     if not rows:
         return "(no evaluation results)"
     cols = summary_columns(rows)
-    head = ["model"] + [f"{DISPLAY.get(b, b)} {label}" for b, _, label in cols] + ["avg acc"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
+    proto = _show_protocol(rows)
+    head = ["model"] + (["protocol"] if proto else []) + [f"{DISPLAY.get(b, b)} {label}" for b, _, label in cols] + ["avg acc"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * (1 + proto) + ["---:"] * (len(head) - 1 - proto)) + "|"]
     for r in rows:
-        cells = [r["model"]] + [cell(key, r["benchmarks"].get(b, {}).get(key)) for b, key, _ in cols] + [cell("accuracy", r["avg_accuracy"])]
-        lines.append("| " + " | ".join(cells) + " |")
+        cells = [r["model"]] + ([r["protocol"]] if proto else []) + [cell(key, r["benchmarks"].get(b, {}).get(key)) for b, key, _ in cols]
+        lines.append("| " + " | ".join([*cells, cell("accuracy", r["avg_accuracy"])]) + " |")
     return "\n".join(lines)
+
+
+def _show_protocol(rows: list[dict]) -> bool:
+    """A protocol column is shown when some result was not produced by the default ``custom`` protocol."""
+    return any(r.get("protocol", "custom") != "custom" for r in rows)
 
 
 def summary_table_html(rows: list[dict]) -> str:
@@ -122,15 +146,17 @@ def summary_table_html(rows: list[dict]) -> str:
     groups: dict[str, int] = {}
     for b, _, _ in cols:
         groups[b] = groups.get(b, 0) + 1
-    top = "<tr><th rowspan='2'>model</th>" + "".join(f"<th colspan='{n}'>{html.escape(DISPLAY.get(b, b))}</th>" for b, n in groups.items()) + "<th rowspan='2'>avg acc %</th></tr>"
+    proto = _show_protocol(rows)
+    top = "<tr><th rowspan='2'>model</th>" + ("<th rowspan='2'>protocol</th>" if proto else "") + "".join(f"<th colspan='{n}'>{html.escape(DISPLAY.get(b, b))}</th>" for b, n in groups.items()) + "<th rowspan='2'>avg acc %</th></tr>"
     sub = "<tr>" + "".join(f"<th>{html.escape(label)}</th>" for _, _, label in cols) + "</tr>"
     body = "".join(
         f"<tr><td title='{html.escape(str(r['path'] or ''))}'>{html.escape(r['model'])}</td>"
+        + (f"<td>{html.escape(r['protocol'])}</td>" if proto else "")
         + "".join(f"<td>{cell(key, r['benchmarks'].get(b, {}).get(key))}</td>" for b, key, _ in cols)
         + f"<td>{cell('accuracy', r['avg_accuracy'])}</td></tr>"
         for r in rows
     )
-    note = "<div class='meta'>accuracy = mean@k, pass@k = unbiased estimator (Chen et al. 2021), both in %; parallel % = completions with a &lt;Parallel&gt; block; length = mean completion tokens.</div>"
+    note = f"<div class='meta'>accuracy = mean@k, pass@k = unbiased estimator (Chen et al. 2021), both in %; {html.escape(LABELS['parallel_ratio'])} = completions with a valid closed &lt;Parallel&gt; block (metrics.behaviour); length = mean completion tokens; protocol: custom unless a column says otherwise.</div>"
     return f"<table id='eval-summary' class='summary-table'>{top}{sub}{body}</table>{note}"
 
 
@@ -141,21 +167,22 @@ def results_table(tag: str, res: dict) -> str:
     head = "".join(f"<th>{html.escape(b)} (k={html.escape(str(bench[b].get('k')))})</th>" for b in names)
     rows = []
     for label, key in (("mean@k", "mean@k"), ("pass@k", "pass@k"), ("maj@k", "maj@k"), ("best@k (verl)", "best@k"),
-                       ("parallel ratio %", "parallel_ratio"), ("format errors %", "format_error_rate")):
+                       *BEHAVIOUR_ROWS, ("format errors %", "format_error_rate")):
         rows.append(f"<tr><td>{label}</td>" + "".join(f"<td>{pct(bench[b].get(key))}</td>" for b in names) + "</tr>")
     for label, key in (("mean blocks", "mean_blocks"), ("mean length", "mean_length"), ("problems", "n_problems")):
         vals = [bench[b].get(key) for b in names]
         rows.append(f"<tr><td>{label}</td>" + "".join(f"<td>{'-' if v is None else round(v, 2)}</td>" for v in vals) + "</tr>")
-    model = html.escape(str(res.get("model", "")))
+    model = html.escape(f"{res.get('model', '')} (protocol {protocol_label(res)})")
     return f"<h3>{html.escape(tag)}</h3><div class='meta'>{model}</div><table><tr><th></th>{head}</tr>{''.join(rows)}</table>"
 
 
 def steps_table(steps: list[dict]) -> str:
     """One HTML row per RL step of :func:`parallel_r1.analysis.analyze_run`."""
-    cols = [("step", "step"), ("mode", "reward_mode"), ("parallel %", "parallel_ratio"), ("position", "mean_parallel_position"),
+    cols = [("step", "step"), ("mode", "reward_mode"), (LABELS["parallel_ratio"] + " %", "parallel_ratio"),
+            (LABELS["opens_parallel"] + " %", "opens_parallel"), ("position", "mean_parallel_position"),
             ("accuracy %", "accuracy"), ("reward", "reward"), ("mean len", "mean_length"), ("clipped %", "clipped_ratio"),
             ("format err %", "format_error_rate")]
-    percent = {"parallel_ratio", "accuracy", "clipped_ratio", "format_error_rate"}
+    percent = {"parallel_ratio", "opens_parallel", "accuracy", "clipped_ratio", "format_error_rate"}
 
     def step_cell(key, v):
         if v is None:

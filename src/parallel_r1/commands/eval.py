@@ -13,11 +13,11 @@ def run(cfg: EvalConfig) -> int:
 
     from ..evaluate import evaluate
     from ..models import check_model_source
-    from ..tables import format_table
+    from ..tables import format_table, protocol_label
 
     check_model_source(cfg.model)
     results = evaluate(cfg)
-    title = f"{results['model']}  ({cfg.template}, {cfg.variant}, T={cfg.temperature}, max {cfg.max_new_tokens} tokens)"
+    title = f"{results['model']}  ({protocol_label(results)}: {cfg.template}, {cfg.variant}, {cfg.decoding} decoding, T={cfg.temperature}, max {cfg.max_new_tokens} tokens)"
     print(format_table(results, title=title))
     out = Path(cfg.output_dir)
     print(f"\nwrote {out / 'results.json'} and {out / 'completions.jsonl'}")

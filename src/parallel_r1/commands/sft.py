@@ -22,11 +22,13 @@ def parse(argv: list[str]) -> tuple:
 def run(cfg) -> int:
     import json
 
+    from ..metrics import LABELS
     from ..train.sft import train
 
     summary = train(cfg)
     print(json.dumps(summary, indent=2, default=str))
     fc = summary.get("format_check")
     if fc:
-        print(f"format check: {fc['valid_parallel_ratio']:.1%} of {fc['n']} held-out completions have valid parallel blocks")
+        print(f"format check: {LABELS['parallel_ratio']} {fc['parallel_ratio']:.1%} of {fc['n']} held-out completions "
+              f"({fc['valid_parallel_ratio']:.1%} also well formed throughout)")
     return 0

@@ -45,6 +45,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import metrics as M
 from ..io import atomic_write_json, atomic_write_text, read_jsonl
 
 # Fields readiness sets per branch: a recipe must not set them.
@@ -149,15 +150,20 @@ def rl_config(cfg: ReadinessConfig, model: str, out: Path):
         raise ValueError(f"rl-readiness: rl recipe: {e}") from None
 
 
-def eval_config(cfg: ReadinessConfig, model: str, out: Path):
+def eval_config(cfg: ReadinessConfig, model: str, out: Path, model_kind: str | None = None):
+    """The EvalConfig of one evaluation. ``model_kind`` (``base`` before RL, ``rl`` after) picks the
+    protocol's setting where it has one per kind (``octothinker``: few-shot before, zero-shot after);
+    a ``model_kind`` in the eval recipe wins."""
     from ..evaluate import EvalConfig
+    from ..protocols import get_protocol
 
     known = {f.name for f in dataclasses.fields(EvalConfig)}
     unknown = sorted(set(cfg.eval) - known)
     if unknown:
         raise KeyError(f"rl-readiness: eval recipe: unknown EvalConfig field(s) {unknown}")
     try:
-        return EvalConfig(**{**cfg.eval, "model": model, "output_dir": str(out)})
+        kind = {"model_kind": model_kind} if model_kind and get_protocol(cfg.eval.get("protocol", "custom")).by_kind else {}
+        return EvalConfig(**{**kind, **cfg.eval, "model": model, "output_dir": str(out)})
     except TypeError as e:
         raise ValueError(f"rl-readiness: eval recipe: {e}") from None
 
@@ -190,7 +196,7 @@ def validate(cfg: ReadinessConfig) -> None:
     first_model = next(iter(cfg.branches.values()))
     rl = rl_config(cfg, first_model, Path(cfg.output_dir) / "_check")  # RLConfig checks itself
     load_checked_problems(rl)
-    ev = eval_config(cfg, first_model, Path(cfg.output_dir) / "_check")
+    ev = eval_config(cfg, first_model, Path(cfg.output_dir) / "_check", "base")
     for b in ev.benchmarks:
         load_benchmark(b, ev)
     if ev.template != "fewshot" and rl.template != ev.template:
@@ -267,6 +273,7 @@ def eval_summary(ecfg) -> dict:
                 rows.append(done[key])
     n = len(rows)
     return {
+        **M.behaviour([r["completion"] for r in rows]),
         "accuracy": sum(bool(r["correct"]) for r in rows) / n,
         "mean_length": sum(int(r["length"]) for r in rows) / n,
         "at_budget": sum(r.get("finish_reason") == "length" for r in rows) / n,
@@ -347,8 +354,8 @@ def run_readiness(cfg: ReadinessConfig, progress: bool = False) -> list[dict]:
     rows = []
     for name, model in cfg.branches.items():
         bdir = out / name
-        before = eval_config(cfg, model, bdir / "eval_before")
-        after = eval_config(cfg, str(bdir / "rl"), bdir / "eval_after")
+        before = eval_config(cfg, model, bdir / "eval_before", "base")
+        after = eval_config(cfg, str(bdir / "rl"), bdir / "eval_after", "rl")
         print(f"[rl-readiness] {name}: {model}", file=sys.stderr)
         t_before = run_eval(before, progress)
         t_rl = run_rl(cfg, model, bdir)

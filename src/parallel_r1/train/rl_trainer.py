@@ -39,6 +39,7 @@ from transformers import TrainerCallback
 from trl import GRPOTrainer
 from trl.trainer.utils import RepeatSampler
 
+from .. import metrics as M
 from ..format import analyze
 from ..io import JsonlAppender, read_jsonl, write_jsonl
 
@@ -260,7 +261,7 @@ class ParallelGRPOTrainer(GRPOTrainer):
         n = max(len(out), 1)
         mode = out[0]["reward_mode"] if out else "accuracy"
         self._rl_metrics = {
-            "parallel_ratio": sum(o["num_blocks"] >= 1 for o in out) / n,
+            **{k: v or 0.0 for k, v in M.behaviour([o["completion"] for o in out]).items()},  # the one definition (metrics.py)
             "mean_blocks": sum(o["num_blocks"] for o in out) / n,
             "mean_parallel_position": sum(positions_all) / len(positions_all) if positions_all else math.nan,
             "format_error_rate": sum(not o["format_ok"] for o in out) / n,

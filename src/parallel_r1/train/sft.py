@@ -319,7 +319,8 @@ def format_check(model, tokenizer, cfg: ParallelSFTConfig, out_dir: Path) -> dic
     summary = dict(
         n=len(rows),
         valid_parallel_ratio=sum(r["format_ok"] and r["uses_parallel"] for r in rows) / n,
-        uses_parallel_ratio=res["parallel_ratio"],
+        parallel_ratio=res["parallel_ratio"],  # metrics.behaviour, as every other report
+        opens_parallel=res["opens_parallel"],
         format_ok_ratio=1 - res["format_error_rate"],
         accuracy=res["mean@k"],
         finished_ratio=1 - res["clipped_ratio"],
