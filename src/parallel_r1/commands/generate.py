@@ -71,7 +71,8 @@ def run(cfg: GenerateConfig) -> int:
     from ..models import load_model, load_tokenizer
     from ..prompts import build_prompt
 
-    dcfg = DecodingConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(DecodingConfig)})
+    # the engine fields generate has (the others, e.g. max_cache_bytes, keep the engine's defaults)
+    dcfg = DecodingConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(DecodingConfig) if hasattr(cfg, f.name)})
     if cfg.problem:
         problems = [(f"problem-{i}", text) for i, text in enumerate(cfg.problem)]
     else:
