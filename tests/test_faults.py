@@ -169,6 +169,27 @@ def test_rl_killed_mid_checkpoint_resumes_from_the_last_complete_one(tiny_checkp
     assert [m["step"] for m in read_jsonl(out / "metrics.jsonl")] == [1, 2, 3]
 
 
+def test_rl_torn_rollout_line_drops_its_whole_step_and_regenerates_it(tiny_checkpoint, tmp_path):
+    from parallel_r1.cli import parse_command
+    from parallel_r1.train.rl import build_trainer
+
+    recipe = rl_recipe(tmp_path, tiny_checkpoint, rl_steps=2, save_every=1)
+
+    def train():  # build_trainer + train, without the final save: the run is not finished
+        trainer, ckpt = build_trainer(*parse_command("rl", ["--config", str(recipe)]))
+        trainer.train(resume_from_checkpoint=ckpt)
+        return trainer, ckpt
+
+    train()  # checkpoints at RL steps 1 and 2 (optimiser steps 2 and 4)
+    run = tmp_path / "run"
+    text = (run / "rollouts.jsonl").read_text()
+    (run / "rollouts.jsonl").write_text(text[: len(text) - 40])  # step 2's last row torn: 7 whole rows of 8
+    trainer, ckpt = train()  # resumes from RL step 1 and generates step 2 again
+    assert Path(ckpt).name == "checkpoint-2" and trainer.state.global_step == 4
+    assert Counter(r["step"] for r in read_jsonl(run / "rollouts.jsonl")) == {1: GEN_BATCH, 2: GEN_BATCH}
+    assert [m["step"] for m in read_jsonl(run / "metrics.jsonl")] == [1, 2]
+
+
 def test_midtrain_killed_mid_checkpoint_resumes_from_the_last_complete_one(tiny_checkpoint, tmp_path, capsys):
     rows = [{"text": " ".join(str(i + j) for j in range(20))} for i in range(100)]
     (tmp_path / "docs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))

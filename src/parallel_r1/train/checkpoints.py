@@ -134,7 +134,7 @@ def open_run(run_dir: str | os.PathLike, record_name: str, record: dict, *, stag
     if not path.exists():
         # dot-files are skipped: the record's own temporary file, written by another process of the run
         if run_dir.is_dir() and any(not p.name.startswith(".") for p in run_dir.iterdir()) and not force:
-            raise ValueError(f"{stage}: {run_dir} is not empty and has no {record_name}: it is not a {stage} run folder; "
+            raise ValueError(f"{stage}: {run_dir} is not empty and has no {record_name}: it is not a run folder of `{stage}`; "
                              "use another output_dir (or --force to write into it)")
         return "new"
     old = _load_record(path) if not force else {}
