@@ -38,8 +38,9 @@ class FakeOpenAI:
     ``schedule`` is consumed one entry per request (then "ok" forever): ok, timeout (sleeps past
     the client's timeout), 500, 503, 429, malformed (truncated JSON), nonutf8 (invalid bytes in
     the body), empty (an empty choice list), surrogate (valid JSON whose content holds a lone
-    UTF-16 surrogate, which no UTF-8 file can store), 401. ``fail_always`` maps a problem's "a" number to
-    a fault served on every request for it.
+    UTF-16 surrogate, which no UTF-8 file can store), 401, block (holds the answer until the test
+    sets ``gate``: a handshake, so a test can act while requests are surely in flight).
+    ``fail_always`` maps a problem's "a" number to a fault served on every request for it.
     """
 
     def __init__(self, schedule=(), sleep=1.0, fail_always=None):
@@ -48,6 +49,7 @@ class FakeOpenAI:
         self.fail_always = fail_always or {}
         self.served = Counter()
         self.lock = threading.Lock()
+        self.gate = threading.Event()
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -64,6 +66,9 @@ class FakeOpenAI:
                     fake.served[kind] += 1
                 if kind == "timeout":
                     time.sleep(fake.sleep)
+                    kind = "ok"
+                if kind == "block":
+                    fake.gate.wait()
                     kind = "ok"
                 if kind in ("500", "503", "429", "401"):
                     return self._send(int(kind), b'{"error": {"message": "injected"}}')
@@ -97,6 +102,7 @@ class FakeOpenAI:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def close(self):
+        self.gate.set()  # let blocked handlers finish
         self.server.shutdown()
         self.server.server_close()
 
@@ -122,7 +128,9 @@ def problems(n):
 
 
 def teacher(url, **kw):
-    kw = dict(timeout=0.5, max_retries=8, backoff=0.01, max_backoff=0.05) | kw
+    # A generous request timeout: an answer delayed by a busy machine is not a fault. Tests of the
+    # timeout path pass a short one and a server fault that sleeps well past it.
+    kw = dict(timeout=60, max_retries=8, backoff=0.01, max_backoff=0.05) | kw
     return OpenAITeacher(url, "teacher-model", api_key_env="PARALLEL_R1_TEST_NO_KEY", **kw)
 
 
@@ -144,7 +152,7 @@ def test_every_row_exactly_once_after_injected_faults(fake_server, tmp_path):
     server = fake_server(schedule=faults, sleep=1.0)
     out = tmp_path / "raw.jsonl"
     # One request can meet every fault in a row while the others sleep: allow that many retries.
-    stats = generate(problems(10), teacher(server.url, max_retries=len(faults)), out, n=2, concurrency=4, progress=False)
+    stats = generate(problems(10), teacher(server.url, max_retries=len(faults), timeout=0.5), out, n=2, concurrency=4, progress=False)
     got = keys(out)
     assert set(got) == {(f"p{i}", k) for i in range(10) for k in range(2)}
     assert set(got.values()) == {1}
@@ -188,10 +196,9 @@ def test_unfixable_error_stops_the_run_cleanly(fake_server, tmp_path):
 
 def test_interrupt_then_resume(fake_server, tmp_path):
     """SIGINT a real run mid-way, tear its last line as a crash would, re-run: every row exactly once."""
-    # Slow answers (1 s each, 2 in flight): the run must still be going when its 4th row appears. With
-    # 0.3 s the requests could all finish while the first grading worker started, and the rows then
-    # landed within a poll interval, so the signal came after the run had ended (a flaky pass/fail).
-    server = fake_server(schedule=["timeout"] * 400, sleep=1.0)
+    # Handshake, no sleeps: 4 answers come at once, every later request is held by the server until
+    # the signal has been sent, so the run is surely still going when it gets the signal.
+    server = fake_server(schedule=["ok"] * 4 + ["block"] * 400)
     out = tmp_path / "raw.jsonl"
     script = textwrap.dedent(
         f"""
@@ -200,16 +207,18 @@ def test_interrupt_then_resume(fake_server, tmp_path):
         from parallel_r1.coldstart.teacher import OpenAITeacher, generate
         ps = [SimpleNamespace(id=f"p{{i}}", problem=f"What is {{i}} plus {{2 * i + 1}}?", answer=str(3 * i + 1), source="toy")
               for i in range(30)]
-        t = OpenAITeacher({server.url!r}, "m", api_key_env="PARALLEL_R1_TEST_NO_KEY", timeout=5, backoff=0.01)
+        t = OpenAITeacher({server.url!r}, "m", api_key_env="PARALLEL_R1_TEST_NO_KEY", timeout=600, backoff=0.01)
         generate(ps, t, {str(out)!r}, n=1, concurrency=2, progress=False)
         """
     )
     proc = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE)
-    deadline = time.time() + 60
-    while time.time() < deadline and (not out.exists() or out.read_text().count("\n") < 4):
-        time.sleep(0.1)
+    rows_written = lambda: out.read_text().count("\n") if out.exists() else 0  # noqa: E731
+    while rows_written() < 4:  # the 4 answers are graded and written; the run then waits on the server
+        assert proc.poll() is None, "the run ended before its 4th row"
+        time.sleep(0.05)  # polling a file, not a race: the run cannot end before the gate opens
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=30)
+    server.gate.set()  # the held requests may answer now
+    _, err = proc.communicate(timeout=300)
     assert proc.returncode != 0 and b"KeyboardInterrupt" in err
     first = keys(out)
     assert 4 <= len(first) < 30 and set(first.values()) == {1}
@@ -285,7 +294,7 @@ def test_cli_generate_filter_and_sft_rows(fake_server, tmp_path, capsys):
     src = _write(tmp_path / "problems.jsonl", [dict(id=f"q{i}", problem=f"What is {i} plus {i + 2}?", answer=str(2 * i + 2)) for i in range(4)])
     raw, sft = tmp_path / "raw.jsonl", tmp_path / "sft.jsonl"
     args = ["coldstart", "generate", "--teacher", "openai", "--base-url", server.url, "--model", "m", "--problems", str(src),
-            "--output", str(raw), "--n", "2", "--backoff", "0.01", "--timeout", "2", "--no-progress",
+            "--output", str(raw), "--n", "2", "--backoff", "0.01", "--timeout", "60", "--no-progress",
             "--api-key-env", "PARALLEL_R1_TEST_NO_KEY"]
     assert main(args) == 0
     assert "wrote 8 rows" in capsys.readouterr().out and len(keys(raw)) == 8

@@ -209,6 +209,22 @@ def test_bad_inputs_name_the_source_or_stage(tmp_path, tiny_checkpoint, tiny_tok
         load_config(bad)
 
 
+def test_failed_run_leaves_no_record_and_a_trained_one_refuses_another_recipe(tmp_path, tiny_checkpoint, sources):
+    out = tmp_path / "run"
+    broken = _recipe(tmp_path, tiny_checkpoint, [SourceConfig("missing", str(tmp_path / "nope.jsonl"), 1.0)], decay=[])
+    with pytest.raises(FileNotFoundError, match="nope.jsonl"):
+        train(broken)
+    assert not (out / "config.json").exists()
+    cfg = _recipe(tmp_path, tiny_checkpoint, sources, decay=[], save_tokens=32 * 4 * 2)
+    cfg.stable.tokens = 32 * 4 * 2
+    train(cfg)  # the corrected re-run is not refused
+    assert json.loads((out / "config.json").read_text())["stable"]["tokens"] == 32 * 4 * 2
+    other = _recipe(tmp_path, tiny_checkpoint, sources, decay=[], save_tokens=32 * 4 * 2, learning_rate=5e-4)
+    other.stable.tokens = 32 * 4 * 2
+    with pytest.raises(ValueError, match=r"another recipe \(learning_rate: 0.001 there, 0.0005 now\)"):
+        train(other)
+
+
 def test_recipes_carry_the_paper_numbers(data_dir):
     paper = load_config(REPO / "recipes" / "midtrain_llama32_3b.yaml")
     assert (paper.seq_len, paper.batch_size, paper.learning_rate, paper.weight_decay) == (8192, 512, 2e-5, 0.1)

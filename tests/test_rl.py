@@ -208,6 +208,35 @@ def test_resume_same_schedule_same_data_no_duplicates(tmp_path, taught_model, ad
     assert [m["reward_mode"] for m in metrics] == [alternating_mode(s, 2, 1) for s in range(1, 6)]
 
 
+def _snapshot(run: Path) -> dict:
+    """Every file of a run folder (checkpoints by name) with its bytes."""
+    return {p.relative_to(run).as_posix(): p.read_bytes() if p.is_file() else None
+            for p in sorted(run.rglob("*")) if "checkpoint-" not in p.parent.name}
+
+
+def test_finished_run_stays_finished_and_a_changed_recipe_is_refused(tmp_path, taught_model, additions, capsys):
+    recipe = _recipe(tmp_path, taught_model, additions, reward="alternating", alternating_window=2, accuracy_steps=1,
+                     rl_steps=2, save_every=1, dataset_limit=4)
+    run = tmp_path / "run"
+    assert cli_main(["rl", "--config", str(recipe)]) == 0
+    done = _snapshot(run)
+    assert [m["step"] for m in _rows(run, "metrics.jsonl")] == [1, 2]
+    capsys.readouterr()
+    assert cli_main(["rl", "--config", str(recipe)]) == 0  # finished: says so, trains nothing, writes nothing
+    assert "finished" in capsys.readouterr().err
+    assert _snapshot(run) == done
+    assert cli_main(["rl", "--config", str(recipe), "--reward", "accuracy"]) == 2  # another recipe: refused
+    err = capsys.readouterr().err
+    assert "reward: 'alternating' there, 'accuracy' now" in err and "--force" in err
+    assert _snapshot(run) == done
+    # a folder that is not an rl run is not written into
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "notes.txt").write_text("mine")
+    assert cli_main(["rl", "--config", str(recipe), "--output_dir", str(tmp_path / "notes")]) == 2
+    assert "not a run folder of `rl`" in capsys.readouterr().err
+    assert [p.name for p in (tmp_path / "notes").iterdir()] == ["notes.txt"]
+
+
 WORKER = """
 import hashlib, sys, torch
 from parallel_r1.cli import parse_command

@@ -151,11 +151,11 @@ def test_missing_file(tmp_path, capsys):
     assert "nope.jsonl" in capsys.readouterr().err
 
 
-def test_adversarial_completions_are_scored(tmp_path):
+def _adversarial_rows() -> list[dict]:
     nested = "1"
     for _ in range(300):
         nested = "\\frac{" + nested + "}{2}"
-    rows = [
+    return [
         {"completion": "Final Answer: " + "9" * 1_000_000, "answer": "9"},
         {"completion": "<Parallel>" * 50_000 + "<Path>x</Path>" * 1000 + "\nFinal Answer: 1", "answer": "1"},
         {"completion": f"Final Answer: {nested}", "answer": "1"},
@@ -164,8 +164,23 @@ def test_adversarial_completions_are_scored(tmp_path):
         {"completion": "</Summary><Path><Parallel></Path>garbage}{\\", "answer": "1"},
         {"completion": "Final Answer: 3", "answer": "3"},
     ]
+
+
+def test_adversarial_completions_are_scored(tmp_path):
+    """Every row is scored and wrong ones are wrong, whether its grading finished or hit the
+    per-answer timeout (``10^{10^{10^{10}}}`` never finishes: sympy is stuck in C), so the outcome
+    does not depend on how busy the machine is."""
+    rows = _adversarial_rows()
     out = score(tmp_path, "--timeout", "1", "--workers", "2", rows=rows)
     assert len(out) == len(rows)
-    assert [r["correct"] for r in out] == [False, True, False, False, False, False, True]
+    wrong = [0, 2, 3, 4, 5]
+    assert [out[i]["correct"] for i in wrong] == [False] * len(wrong)
     for r in out:
         assert all(isinstance(r[name], float) for name in REWARDS)
+
+
+def test_right_answers_beside_adversarial_markup_are_right(tmp_path):
+    """The rows of the adversarial set that are right: not a timing question, so a generous timeout."""
+    rows = [_adversarial_rows()[i] for i in (1, 6)]
+    out = score(tmp_path, "--timeout", "300", "--workers", "2", rows=rows)
+    assert [r["correct"] for r in out] == [True, True]

@@ -206,6 +206,12 @@ def test_cli_trains_checkpoints_and_resumes(tiny_checkpoint, tmp_path):
     used = parse_config(common[1:] + ["--max_steps", "3", "--resume_from_checkpoint", "true"])
     again = parse_config(["--config", str(out / "config.yaml")])
     assert config_dict(again) == config_dict(used) and again.max_steps == 3 and again.pad_token == used.pad_token
+    # finished: a re-run trains nothing and writes nothing; another recipe is refused before loading
+    logged = (out / "metrics.jsonl").read_text()
+    assert main(common + ["--max_steps", "3"]) == 0
+    assert (out / "metrics.jsonl").read_text() == logged and not (out / "checkpoint-4").exists()
+    assert main(common + ["--max_steps", "3", "--learning_rate", "0.5"]) == 2
+    assert (out / "metrics.jsonl").read_text() == logged
     assert main(common[:-6] + ["--train_data", str(tmp_path / "nope.jsonl"), "--output_dir", str(tmp_path / "x")]) == 2
 
 

@@ -8,6 +8,8 @@ Prompts go through the chosen template (``parallel_v3`` by default) and the mode
 template. With ``--output`` every sample is appended to a jsonl as it is produced; otherwise the
 completions are printed. A checkpoint without the six tag tokens (``smollm2`` straight from
 its package) gets them in memory, as ``eval`` does; ``--logprobs`` adds the per-token log-probs.
+Re-running with the same ``--output`` continues it: a (problem_id, sample_index) pair already
+there is not written again, so a killed run loses nothing and duplicates nothing.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 HELP = "sample completions with the parallel decoding engine"
 
@@ -75,10 +78,11 @@ def run(cfg: GenerateConfig) -> int:
     import torch
 
     from ..decoding import DecodingConfig, ParallelEngine
-    from ..io import JsonlAppender
+    from ..io import JsonlAppender, read_jsonl
     from ..models import load_with_tags
     from ..prompts import build_prompt
 
+    # the engine fields generate has (the others, e.g. max_cache_bytes, keep the engine's defaults)
     dcfg = DecodingConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(DecodingConfig) if hasattr(cfg, f.name)})
     if cfg.problem:
         problems = [(f"problem-{i}", text) for i, text in enumerate(cfg.problem)]
@@ -97,13 +101,24 @@ def run(cfg: GenerateConfig) -> int:
         if added:
             print(f"generate: {cfg.model} has no tag tokens; added them in memory (as prepare-model does)", file=sys.stderr)
         engine = ParallelEngine(model, tok, dcfg)
+    done: set[tuple[str, int]] = set()
+    if cfg.output and Path(cfg.output).exists():
+        done = {(str(r.get("problem_id")), int(r.get("sample_index", -1))) for r in read_jsonl(cfg.output, skip_bad=True)}
+        # a problem with every sample there is not decoded again; one with some gets the missing ones
+        problems = [p for p in problems if any((p[0], k) not in done for k in range(cfg.n))]
     prompts = [build_prompt(text, tok, cfg.template) for _, text in problems]
     log = JsonlAppender(cfg.output) if cfg.output else None
+    written = 0
     for start in range(0, len(prompts), dcfg.batch_size):
+        index: dict[int, int] = {}  # prompt -> samples seen: the k-th sample of a problem is sample_index k
         for s in engine.generate(prompts[start : start + dcfg.batch_size], n=cfg.n):
             pid = problems[start + s.prompt_index][0]
+            k = index[s.prompt_index] = index.get(s.prompt_index, -1) + 1
+            if (pid, k) in done:
+                continue
             row = dict(
                 problem_id=pid,
+                sample_index=k,
                 completion=s.text,
                 finish_reason=s.finish_reason,
                 num_blocks=s.num_blocks,
@@ -115,8 +130,9 @@ def run(cfg: GenerateConfig) -> int:
                 row.update(tokens=tok.convert_ids_to_tokens(list(s.completion_ids)), logprobs=[float(x) for x in s.logprobs])
             if log:
                 log.write(row)
+                written += 1
             else:
                 print(f"--- {pid} ({s.finish_reason}, {s.num_blocks} blocks, {len(s.completion_ids)} tokens)\n{s.text}")
     if log:
-        print(f"wrote {len(prompts) * cfg.n} samples to {cfg.output}")
+        print(f"wrote {written} samples to {cfg.output} ({len(done)} there already)")
     return 0

@@ -37,10 +37,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..io import atomic_write_json
-from .checkpoints import last_checkpoint
+from .checkpoints import completion_marker, dump_record, last_checkpoint, open_run
 from .mixture import SourceConfig
 
 DECAY_TYPES = ("none", "cosine", "linear")
+# config.json fields that may differ when a run is re-run (where it is, how it logs and saves)
+FREE_FIELDS = ("output_dir", "force", "logging_steps", "save_tokens", "save_total_limit")
 # The data position saved beside each checkpoint; a checkpoint without it is not resumed from.
 DATA_STATE = "data_state.json"
 _SUFFIX = {"k": 10**3, "m": 10**6, "b": 10**9, "t": 10**12}
@@ -108,6 +110,7 @@ class MidtrainConfig:
     estimate_docs: int = field(default=64, metadata={"help": "Documents per source used to measure its mean length (token weights -> document probabilities)."})
     seed: int = field(default=0, metadata={"help": "Seeds shuffling, mixture sampling and training."})
     token_scale: float = field(default=1.0, metadata={"help": "Multiply every token budget (stage tokens, warmup, save interval) by this; e.g. 0.05 for a quick look at a recipe on a slow machine. Recorded in config.json."})
+    force: bool = field(default=False, metadata={"help": "Write into output_dir although it holds a run of another recipe (continue it with this one) or is not a midtrain run folder."})
 
     def __post_init__(self):
         if isinstance(self.stable, dict):
@@ -222,6 +225,20 @@ def _training_callback():
     return MidtrainCallback
 
 
+def _record_callback(path: Path, text: str):
+    """A ``TrainerCallback`` writing the run record ``path`` when training begins (main process)."""
+    from transformers import TrainerCallback
+
+    from ..io import atomic_write_text
+
+    class WriteRecord(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kw):
+            if state.is_world_process_zero:
+                atomic_write_text(path, text)
+
+    return WriteRecord()
+
+
 def run_stage(cfg: MidtrainConfig, stage: StageConfig, init: str, out: Path, optimizer_from: Path | None = None, callbacks=()) -> dict:
     """Train one stage to its token budget (resuming if it was interrupted); return its report."""
     import torch
@@ -281,7 +298,7 @@ def run_stage(cfg: MidtrainConfig, stage: StageConfig, init: str, out: Path, opt
     )
     cb_cls = _training_callback()
     cb = cb_cls(stream, cfg.batch_size, optimizer_from if resume is None else None)
-    trainer = Trainer(model=model, args=args, train_dataset=stream, data_collator=default_data_collator, processing_class=tokenizer, callbacks=[cb, *callbacks])
+    trainer = Trainer(model=model, args=args, train_dataset=stream, data_collator=default_data_collator, processing_class=tokenizer, callbacks=[cb, *callbacks, completion_marker()])
     start_step = trainer.state.global_step if resume is None else int(resume.name.split("-")[1])
     t0 = time.time()
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
@@ -366,12 +383,14 @@ def train(cfg: MidtrainConfig, only: list[str] | None = None) -> dict[str, dict]
     for n in only or []:
         if n not in names:
             raise KeyError(f"--stages: no stage {n!r} in the recipe (stages: {names})")
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "config.json", dataclasses.asdict(cfg))
+    record = dataclasses.asdict(cfg)
+    open_run(out, "config.json", record, stage="midtrain", force=cfg.force, free=FREE_FIELDS)
+    # config.json is written once a stage starts training: a run that fails before leaves nothing
+    write_record = _record_callback(out / "config.json", dump_record(out / "config.json", record))
     reports = {}
     stable_dir = out / cfg.stable.name if cfg.stable else None
     if cfg.stable and (not only or cfg.stable.name in only):
-        reports[cfg.stable.name] = run_stage(cfg, cfg.stable, cfg.stable.init_from or cfg.model, stable_dir)
+        reports[cfg.stable.name] = run_stage(cfg, cfg.stable, cfg.stable.init_from or cfg.model, stable_dir, callbacks=[write_record])
     for stage in cfg.decay:
         if only and stage.name not in only:
             continue
@@ -384,6 +403,6 @@ def train(cfg: MidtrainConfig, only: list[str] | None = None) -> dict[str, dict]
             opt = last_checkpoint(stable_dir, needs=DATA_STATE) if cfg.carry_optimizer else None
         else:
             raise ValueError(f"decay stage {stage.name!r}: no stable stage in the recipe, so give it `init_from`")
-        reports[stage.name] = run_stage(cfg, stage, str(init), out / stage.name, optimizer_from=opt)
+        reports[stage.name] = run_stage(cfg, stage, str(init), out / stage.name, optimizer_from=opt, callbacks=[write_record])
     return reports
 

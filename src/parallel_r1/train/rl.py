@@ -55,6 +55,7 @@ class RLConfig(GRPOConfig):
     rl_steps: int = field(default=30, metadata={"help": "RL steps (generations) to run in this run; max_steps = rl_steps × optimiser steps per RL step."})
     save_every: int = field(default=10, metadata={"help": "Checkpoint every N RL steps (paper save_freq 10)."})
     auto_resume: bool = field(default=True, metadata={"help": "Resume from the last checkpoint-N in output_dir when there is one."})
+    force: bool = field(default=False, metadata={"help": "Write into output_dir although it holds a run of another recipe (continue it with this one) or is not an rl run folder."})
     variant: str = field(default="unseen", metadata={"help": "`unseen`: orchestrated rollouts, path-isolating mask and shared-start positions in the loss. `seen`: free generation, causal."})
     rollout_backend: str = field(default="engine", metadata={"help": "`engine`: parallel_r1.decoding.ParallelEngine through TRL's rollout_func (exact log-probs, both variants). `trl`: TRL's own generation (transformers or vLLM with use_vllm), seen variant only."})
     num_paths: int = field(default=2, metadata={"help": "Paths per parallel block (Unseen rollouts)."})
@@ -201,15 +202,64 @@ def make_schedule(cfg: RLConfig):
                         switch_step=cfg.scaffold_steps if cfg.reward == "scaffold" else None)
 
 
+# config.yaml fields that may differ when a run is re-run: where it is and how it logs / saves.
+FREE_FIELDS = ("output_dir", "logging_dir", "resume_from_checkpoint", "auto_resume", "force", "report_to", "run_name",
+               "disable_tqdm", "save_every", "save_steps", "save_total_limit", "data_dir", "rollout_batch_size",
+               "dataloader_num_workers", "dataloader_pin_memory", "log_level", "log_level_replica")
+SUMMARY = "rl_summary.json"  # written last, once the final model is saved: the run is finished
+
+
+def run_state(cfg: RLConfig) -> str:
+    """``"new"``, ``"resume"`` or ``"finished"`` (:func:`parallel_r1.train.checkpoints.open_run`):
+    a changed recipe is refused unless ``force``; more ``rl_steps`` train a run further."""
+    from .checkpoints import open_run
+
+    return open_run(cfg.output_dir, "config.yaml", config_dict(cfg), stage="rl", force=cfg.force, finished=SUMMARY,
+                    free=FREE_FIELDS, budget=("rl_steps", "max_steps"))
+
+
 def resume_point(cfg: RLConfig) -> tuple[str | None, int]:
-    """(checkpoint to resume from or None, last RL step whose rows are kept)."""
-    from .checkpoints import resume_checkpoint
+    """(checkpoint to resume from or None, last RL step whose rows are kept).
+
+    Resuming by itself (``auto_resume`` / ``true``), the checkpoint is the newest whose RL steps
+    all have their whole rows in ``rollouts.jsonl`` and ``metrics.jsonl``: a step with a torn or
+    missing row is dropped and generated again."""
+    from .checkpoints import LAST, NONE, complete_checkpoints, resume_checkpoint
 
     ckpt = resume_checkpoint(cfg.output_dir, cfg.resume_from_checkpoint, auto=cfg.auto_resume)
     if ckpt is None:
         return None, cfg.step_offset
-    state = json.loads((Path(ckpt) / "trainer_state.json").read_text())
-    return ckpt, cfg.rl_step(int(state["global_step"])) - 1
+    if str(cfg.resume_from_checkpoint or "").strip().lower() in LAST + NONE:  # not a checkpoint named by the user
+        whole = last_whole_step(cfg)
+        ckpts = [c for c in complete_checkpoints(cfg.output_dir) if _done_steps(cfg, c) <= whole]
+        if not ckpts:
+            return None, cfg.step_offset
+        ckpt = str(ckpts[-1])
+    return ckpt, _done_steps(cfg, ckpt)
+
+
+def _done_steps(cfg: RLConfig, ckpt) -> int:
+    """The last RL step trained into checkpoint ``ckpt``."""
+    from .checkpoints import checkpoint_step
+
+    return cfg.rl_step(checkpoint_step(ckpt)) - 1
+
+
+def last_whole_step(cfg: RLConfig) -> int:
+    """The last RL step up to which every step has its ``generation_batch_size`` rollout rows and
+    its metrics row (a torn last line is not a row)."""
+    from collections import Counter
+
+    from ..io import read_jsonl
+
+    run = Path(cfg.output_dir)
+    rows = lambda name: read_jsonl(run / name, skip_bad=True) if (run / name).exists() else []  # noqa: E731
+    rollouts = Counter(int(r.get("step", 0)) for r in rows("rollouts.jsonl"))
+    metrics = {int(r.get("step", 0)) for r in rows("metrics.jsonl")}
+    step = cfg.step_offset
+    while rollouts.get(step + 1) == cfg.generation_batch_size and step + 1 in metrics:
+        step += 1
+    return step
 
 
 def config_dict(cfg: RLConfig) -> dict:
@@ -228,7 +278,9 @@ def build_trainer(cfg: RLConfig):
     from ..models import load_model, load_tokenizer
     from ..structure import TagIds
     from . import rl_trainer as T
+    from .checkpoints import checkpoint_step, completion_marker, drop_checkpoints_after, truncate_after
 
+    run_state(cfg)  # a changed recipe or a foreign folder fails here, before anything loads
     schedule = make_schedule(cfg)
     problems = load_checked_problems(cfg)
     tok = load_tokenizer(cfg.model)
@@ -239,7 +291,9 @@ def build_trainer(cfg: RLConfig):
     run_dir = Path(cfg.output_dir)
     if cfg.process_index == 0:
         for name in ("rollouts.jsonl", "metrics.jsonl"):
-            T.truncate_after(run_dir / name, done)
+            truncate_after(run_dir / name, done)
+        if ckpt is None or Path(ckpt).parent == run_dir:
+            drop_checkpoints_after(run_dir, checkpoint_step(ckpt) if ckpt else 0)
         atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config_dict(cfg), sort_keys=False))
 
     model = load_model(cfg.model)  # float32 master weights; bf16 runs under TRL autocast (paper: fp32 actor)
@@ -257,7 +311,7 @@ def build_trainer(cfg: RLConfig):
         rollout = T.make_rollout_func(engine_cfg, tags, length_schedule(cfg), cfg.rl_step, cfg.train_injected)
     trainer = T.ParallelGRPOTrainer(
         model=model, reward_funcs=[reward], args=cfg, train_dataset=Dataset.from_list(rows), processing_class=tok,
-        rollout_func=rollout, callbacks=[T.MetricsWriter(run_dir / "metrics.jsonl")],
+        rollout_func=rollout, callbacks=[T.MetricsWriter(run_dir / "metrics.jsonl"), completion_marker()],
         tag_ids=tags, scheduled_reward=reward, run_dir=run_dir,
     )
     return trainer, ckpt
@@ -269,12 +323,28 @@ def train(cfg: RLConfig) -> dict:
     Returns TRL's train metrics and where the model went.
     """
     import os
+    import sys
+
+    from ..io import atomic_write_json
+    from .checkpoints import checkpoint_step
 
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is TRL's documented extension point
+    if run_state(cfg) == "finished":
+        print(f"rl: {cfg.output_dir} is finished ({cfg.rl_steps} RL steps); nothing to do", file=sys.stderr)
+        return json.loads((Path(cfg.output_dir) / SUMMARY).read_text())
     trainer, ckpt = build_trainer(cfg)
-    result = trainer.train(resume_from_checkpoint=ckpt)
+    if ckpt is not None and checkpoint_step(ckpt) >= cfg.max_steps:
+        # killed after its last checkpoint: every step is trained, and Trainer.train would still run
+        # one more optimiser step from there; only the final model is missing
+        trainer._load_from_checkpoint(ckpt)
+        metrics = {}
+    else:
+        metrics = trainer.train(resume_from_checkpoint=ckpt).metrics
     trainer.save_model(cfg.output_dir)
-    return {"train": result.metrics, "resumed_from": ckpt, "output_dir": cfg.output_dir}
+    summary = {"train": metrics, "resumed_from": ckpt, "output_dir": cfg.output_dir}
+    if trainer.is_world_process_zero():
+        atomic_write_json(Path(cfg.output_dir) / SUMMARY, summary)
+    return summary
 
 
 def _maybe_tags(tok):

@@ -41,7 +41,7 @@ from trl.trainer.utils import RepeatSampler
 
 from .. import metrics as M
 from ..format import analyze
-from ..io import JsonlAppender, read_jsonl, write_jsonl
+from ..io import JsonlAppender
 
 
 def budget_at(schedule: dict, step: int):
@@ -321,14 +321,3 @@ class MetricsWriter(TrainerCallback):
         with JsonlAppender(self.path) as f:
             f.write(row)
 
-
-def truncate_after(path: str | os.PathLike, step: int) -> int:
-    """Drop rows with ``step`` > ``step`` (written after the checkpoint we resume from). Returns how many."""
-    path = Path(path)
-    if not path.exists():
-        return 0
-    rows = list(read_jsonl(path, skip_bad=True))
-    keep = [r for r in rows if int(r.get("step", 0)) <= step]
-    if len(keep) != len(rows):
-        write_jsonl(path, keep)
-    return len(rows) - len(keep)

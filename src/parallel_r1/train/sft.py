@@ -20,6 +20,8 @@ a YAML key and a ``--field`` override (docs/coldstart.md). Library entry point: 
 
 from __future__ import annotations
 
+import json
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +34,7 @@ from ..format import normalize
 from ..io import JsonlAppender, atomic_write_json, atomic_write_text, read_jsonl
 from ..prompts import build_prompt
 from ..structure import TagIds
+from .checkpoints import completion_marker
 from .collators import VARIANTS, ParallelSFTCollator
 
 SYNTHETIC = ("synthetic_easy", "synthetic_hard")
@@ -113,6 +116,10 @@ class ParallelSFTConfig(SFTConfig):
     bf16: bool | None = field(default=None, metadata={"help": "bf16 autocast; None = on when CUDA supports bf16."})
     report_to: str | list[str] = field(
         default="none", metadata={"help": "Where to log: `none`, `tensorboard`, `wandb`, ... (transformers)."}
+    )
+    force: bool = field(
+        default=False,
+        metadata={"help": "Write into output_dir although it holds a run of another recipe (continue it with this one) or is not an sft run folder."},
     )
 
     def __post_init__(self):
@@ -280,6 +287,7 @@ def build_trainer(cfg: ParallelSFTConfig, model=None, tokenizer=None, train_rows
         peft_config=peft_config,
     )
     trainer.add_callback(MetricsLogger(Path(cfg.output_dir) / "metrics.jsonl"))
+    trainer.add_callback(completion_marker())  # last: after every other callback's checkpoint files
     return trainer
 
 
@@ -358,21 +366,46 @@ def save_loss_curve(trainer, out_dir: Path) -> None:
     plt.close(fig)
 
 
+# config.yaml fields that may differ when a run is re-run (where it is, how it logs and saves)
+FREE_FIELDS = ("output_dir", "logging_dir", "resume_from_checkpoint", "force", "report_to", "run_name", "disable_tqdm",
+               "save_steps", "save_total_limit", "data_dir", "dataloader_num_workers", "dataloader_pin_memory",
+               "log_level", "log_level_replica")
+
+
 def train(cfg: ParallelSFTConfig) -> dict:
-    """Train (resuming per ``resume_from_checkpoint``), save the final model + tokenizer,
-    ``config.yaml``, the loss curve and (optionally) the format check. Returns ``sft_summary.json``."""
+    """Train (resuming per ``resume_from_checkpoint``; by default from the newest checkpoint of an
+    unfinished run of the same recipe), save the final model + tokenizer, ``config.yaml``, the loss
+    curve and (optionally) the format check. Returns ``sft_summary.json``, written last. A finished
+    run is left as it is; a changed recipe is refused unless ``force`` (more ``max_steps`` or
+    epochs train it further)."""
     import yaml
 
-    from .checkpoints import config_dict, resume_checkpoint
+    from .checkpoints import (
+        checkpoint_step,
+        config_dict,
+        drop_checkpoints_after,
+        open_run,
+        resume_checkpoint,
+        truncate_after,
+    )
 
     out_dir = Path(cfg.output_dir)
-    ckpt = resume_checkpoint(out_dir, cfg.resume_from_checkpoint)  # a wrong path fails before any loading
+    state = open_run(out_dir, "config.yaml", config_dict(cfg), stage="sft", force=cfg.force, finished="sft_summary.json",
+                     free=FREE_FIELDS, budget=("max_steps", "num_train_epochs"))
+    if state == "finished":
+        print(f"sft: {out_dir} is finished; nothing to do", file=sys.stderr)
+        return json.loads((out_dir / "sft_summary.json").read_text())
+    ckpt = resume_checkpoint(out_dir, cfg.resume_from_checkpoint, auto=True)  # a wrong path fails before any loading
+    if cfg.process_index == 0:  # what comes after the checkpoint is logged and saved again by this run
+        truncate_after(out_dir / "metrics.jsonl", checkpoint_step(ckpt) if ckpt else 0)
+        if ckpt is None or Path(ckpt).parent == out_dir:
+            drop_checkpoints_after(out_dir, checkpoint_step(ckpt) if ckpt else 0)
     trainer = build_trainer(cfg)
     if trainer.is_world_process_zero():
         atomic_write_text(out_dir / "config.yaml", yaml.safe_dump(config_dict(cfg), sort_keys=False))
     result = trainer.train(resume_from_checkpoint=ckpt)
     trainer.save_model(cfg.output_dir)
-    summary = {"train": result.metrics, "num_train_rows": len(trainer.train_dataset)}
+    summary = {"train": result.metrics, "num_train_rows": len(trainer.train_dataset), "resumed_from": ckpt}
     if trainer.is_world_process_zero():
         save_loss_curve(trainer, out_dir)
         if cfg.format_check_size > 0:
