@@ -18,7 +18,6 @@ from parallel_r1.decoding import DecodingConfig, ParallelEngine
 from parallel_r1.decoding.vllm_backend import VLLMEngine
 from parallel_r1.format import parse
 from parallel_r1.models import build_tiny_model
-
 from test_decoding import scripted_setup
 
 
@@ -39,13 +38,18 @@ class FakeLLM:
             while len(toks) < params.max_tokens:
                 x = torch.tensor([ids + toks])
                 logits = self.model(input_ids=x, position_ids=torch.arange(x.shape[1])[None]).logits[0, -1]
-                tok = int(logits.argmax())
+                tok, logprob = self.pick(logits, params)
                 toks.append(tok)
-                lps.append({tok: types.SimpleNamespace(logprob=float(torch.log_softmax(logits, -1)[tok]))})
+                lps.append({tok: types.SimpleNamespace(logprob=logprob)})
                 if tok in params.stop_token_ids:
                     break
             outs.append(types.SimpleNamespace(outputs=[types.SimpleNamespace(token_ids=toks, logprobs=lps)]))
         return outs
+
+    def pick(self, logits, params) -> tuple[int, float]:
+        """Greedy, with the log-prob vLLM reports for it."""
+        tok = int(logits.argmax())
+        return tok, float(torch.log_softmax(logits, -1)[tok])
 
 
 def params(**kw):
@@ -143,3 +147,151 @@ def test_bad_input_and_missing_vllm(monkeypatch, capsys):
     # nothing imports vLLM unless the backend is built with a model name
     code = "import sys, parallel_r1.decoding, parallel_r1.decoding.vllm_backend, parallel_r1.evaluate; print('vllm' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
+# pip's words for "the package index did not answer" (offline machine, proxy, DNS)
+_OFFLINE = ("NewConnectionError", "Failed to establish", "Max retries exceeded", "Temporary failure in name resolution",
+            "Network is unreachable", "ConnectTimeout", "ReadTimeout", "ProxyError", "No route to host")
+
+
+def test_vllm_extra_resolves_with_the_pins(tmp_path):
+    """The `[vllm]` extra names one vLLM release whose own requirements accept our torch and
+    transformers pins and which TRL's `[vllm]` range accepts. pip resolves it from the index
+    (metadata only: --dry-run --no-deps, nothing is installed and no wheel is kept)."""
+    import json
+    from importlib.metadata import requires
+    from pathlib import Path
+
+    import tomllib
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    pins = {r.name: r for r in map(Requirement, project["dependencies"])}
+    (extra,) = [Requirement(r) for r in project["optional-dependencies"]["vllm"]]
+    assert extra.name == "vllm" and len(extra.specifier) == 1 and next(iter(extra.specifier)).operator == "==", extra
+    report = tmp_path / "report.json"
+    cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--no-deps", "--ignore-installed", "--quiet",
+           "--timeout", "15", "--retries", "1", "--report", str(report), str(extra)]  # fmt: skip
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0 and any(w in res.stderr for w in _OFFLINE):
+        pytest.skip(f"the package index cannot be reached, so the [vllm] extra cannot be resolved: {res.stderr.strip().splitlines()[-1]}")
+    assert res.returncode == 0, res.stderr
+    (item,) = json.loads(report.read_text())["install"]
+    meta = item["metadata"]
+    assert meta["name"] == "vllm" and extra.specifier.contains(meta["version"])
+    theirs = [Requirement(r) for r in meta.get("requires_dist", [])]
+    for name in ("torch", "transformers"):
+        (req,) = [r for r in theirs if r.name == name and not r.marker]
+        ours = next(iter(pins[name].specifier)).version
+        assert req.specifier.contains(ours), f"vllm {meta['version']} needs {req}; the project pins {name}=={ours}"
+    trl_range = [Requirement(r) for r in requires("trl") if r.startswith("vllm")]
+    assert trl_range and all(r.specifier.contains(meta["version"]) for r in trl_range), trl_range
+
+
+class NamedLLM(FakeLLM):
+    """``vllm.LLM(model=PATH, **engine args)``: the stand-in built from a model folder, as vLLM is."""
+
+    made: list = []
+
+    def __init__(self, model, **kwargs):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        super().__init__(AutoModelForCausalLM.from_pretrained(model).eval(), AutoTokenizer.from_pretrained(model))
+        self.kwargs = kwargs
+        NamedLLM.made.append(self)
+
+
+@pytest.fixture
+def fake_vllm_module(monkeypatch):
+    NamedLLM.made.clear()
+    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=NamedLLM, SamplingParams=params))
+    return NamedLLM
+
+
+def test_eval_on_vllm_writes_the_engine_layout_and_resumes(tiny_checkpoint, tmp_path, fake_vllm_module):
+    import json
+
+    from parallel_r1 import evaluate as E
+    from parallel_r1.io import read_jsonl, write_jsonl
+
+    bench = tmp_path / "mini.jsonl"
+    write_jsonl(bench, [{"id": str(i), "problem": f"What is {i} + 1?", "answer": str(i + 1)} for i in range(4)])
+    common = dict(model=str(tiny_checkpoint), benchmarks=str(bench), template="no_prompt", max_new_tokens=12, max_blocks=1,
+                  batch_size=3, seed=0, grading_workers=1, k="2", temperature=0.0)  # fmt: skip
+    engine_out, vllm_out = tmp_path / "engine", tmp_path / "vllm"
+    E.evaluate(E.EvalConfig(output_dir=str(engine_out), **common), progress=False)
+    cfg = E.EvalConfig(output_dir=str(vllm_out), backend="vllm", tensor_parallel_size=2, data_parallel_size=2,
+                       vllm_kwargs="{gpu_memory_utilization: 0.5}", limit=3, **common)  # fmt: skip
+    E.evaluate(cfg, progress=False)
+    (llm,) = fake_vllm_module.made
+    assert llm.kwargs == {"enable_prefix_caching": True, "dtype": "auto", "tensor_parallel_size": 2,
+                          "data_parallel_size": 2, "gpu_memory_utilization": 0.5}  # fmt: skip
+    # resume: a larger limit generates only the new problem's samples
+    first = list(read_jsonl(vllm_out / "completions.jsonl"))
+    asked = len(llm.requests)
+    fake_vllm_module.made.clear()
+    res = E.evaluate(E.EvalConfig(**{**cfg.__dict__, "limit": None, "k": "2"}), progress=False)
+    (llm,) = fake_vllm_module.made
+    rows = list(read_jsonl(vllm_out / "completions.jsonl"))
+    assert rows[: len(first)] == first and len(first) == 3 * 2 and len(rows) == 4 * 2
+    assert llm.requests and len(llm.requests) <= asked  # only 2 samples asked for this time (6 before)
+    assert {r["problem_id"] for r in rows[len(first) :]} == {"mini-3"}
+    # the same folder layout, rows and results as the engine's
+    assert sorted(p.name for p in vllm_out.iterdir()) == sorted(p.name for p in engine_out.iterdir())
+    engine_rows = list(read_jsonl(engine_out / "completions.jsonl"))
+    assert [set(r) for r in rows] == [set(r) for r in engine_rows]
+    engine_res = json.loads((engine_out / "results.json").read_text())
+    assert set(res) == set(engine_res) and set(res["benchmarks"][str(bench)]) == set(engine_res["benchmarks"][str(bench)])
+    assert json.loads((vllm_out / "run.json").read_text())["identity"]["backend"] == "vllm"
+    with pytest.raises(ValueError, match="backend: 'vllm' there, 'engine' now"):
+        E.evaluate(E.EvalConfig(output_dir=str(vllm_out), **common), progress=False)
+
+
+def test_eval_on_vllm_bad_input(tmp_path, fake_vllm_module, capsys):
+    from parallel_r1.cli import main
+    from parallel_r1.evaluate import EvalConfig, evaluate
+
+    model, tok = build_tiny_model("llama", with_tags=False)
+    bare = tmp_path / "bare"
+    model.save_pretrained(bare)
+    tok.save_pretrained(bare)
+    cfg = EvalConfig(model=str(bare), output_dir=str(tmp_path / "ev"), benchmarks="aime24", backend="vllm", limit=1)
+    with pytest.raises(ValueError, match="has no tag tokens; the vllm backend cannot add them"):
+        evaluate(cfg, progress=False)
+    assert not fake_vllm_module.made  # refused before vLLM started
+    for bad in (["--temperature", "0.001"], ["--backend", "sglang"], ["--vllm-kwargs", "[1, 2]"]):
+        assert main(["eval", "--model", str(bare), "--output-dir", str(tmp_path / "ev2"), "--backend", "vllm", *bad]) == 2
+    err = capsys.readouterr().err
+    assert "temperature 0.001" in err and "sglang" in err and "vllm_kwargs must be a mapping" in err
+
+
+def test_vllm_fixes_path_budget_eos_and_dtype(tmp_path, fake_vllm_module):
+    model, tok, tags, a, s = scripted_setup(path_len=50)
+    llm = FakeLLM(model, tok)
+    cfg = DecodingConfig(num_paths=2, max_blocks=1, max_new_tokens=60, max_path_tokens=2, temperature=0)
+    (sample,) = VLLMEngine(llm, cfg, sampling_params=params).generate([[a, a, a]])
+    paths = [p for ids, p in llm.requests if ids[-1] == tags.path_open]
+    assert paths and all(p.max_tokens == 1 for p in paths)  # vLLM refuses max_tokens=0
+    # the model's generation-config EOS ids end a phase as the tokenizer's EOS does
+    other_eos = tok.convert_tokens_to_ids("b")
+    engine = VLLMEngine(FakeLLM(model, tok), DecodingConfig(variant="seen", max_new_tokens=5, temperature=0),
+                        sampling_params=params, eos_ids=[other_eos])  # fmt: skip
+    engine.generate([[a]])
+    assert engine.llm.requests[0][1].stop_token_ids == [tok.eos_token_id, other_eos]
+    from transformers import GenerationConfig
+
+    folder = tmp_path / "m"
+    GenerationConfig(eos_token_id=[tok.eos_token_id, other_eos]).save_pretrained(folder)
+    from parallel_r1.decoding.vllm_backend import generation_eos_ids
+
+    assert generation_eos_ids(str(folder)) == [tok.eos_token_id, other_eos] and generation_eos_ids(str(tmp_path / "none")) == []
+    with pytest.raises(ValueError, match="path_temperature 0.005 is outside"):
+        VLLMEngine(FakeLLM(model, tok), DecodingConfig(path_temperature=0.005), sampling_params=params)
+    # generate --backend vllm asks for the model's own dtype (vLLM "auto"), not float32
+    from parallel_r1.commands.generate import GenerateConfig, run
+
+    small, small_tok = build_tiny_model("llama")
+    small.save_pretrained(tmp_path / "tiny")
+    small_tok.save_pretrained(tmp_path / "tiny")
+    run(GenerateConfig(model=str(tmp_path / "tiny"), problem=["1+1?"], backend="vllm", max_new_tokens=4, temperature=0))
+    assert fake_vllm_module.made[-1].kwargs["dtype"] == "auto"

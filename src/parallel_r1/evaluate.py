@@ -53,10 +53,12 @@ TEMPLATE_CHOICES = ("parallel_v3", "baseline", "fewshot", "no_prompt", "parallel
 IDENTITY = (
     "model", "template", "variant", "grader", "extractor", "temperature", "top_p", "top_k",
     "max_new_tokens", "num_paths", "max_blocks", "max_path_tokens", "path_temperature", "protocol", "decoding",
+    "backend",
 )
 # What a run.json written before a field existed means by its absence.
-IDENTITY_DEFAULTS = {"protocol": "custom", "decoding": "engine"}
+IDENTITY_DEFAULTS = {"protocol": "custom", "decoding": "engine", "backend": "engine"}
 DECODINGS = ("engine", "paper")
+BACKENDS = ("engine", "vllm")
 
 
 @dataclass
@@ -92,6 +94,10 @@ class EvalConfig:
     batch_size: int = field(default=8, metadata={"help": "Samples generated per engine call."})
     seed: int | None = field(default=None, metadata={"help": "Seed of the sampler; each batch gets seed + batch number (unset: not seeded, as the paper)."})
     grading_workers: int | None = field(default=None, metadata={"help": "Grader processes (default: CPUs)."})
+    backend: str = field(default="engine", metadata={"help": "Generation: `engine` (parallel_r1.decoding.ParallelEngine, exact, CPU/GPU) or `vllm` (the paper's separate-request loop on vLLM, as the paper's own numbers were made; GPU, not exact, docs/decoding.md)."})
+    tensor_parallel_size: int = field(default=1, metadata={"help": "vLLM backend: GPUs per model copy (vllm.LLM tensor_parallel_size)."})
+    data_parallel_size: int = field(default=1, metadata={"help": "vLLM backend: model copies (vllm.LLM data_parallel_size)."})
+    vllm_kwargs: dict | str | None = field(default=None, metadata={"help": "vLLM backend: more vllm.LLM engine arguments, a mapping (YAML/JSON), e.g. `{gpu_memory_utilization: 0.85, max_model_len: 8192}`."})
 
     def __post_init__(self):
         from .protocols import get_protocol, resolve_model_kind
@@ -124,6 +130,7 @@ class EvalConfig:
             raise KeyError(f"unknown variant {self.variant!r}; known: unseen, seen")
         if self.decoding not in DECODINGS:
             raise KeyError(f"unknown decoding {self.decoding!r}; known: {', '.join(DECODINGS)}")
+        self._check_backend()
         from .grading import GRADERS
         from .protocols import EXTRACTORS
 
@@ -142,6 +149,22 @@ class EvalConfig:
                 raise ValueError(f"eval: k for {name} must be >= 1, got {k}")
             if k > n:
                 raise ValueError(f"eval: k={k} for {name} is larger than the {n} samples per problem (samples {name}={n})")
+
+    def _check_backend(self) -> None:
+        if self.backend not in BACKENDS:
+            raise KeyError(f"unknown backend {self.backend!r}; known: {', '.join(BACKENDS)}")
+        if isinstance(self.vllm_kwargs, str):
+            import yaml
+
+            self.vllm_kwargs = yaml.safe_load(self.vllm_kwargs)
+        if self.vllm_kwargs is not None and not isinstance(self.vllm_kwargs, dict):
+            raise ValueError(f"eval: vllm_kwargs must be a mapping of vllm.LLM arguments, got {self.vllm_kwargs!r}")
+        if self.tensor_parallel_size < 1 or self.data_parallel_size < 1:
+            raise ValueError("eval: tensor_parallel_size and data_parallel_size must be >= 1")
+        if self.backend == "vllm":
+            from .decoding.vllm_backend import check_sampling
+
+            check_sampling(self.temperature, self.path_temperature, where="eval")
 
     def k_of(self, name: str) -> int:
         return self.k.get(name, DEFAULT_K.get(name, 1))
@@ -218,31 +241,66 @@ GenerateFn = Callable[[list[str], int | None], list[Completion]]
 def engine_generate_fn(model, tokenizer, cfg: EvalConfig, make_engine=None) -> GenerateFn:
     """Generation through :class:`parallel_r1.decoding.ParallelEngine` (Seen or Unseen), or
     through ``make_engine(DecodingConfig)`` (an engine with the same ``generate``)."""
-    from .decoding import DecodingConfig, ParallelEngine
+    from .decoding import ParallelEngine
     from .structure import TagIds
 
     tags = TagIds.from_tokenizer(tokenizer)
     ends = [t for t in {tokenizer.eos_token, tokenizer.pad_token} if t]
 
     def generate(prompts: list[str], seed: int | None) -> list[Completion]:
-        dcfg = DecodingConfig(
-            variant=cfg.variant, num_paths=cfg.num_paths, max_blocks=cfg.max_blocks,
-            max_new_tokens=cfg.max_new_tokens, max_path_tokens=cfg.max_path_tokens or cfg.max_new_tokens,
-            temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
-            path_temperature=cfg.path_temperature, seed=seed,
-        )
+        dcfg = _decoding_config(cfg, seed)
         engine = make_engine(dcfg) if make_engine is not None else ParallelEngine(model, tokenizer, dcfg)
-        samples = engine.generate(prompts, n=1)
-        samples = sorted(samples, key=lambda s: s.prompt_index)
-        out = []
-        for s in samples:
-            ids = list(s.completion_ids)
-            n = len(ids)
-            positions = [i / n for i, t in enumerate(ids) if t == tags.parallel_open] if n else []
-            out.append(Completion(_strip_end(s.text, ends), n, s.finish_reason, positions))
-        return out
+        return _completions(engine.generate(prompts, n=1), tags.parallel_open, ends)
 
     return generate
+
+
+def _decoding_config(cfg: EvalConfig, seed: int | None):
+    from .decoding import DecodingConfig
+
+    return DecodingConfig(
+        variant=cfg.variant, num_paths=cfg.num_paths, max_blocks=cfg.max_blocks,
+        max_new_tokens=cfg.max_new_tokens, max_path_tokens=cfg.max_path_tokens or cfg.max_new_tokens,
+        temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+        path_temperature=cfg.path_temperature, seed=seed,
+    )
+
+
+def _completions(samples, parallel_open: int | None, ends: Sequence[str]) -> list[Completion]:
+    out = []
+    for s in sorted(samples, key=lambda s: s.prompt_index):
+        ids = list(s.completion_ids)
+        n = len(ids)
+        positions = [i / n for i, t in enumerate(ids) if t == parallel_open] if n else []
+        out.append(Completion(_strip_end(s.text, ends), n, s.finish_reason, positions))
+    return out
+
+
+def vllm_generate_fn(cfg: EvalConfig) -> tuple[GenerateFn, object]:
+    """Generation on vLLM with the paper's loop (:class:`parallel_r1.decoding.vllm_backend.VLLMEngine`):
+    one ``vllm.LLM`` (prefix caching, ``tensor_parallel_size`` / ``data_parallel_size`` /
+    ``vllm_kwargs``) for the whole evaluation. vLLM cannot add the tag tokens in memory as the
+    engine backend does: an Unseen evaluation needs a model that has them (``prepare-model``)."""
+    from .decoding.vllm_backend import VLLMEngine, generation_eos_ids, load_llm
+    from .models import check_model_source, has_tag_tokens, load_tokenizer
+    from .structure import TagIds
+
+    check_model_source(cfg.model)
+    tokenizer = load_tokenizer(cfg.model)
+    if cfg.variant == "unseen" and not has_tag_tokens(tokenizer):
+        raise ValueError(f"eval: {cfg.model} has no tag tokens; the vllm backend cannot add them in memory "
+                         "(run `parallel-r1 prepare-model` first, or use --backend engine)")  # fmt: skip
+    tags = TagIds.from_tokenizer(tokenizer) if has_tag_tokens(tokenizer) else None
+    llm, params = load_llm(cfg.model, tensor_parallel_size=cfg.tensor_parallel_size,
+                           data_parallel_size=cfg.data_parallel_size, **(cfg.vllm_kwargs or {}))  # fmt: skip
+    eos = generation_eos_ids(cfg.model)
+    ends = [t for t in {tokenizer.eos_token, tokenizer.pad_token} if t]
+
+    def generate(prompts: list[str], seed: int | None) -> list[Completion]:
+        engine = VLLMEngine(llm, _decoding_config(cfg, seed), tokenizer=tokenizer, sampling_params=params, eos_ids=eos)
+        return _completions(engine.generate(prompts, n=1), tags.parallel_open if tags else None, ends)
+
+    return generate, tokenizer
 
 
 def _strip_end(text: str, ends: Sequence[str]) -> str:
@@ -417,7 +475,9 @@ def evaluate(cfg: EvalConfig, generate_fn: GenerateFn | None = None, tokenizer=N
             prompt_set(name, cfg.data_dir)
     check_run_folder(out, cfg)
     extra = {"protocol": protocol_record(cfg)}
-    if generate_fn is None:
+    if generate_fn is None and cfg.backend == "vllm":
+        generate_fn, tokenizer = vllm_generate_fn(cfg)
+    elif generate_fn is None:
         model, tokenizer, added = load_for_eval(cfg.model)
         extra["tags_added_in_memory"] = added
         if cfg.decoding == "paper":
@@ -500,10 +560,10 @@ def protocol_record(cfg: EvalConfig) -> dict:
 
 def run_identity(cfg: EvalConfig) -> dict:
     """The settings ``results.json`` records: every field but where the model and the results are
-    and how many grading processes ran, with ``k`` and ``samples`` resolved per benchmark.
+    and how many grading processes and GPUs ran, with ``k`` and ``samples`` resolved per benchmark.
     Two evaluations are comparable when their identities are equal (``rl-readiness`` checks it)."""
     d = dataclasses.asdict(cfg)
-    for f in ("model", "output_dir", "grading_workers"):
+    for f in ("model", "output_dir", "grading_workers", "tensor_parallel_size", "data_parallel_size"):
         d.pop(f)
     d["k"] = {b: cfg.k_of(b) for b in cfg.benchmarks}
     d["samples"] = {b: cfg.n_of(b) for b in cfg.benchmarks}

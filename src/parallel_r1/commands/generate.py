@@ -37,7 +37,7 @@ class GenerateConfig:
     n: int = field(default=1, metadata={"help": "Samples per problem."})
     output: str | None = field(default=None, metadata={"help": "Append samples to this jsonl instead of printing them."})
     data_dir: str | None = field(default=None, metadata={"help": "Folder of the local data sets (default: ../shared/data)."})
-    dtype: str = field(default="float32", metadata={"help": "float32 | bfloat16 | float16."})
+    dtype: str | None = field(default=None, metadata={"help": "float32 | bfloat16 | float16 (default: float32 on transformers; the model's own, e.g. bfloat16, on vllm)."})
     backend: str = field(default="transformers", metadata={"help": "transformers: the exact engine (CPU/GPU); vllm: the paper's separate-request loop on vLLM (GPU, fast, not exact: decoding/vllm_backend.py)."})
     # the engine (decoding.DecodingConfig)
     variant: str = field(default="unseen", metadata={"help": "unseen: orchestrated paths (exact layout); seen: plain causal sampling."})
@@ -57,7 +57,7 @@ class GenerateConfig:
     def __post_init__(self):
         if (self.problem is None) == (self.problems is None):
             raise ValueError("give exactly one of --problem (texts) and --problems (a set name or file)")
-        if self.dtype not in ("float32", "bfloat16", "float16"):
+        if self.dtype not in (None, "float32", "bfloat16", "float16"):
             raise ValueError(f"unknown dtype {self.dtype!r}; known: float32, bfloat16, float16")
         if self.backend not in ("transformers", "vllm"):
             raise ValueError(f"unknown backend {self.backend!r}; known: transformers, vllm")
@@ -69,6 +69,10 @@ class GenerateConfig:
         positive(self, "n", "limit", "num_paths", "max_new_tokens", "max_path_tokens", "batch_size")
         non_negative(self, "max_blocks", "temperature", "path_temperature", "top_k")
         fraction(self, "top_p")
+        if self.backend == "vllm":
+            from ..decoding.vllm_backend import check_sampling
+
+            check_sampling(self.temperature, self.path_temperature, where="generate")
 
 
 CONFIG = (GenerateConfig,)
@@ -82,8 +86,9 @@ def run(cfg: GenerateConfig) -> int:
     from ..models import load_with_tags
     from ..prompts import build_prompt
 
-    # the engine fields generate has (the others, e.g. max_cache_bytes, keep the engine's defaults)
-    dcfg = DecodingConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(DecodingConfig) if hasattr(cfg, f.name)})
+    # the engine fields this command has (dtype is where the weights load, not an autocast here)
+    shared = [f.name for f in dataclasses.fields(DecodingConfig) if hasattr(cfg, f.name) and f.name != "dtype"]
+    dcfg = DecodingConfig(**{name: getattr(cfg, name) for name in shared})
     if cfg.problem:
         problems = [(f"problem-{i}", text) for i, text in enumerate(cfg.problem)]
     else:
@@ -94,10 +99,10 @@ def run(cfg: GenerateConfig) -> int:
     if cfg.backend == "vllm":
         from ..decoding.vllm_backend import VLLMEngine
 
-        engine = VLLMEngine(cfg.model, dcfg, llm_kwargs=dict(dtype=cfg.dtype))
+        engine = VLLMEngine(cfg.model, dcfg, llm_kwargs=dict(dtype=cfg.dtype or "auto"))
         tok = engine.tokenizer
     else:
-        model, tok, added = load_with_tags(cfg.model, dtype=getattr(torch, cfg.dtype))
+        model, tok, added = load_with_tags(cfg.model, dtype=getattr(torch, cfg.dtype or "float32"))
         if added:
             print(f"generate: {cfg.model} has no tag tokens; added them in memory (as prepare-model does)", file=sys.stderr)
         engine = ParallelEngine(model, tok, dcfg)

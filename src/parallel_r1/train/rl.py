@@ -22,7 +22,7 @@ from transformers.trainer_utils import SaveStrategy
 from trl import GRPOConfig
 
 VARIANTS = ("unseen", "seen")
-BACKENDS = ("engine", "trl")
+BACKENDS = ("engine", "trl", "vllm")
 
 
 @dataclass
@@ -57,7 +57,8 @@ class RLConfig(GRPOConfig):
     auto_resume: bool = field(default=True, metadata={"help": "Resume from the last checkpoint-N in output_dir when there is one."})
     force: bool = field(default=False, metadata={"help": "Write into output_dir although it holds a run of another recipe (continue it with this one) or is not an rl run folder."})
     variant: str = field(default="unseen", metadata={"help": "`unseen`: orchestrated rollouts, path-isolating mask and shared-start positions in the loss. `seen`: free generation, causal."})
-    rollout_backend: str = field(default="engine", metadata={"help": "`engine`: parallel_r1.decoding.ParallelEngine through TRL's rollout_func (exact log-probs, both variants). `trl`: TRL's own generation (transformers or vLLM with use_vllm), seen variant only."})
+    rollout_backend: str = field(default="engine", metadata={"help": "`engine`: parallel_r1.decoding.ParallelEngine through TRL's rollout_func (exact log-probs, both variants). `vllm`: the paper's separate-request loop (Unseen) or plain sampling (Seen) on TRL's vLLM (vllm_mode colocate or server; GPU, needs the [vllm] extra; rollout log-probs are vLLM's, see vllm_importance_sampling_*). `trl`: TRL's own generation (transformers or vLLM with use_vllm), seen variant only."})
+    vllm_importance_sampling_mode: str = field(default="token_truncate", metadata={"help": "TRL's correction of the rollout/trainer mismatch with rollout_backend: vllm (on unless vllm_importance_sampling_correction: false): token_truncate (truncated IS, per token, ratios capped at vllm_importance_sampling_clip_max) | token_mask | sequence_truncate | sequence_mask. TRL's default is sequence_mask; token_truncate here because the Unseen loop's tokens after a block are off-policy by construction, and a sequence-level mask would drop most sequences that use a block."})
     num_paths: int = field(default=2, metadata={"help": "Paths per parallel block (Unseen rollouts)."})
     max_blocks: int = field(default=4, metadata={"help": "Max parallel blocks per completion; generation stops after the last block's summary (paper 4)."})
     max_path_tokens: int = field(default=4096, metadata={"help": "Max tokens per path (paper max_path_response_length 4096)."})
@@ -76,6 +77,8 @@ class RLConfig(GRPOConfig):
         for name in ("max_response_schedule", "clip_ratio_high_schedule"):
             if isinstance(getattr(self, name), str):
                 setattr(self, name, yaml.safe_load(getattr(self, name)))
+        if self.rollout_backend == "vllm":
+            self.use_vllm = True  # TRL then builds its vLLM (colocate or server) and syncs weights into it each step
         self._check()
         super().__post_init__()  # TRL derives steps_per_generation from the batch sizes
         # The trainer counts optimiser steps; the recipe counts RL steps (generations). Deriving
@@ -86,7 +89,7 @@ class RLConfig(GRPOConfig):
         self.logging_steps = self.opt_steps_per_rl  # one log (= one metrics.jsonl row) per RL step
         self.save_strategy = SaveStrategy.STEPS
         self.save_steps = self.save_every * self.opt_steps_per_rl  # checkpoints only at RL-step boundaries
-        if self.rollout_backend == "engine":
+        if self.rollout_backend in ("engine", "vllm"):
             # TRL pads completions to max_completion_length: the longest stage of the schedule
             self.max_completion_length = max(length_schedule(self).values())
 
@@ -118,6 +121,10 @@ class RLConfig(GRPOConfig):
             raise ValueError("rollout_backend: `trl` generates freely; the unseen variant needs the orchestrated engine (rollout_backend: engine)")
         if self.rollout_backend == "trl" and self.max_response_schedule:
             raise ValueError("max_response_schedule: needs rollout_backend: engine")
+        if self.rollout_backend == "vllm":
+            self._check_vllm()
+        elif self.use_vllm and self.rollout_backend == "engine":
+            raise ValueError("use_vllm: the engine backend does not generate on vLLM; set rollout_backend: vllm")
         if self.num_paths < 2:
             raise ValueError(f"num_paths: a block needs at least 2 paths, got {self.num_paths}")
         if self.rollout_batch_size <= 0:
@@ -135,6 +142,18 @@ class RLConfig(GRPOConfig):
             if k < 0 or not 0 <= v < 10:
                 raise ValueError(f"clip_ratio_high_schedule: step {k} -> {v}: steps must be >= 0 and values in [0, 10)")
         get_template(self.template)
+
+    def _check_vllm(self) -> None:
+        from ..decoding.vllm_backend import check_sampling, vllm_installed
+
+        if self.vllm_mode not in ("colocate", "server"):
+            raise ValueError(f"vllm_mode: {self.vllm_mode!r} is not one of colocate, server")
+        check_sampling(self.temperature, self.path_temperature if self.variant == "unseen" else None, where="rl")
+        if not vllm_installed():
+            raise ValueError(
+                "rollout_backend: `vllm` needs vLLM in a version TRL supports (pip install 'parallel-r1[vllm]', "
+                "GPU machines); rollout_backend: engine works without it"
+            )
 
     def rl_step(self, global_step: int) -> int:
         """The RL step (1-based) generated when the trainer is at optimiser step ``global_step``."""
@@ -296,10 +315,12 @@ def build_trainer(cfg: RLConfig):
             drop_checkpoints_after(run_dir, checkpoint_step(ckpt) if ckpt else 0)
         atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config_dict(cfg), sort_keys=False))
 
+    if cfg.rollout_backend == "vllm" and cfg.vllm_mode == "server":
+        check_vllm_server(cfg)
     model = load_model(cfg.model)  # float32 master weights; bf16 runs under TRL autocast (paper: fp32 actor)
     reward = T.ScheduledReward(schedule, cfg.rl_step, tok, set(tags.as_tuple()) if tags else set(), grader=cfg.grader)
     rollout = None
-    if cfg.rollout_backend == "engine":
+    if cfg.rollout_backend in ("engine", "vllm"):
         from ..decoding import DecodingConfig
 
         engine_cfg = DecodingConfig(
@@ -308,7 +329,7 @@ def build_trainer(cfg: RLConfig):
             temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k or 0,
             path_temperature=cfg.path_temperature, seed=cfg.rollout_seed,
         )
-        rollout = T.make_rollout_func(engine_cfg, tags, length_schedule(cfg), cfg.rl_step, cfg.train_injected)
+        rollout = T.make_rollout_func(engine_cfg, tags, length_schedule(cfg), cfg.rl_step, cfg.train_injected, backend=cfg.rollout_backend)
     trainer = T.ParallelGRPOTrainer(
         model=model, reward_funcs=[reward], args=cfg, train_dataset=Dataset.from_list(rows), processing_class=tok,
         rollout_func=rollout, callbacks=[T.MetricsWriter(run_dir / "metrics.jsonl"), completion_marker()],
@@ -345,6 +366,30 @@ def train(cfg: RLConfig) -> dict:
     if trainer.is_world_process_zero():
         atomic_write_json(Path(cfg.output_dir) / SUMMARY, summary)
     return summary
+
+
+def check_vllm_server(cfg: RLConfig) -> None:
+    """A ``vllm_mode: server`` run needs a ``trl vllm-serve`` that answers; asked before the model loads,
+    as TRL asks (``/health``, retried for ``vllm_server_timeout`` seconds)."""
+    import time
+
+    import requests
+
+    base = cfg.vllm_server_base_url or f"http://{cfg.vllm_server_host}:{cfg.vllm_server_port}"
+    deadline = time.monotonic() + cfg.vllm_server_timeout
+    while True:
+        try:
+            if requests.get(f"{base}/health", timeout=10).status_code == 200:
+                return
+            problem = "answers /health with an error"
+        except requests.RequestException as e:
+            problem = f"does not answer ({type(e).__name__})"
+        if time.monotonic() >= deadline:
+            raise ValueError(
+                f"vllm_server_base_url: the vLLM server at {base} {problem} after {cfg.vllm_server_timeout:g} s; "
+                f"start it first (trl vllm-serve --model {cfg.model}) or use vllm_mode: colocate"
+            )
+        time.sleep(2)
 
 
 def _maybe_tags(tok):

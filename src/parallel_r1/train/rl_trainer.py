@@ -9,13 +9,18 @@
   - ``_generate_and_score_completions``: after TRL scored a batch, append one row per completion
     to ``rollouts.jsonl`` and compute the parallel-thinking metrics of the RL step; first set
     ``epsilon_high`` from ``clip_ratio_high_schedule``.
-  - ``_compute_loss`` / ``_get_per_token_logps_and_entropies`` also measure the largest gap
-    between the trainer's and the sampler's log-probs (``logprob_gap_max``).
+  - ``_compute_loss`` / ``_get_per_token_logps_and_entropies`` also measure the gap between
+    the trainer's and the sampler's log-probs (``logprob_gap_max``, ``logprob_gap_mean``; with
+    the share of trained tokens after a block's ``</Parallel>``, ``after_block_token_share``, and
+    their gap, ``logprob_gap_mean_after_block``: where the vLLM loop is off-policy by
+    construction).
   - ``log``: put those metrics next to TRL's in every log (one log = one RL step).
   - ``_get_train_sampler``: TRL's ``RepeatSampler`` with ``set_epoch``, so a run resumed in a
     later epoch sees the same data order as an uninterrupted one.
 * :func:`make_rollout_func` — TRL's ``rollout_func`` backed by the decoding engine
-  (Unseen orchestrated or Seen free generation), with the staged response budget.
+  (Unseen orchestrated or Seen free generation), with the staged response budget; with
+  ``backend="vllm"`` by the paper's separate-request loop on TRL's own vLLM
+  (:func:`vllm_samples`: TRL syncs the weights into it before every generation).
 * :class:`ScheduledReward` — the reward schedule as a TRL reward function, stepping by RL step
   (one generation), not by optimiser step, and keeping per-completion details for the log.
 * :class:`MetricsWriter` — callback writing ``metrics.jsonl`` (one row per RL step).
@@ -120,8 +125,13 @@ class ScheduledReward:
         return [x["reward"] for x in self.last]
 
 
-def make_rollout_func(engine_config, tag_ids, length_schedule: dict[int, int], step_fn: Callable[[int], int], train_injected: bool = True):
+def make_rollout_func(engine_config, tag_ids, length_schedule: dict[int, int], step_fn: Callable[[int], int],
+                      train_injected: bool = True, backend: str = "engine"):  # fmt: skip
     """TRL ``rollout_func``: the per-process prompt slice (each prompt repeated per rollout) -> engine samples.
+
+    ``backend``: ``engine`` (:class:`~parallel_r1.decoding.ParallelEngine` on the policy itself,
+    exact log-probs) or ``vllm`` (:func:`vllm_samples`; the log-probs are vLLM's, which TRL keeps
+    as ``sampling_per_token_logps`` next to the trainer's own).
 
     Returns prompt/completion ids and the engine's per-token log-probs (TRL's required keys), and
     extra per-completion fields that TRL forwards to the reward function: ``completion_text``
@@ -140,8 +150,11 @@ def make_rollout_func(engine_config, tag_ids, length_schedule: dict[int, int], s
         cfg = replace(engine_config, max_new_tokens=budget, seed=None if engine_config.seed is None else engine_config.seed + step * 1000 + trainer.accelerator.process_index,
                       **engine_settings(trainer.args))
         tok = trainer.processing_class
-        with _model_for_generation(trainer) as model:
-            samples = ParallelEngine(model, tok, cfg).generate(list(prompts), n=1)
+        if backend == "vllm":
+            samples = vllm_samples(trainer, cfg, list(prompts))
+        else:
+            with _model_for_generation(trainer) as model:
+                samples = ParallelEngine(model, tok, cfg).generate(list(prompts), n=1)
         samples = sorted(samples, key=lambda s: s.prompt_index)
         out = {
             "prompt_ids": [list(s.prompt_ids) for s in samples],
@@ -156,6 +169,49 @@ def make_rollout_func(engine_config, tag_ids, length_schedule: dict[int, int], s
         return out
 
     return rollout
+
+
+def vllm_samples(trainer, cfg, prompts: list[str]) -> list:
+    """This process's prompts through the paper's loop on TRL's vLLM (``trainer.vllm_generation``).
+
+    Colocate: every process drives its own ``LLM`` (a tensor-parallel group gathers its prompts,
+    all its ranks generate the same requests, each keeps its share, as TRL does). Server: the
+    prompts of all processes go to the server from the main process and come back by slice.
+    """
+    from accelerate.utils import broadcast_object_list
+
+    from ..decoding.vllm_backend import ServerLLM, VLLMEngine
+
+    vg, acc, tok = trainer.vllm_generation, trainer.accelerator, trainer.processing_class
+    eos = getattr(trainer, "eos_token_ids", None)
+    eos = [eos] if isinstance(eos, int) else list(eos or [])
+
+    if vg.mode == "colocate":
+        from trl.generation import vllm_generation
+
+        engine = VLLMEngine(vg.llm, cfg, tokenizer=tok, sampling_params=vllm_generation.SamplingParams, eos_ids=eos)
+        if vg.tensor_parallel_size == 1:
+            return engine.generate(prompts, n=1)
+        group = [None] * vg.tensor_parallel_size
+        torch.distributed.all_gather_object(group, prompts, group=vg.tp_group)
+        rank = torch.distributed.get_rank(group=vg.tp_group)
+        samples = engine.generate([p for ps in group for p in ps], n=1)
+        return _rebase(samples[rank * len(prompts) : (rank + 1) * len(prompts)], rank * len(prompts))
+    everyone = gather_object(prompts)
+    samples = None
+    if acc.is_main_process:
+        llm = ServerLLM(vg.vllm_client, tok)
+        samples = VLLMEngine(llm, cfg, tokenizer=tok, sampling_params=dict, eos_ids=eos).generate(everyone, n=1)
+    box = [samples]
+    broadcast_object_list(box, from_process=0)
+    start = acc.process_index * len(prompts)
+    return _rebase(box[0][start : start + len(prompts)], start)
+
+
+def _rebase(samples: list, start: int) -> list:
+    for s in samples:
+        s.prompt_index -= start
+    return samples
 
 
 def engine_settings(args) -> dict:
@@ -191,8 +247,8 @@ class ParallelGRPOTrainer(GRPOTrainer):
     def __init__(self, *args, tag_ids, scheduled_reward: ScheduledReward, run_dir: str | os.PathLike, **kwargs):
         super().__init__(*args, **kwargs)  # args: an RLConfig (variant, step and clip-high schedule)
         self.tag_ids, self.scheduled_reward, self.run_dir = tag_ids, scheduled_reward, Path(run_dir)
-        self._gap_ref = None  # (sampling logps, mask) of the micro-batch whose loss is being computed
-        self._gap_max = 0.0
+        self._gap_ref = None  # (sampling logps, mask, completion ids) of the micro-batch whose loss is being computed
+        self._gap = _GapStats()
         self._rl_metrics: dict[str, float] = {}
         self._rollouts = JsonlAppender(self.run_dir / "rollouts.jsonl") if self.accelerator.is_main_process else None
 
@@ -213,14 +269,13 @@ class ParallelGRPOTrainer(GRPOTrainer):
         # first optimiser step (TRL uses per_token_logps.detach() as "old"), so the loss forward
         # itself is the trainer's log-prob under the rollout weights: measure the gap there for free.
         if inputs.get("old_per_token_logps") is None and "sampling_per_token_logps" in inputs:
-            self._gap_ref = (inputs["sampling_per_token_logps"], _loss_mask(inputs))
+            self._gap_ref = (inputs["sampling_per_token_logps"], _loss_mask(inputs), inputs["completion_ids"])
         return super()._compute_loss(model, inputs)
 
-    def _note_gap(self, trainer_logps, sampling_logps, mask) -> None:
-        delta = (trainer_logps.float() - sampling_logps.float()).abs()[mask.bool()]
-        delta = delta[~torch.isnan(delta)]
-        local = delta.max() if delta.numel() else torch.zeros((), device=trainer_logps.device)
-        self._gap_max = max(self._gap_max, float(self.accelerator.gather(local.reshape(1)).max()))
+    def _note_gap(self, trainer_logps, sampling_logps, mask, completion_ids) -> None:
+        close = self.tag_ids.parallel_close if self.tag_ids else None
+        local = gap_stats(trainer_logps, sampling_logps, mask, completion_ids, close)
+        self._gap.add(self.accelerator.gather(local.reshape(1, -1)))
 
     # -- rollout log and per-step metrics ---------------------------------------------------
     def _generate_and_score_completions(self, inputs):
@@ -231,7 +286,7 @@ class ParallelGRPOTrainer(GRPOTrainer):
         if not self.model.training:
             return output
         if output.get("old_per_token_logps") is not None and "sampling_per_token_logps" in output:
-            self._note_gap(output["old_per_token_logps"], output["sampling_per_token_logps"], _loss_mask(output))
+            self._note_gap(output["old_per_token_logps"], output["sampling_per_token_logps"], _loss_mask(output), output["completion_ids"])
         rows = [
             dict(d, prompt=x["prompt"], prompt_id=x.get("prompt_id"), length=len(d["ids"]), clipped=_clipped(x, len(d["ids"]), self.args.max_completion_length))
             for x, d in zip(inputs, self.scheduled_reward.last, strict=True)
@@ -276,8 +331,8 @@ class ParallelGRPOTrainer(GRPOTrainer):
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if self.model.training and self._rl_metrics:
             logs.update(self._rl_metrics)
-            logs["logprob_gap_max"] = self._gap_max
-            self._rl_metrics, self._gap_max = {}, 0.0
+            logs.update(self._gap.metrics())
+            self._rl_metrics, self._gap = {}, _GapStats()
         super().log(logs, start_time)
 
     def _get_train_sampler(self, dataset=None):
@@ -290,6 +345,55 @@ class ParallelGRPOTrainer(GRPOTrainer):
             shuffle=self.shuffle_dataset,
             seed=self.args.seed,
         )
+
+
+def gap_stats(trainer_logps, sampling_logps, mask, completion_ids, parallel_close: int | None) -> torch.Tensor:
+    """Rollout-vs-trainer log-prob gap of one batch, as sums that add up across batches and processes.
+
+    ``trainer_logps``, ``sampling_logps``, ``mask``, ``completion_ids``: ``[B, T]`` (tokens the
+    sampler did not score, the tags the vLLM loop injects, are ``nan`` and left out). Returns
+    ``[7]``: (sum |gap|, scored tokens, max |gap|, trained tokens, trained tokens after a block,
+    sum |gap| after a block, scored tokens after a block). "After a block": after the first ``</Parallel>`` of the completion
+    (the summary on): the tokens the paper's vLLM loop decodes on the flat text, off-policy for an
+    Unseen trainer by construction.
+    """
+    mask = mask.bool()
+    delta = (trainer_logps.float() - sampling_logps.float()).abs()
+    scored = mask & ~torch.isnan(delta)
+    delta = torch.where(scored, delta, torch.zeros_like(delta))
+    if parallel_close is None:
+        after = torch.zeros_like(mask)
+    else:
+        close = completion_ids == parallel_close
+        after = (close.cumsum(-1) - close.long()) > 0  # strictly after the first </Parallel>
+    zero = torch.zeros((), device=delta.device)
+    return torch.stack([
+        delta.sum(), scored.sum().float(), delta.max() if delta.numel() else zero,
+        mask.sum().float(), (mask & after).sum().float(), delta[after & scored].sum() if after.any() else zero,
+        (after & scored).sum().float(),
+    ])  # fmt: skip
+
+
+class _GapStats:
+    """``gap_stats`` rows summed over an RL step's batches; ``metrics()`` for its log row."""
+
+    def __init__(self):
+        self.total = torch.zeros(7, dtype=torch.float64)
+
+    def add(self, rows: torch.Tensor) -> None:  # [processes, 7]
+        rows = rows.detach().double().cpu()
+        gap_max = max(float(self.total[2]), float(rows[:, 2].max()))
+        self.total += rows.sum(0)
+        self.total[2] = gap_max
+
+    def metrics(self) -> dict[str, float]:
+        gap, scored, gap_max, trained, after, gap_after, scored_after = self.total.tolist()
+        return {
+            "logprob_gap_max": gap_max,
+            "logprob_gap_mean": gap / scored if scored else math.nan,
+            "after_block_token_share": after / trained if trained else math.nan,
+            "logprob_gap_mean_after_block": gap_after / scored_after if scored_after else math.nan,
+        }
 
 
 def _loss_mask(inputs) -> torch.Tensor:
