@@ -9,6 +9,7 @@ CONFIG = (EvalConfig,)
 
 
 def run(cfg: EvalConfig) -> int:
+    import os
     from pathlib import Path
 
     from ..evaluate import evaluate
@@ -17,6 +18,8 @@ def run(cfg: EvalConfig) -> int:
 
     check_model_source(cfg.model)
     results = evaluate(cfg)
+    if os.environ.get("RANK", "0") != "0":
+        return 0  # data-parallel eval: rank 0 wrote the results and prints the table
     title = f"{results['model']}  ({cfg.template}, {cfg.variant}, T={cfg.temperature}, max {cfg.max_new_tokens} tokens)"
     print(format_table(results, title=title))
     out = Path(cfg.output_dir)

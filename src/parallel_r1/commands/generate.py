@@ -32,7 +32,8 @@ class GenerateConfig:
     n: int = field(default=1, metadata={"help": "Samples per problem."})
     output: str | None = field(default=None, metadata={"help": "Append samples to this jsonl instead of printing them."})
     data_dir: str | None = field(default=None, metadata={"help": "Folder of the local data sets (default: ../shared/data)."})
-    dtype: str = field(default="float32", metadata={"help": "float32 | bfloat16 | float16."})
+    device: str = field(default="auto", metadata={"help": "auto (the first GPU when there is one, else the CPU), cpu, cuda, cuda:N."})
+    dtype: str = field(default="auto", metadata={"help": "Compute dtype: auto (bfloat16 on a GPU, float32 on the CPU), float32, bfloat16, float16. The engine keeps float32 weights and autocasts; vLLM loads the weights in it."})
     backend: str = field(default="transformers", metadata={"help": "transformers: the exact engine (CPU/GPU); vllm: the paper's separate-request loop on vLLM (GPU, fast, not exact: decoding/vllm_backend.py)."})
     # the engine (decoding.DecodingConfig)
     variant: str = field(default="unseen", metadata={"help": "unseen: orchestrated paths (exact layout); seen: plain causal sampling."})
@@ -51,8 +52,13 @@ class GenerateConfig:
     def __post_init__(self):
         if (self.problem is None) == (self.problems is None):
             raise ValueError("give exactly one of --problem (texts) and --problems (a set name or file)")
-        if self.dtype not in ("float32", "bfloat16", "float16"):
-            raise ValueError(f"unknown dtype {self.dtype!r}; known: float32, bfloat16, float16")
+        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise ValueError(f"unknown dtype {self.dtype!r}; known: auto, float32, bfloat16, float16")
+        if self.batch_size < 1:
+            raise ValueError(f"generate: batch_size must be >= 1, got {self.batch_size}")
+        from ..devices import resolve_device
+
+        resolve_device(self.device)  # a device this machine lacks fails here, before any model loads
         if self.backend not in ("transformers", "vllm"):
             raise ValueError(f"unknown backend {self.backend!r}; known: transformers, vllm")
 
@@ -61,14 +67,16 @@ CONFIG = (GenerateConfig,)
 
 
 def run(cfg: GenerateConfig) -> int:
-    import torch
-
     from ..decoding import DecodingConfig, ParallelEngine
+    from ..devices import resolve_device
     from ..io import JsonlAppender
     from ..models import load_model, load_tokenizer
     from ..prompts import build_prompt
 
-    dcfg = DecodingConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(DecodingConfig)})
+    device = resolve_device(cfg.device)
+    dtype = cfg.dtype if cfg.dtype != "auto" else "bfloat16" if device.type == "cuda" else "float32"
+    shared = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(DecodingConfig) if hasattr(cfg, f.name)}
+    dcfg = DecodingConfig(**{**shared, "dtype": dtype})
     if cfg.problem:
         problems = [(f"problem-{i}", text) for i, text in enumerate(cfg.problem)]
     else:
@@ -79,11 +87,11 @@ def run(cfg: GenerateConfig) -> int:
     if cfg.backend == "vllm":
         from ..decoding.vllm_backend import VLLMEngine
 
-        engine = VLLMEngine(cfg.model, dcfg, llm_kwargs=dict(dtype=cfg.dtype))
+        engine = VLLMEngine(cfg.model, dcfg, llm_kwargs=dict(dtype=dtype))
         tok = engine.tokenizer
     else:
         tok = load_tokenizer(cfg.model)
-        model = load_model(cfg.model, dtype=getattr(torch, cfg.dtype))
+        model = load_model(cfg.model).to(device)  # float32 weights; the engine autocasts to `dtype`
         engine = ParallelEngine(model, tok, dcfg)  # refuses a model without the tag tokens before decoding
     prompts = [build_prompt(text, tok, cfg.template) for _, text in problems]
     log = JsonlAppender(cfg.output) if cfg.output else None
