@@ -158,7 +158,7 @@ def eval_config(cfg: ReadinessConfig, model: str, out: Path):
         raise KeyError(f"rl-readiness: eval recipe: unknown EvalConfig field(s) {unknown}")
     try:
         return EvalConfig(**{**cfg.eval, "model": model, "output_dir": str(out)})
-    except TypeError as e:
+    except (TypeError, ValueError) as e:  # e.g. a device this machine lacks: before any model loads
         raise ValueError(f"rl-readiness: eval recipe: {e}") from None
 
 
