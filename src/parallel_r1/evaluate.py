@@ -347,6 +347,8 @@ class Ranks:
             if not dist.is_initialized():
                 dist.init_process_group("gloo")
             self.dist = dist
+            # a caller's NCCL group would need one current GPU per rank for object collectives
+            self.group = None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
 
     @property
     def main(self) -> bool:
@@ -354,14 +356,14 @@ class Ranks:
 
     def barrier(self) -> None:
         if self.world > 1:
-            self.dist.barrier()
+            self.dist.barrier(group=self.group)
 
     def from_main(self, obj):
         """Rank 0's ``obj`` on every rank."""
         if self.world == 1:
             return obj
         box = [obj]
-        self.dist.broadcast_object_list(box, src=0)
+        self.dist.broadcast_object_list(box, src=0, group=self.group)
         return box[0]
 
     def sink(self, out: Path) -> Path:
