@@ -4,7 +4,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: install demo test bench clean browser
+.PHONY: install demo test bench clean browser wheelhouse gpu-check
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -35,5 +35,15 @@ browser:
 bench: $(STAMP)
 	for f in bench/*.py; do $(BIN)/python $$f || exit 1; done
 
+# The project's dependencies as wheels (torch left out), for a GPU machine without network:
+# run where pip reaches an index; WHEEL_PYTHONS: further CPython versions to fetch binaries for.
+WHEEL_PYTHONS ?= 3.12
+wheelhouse:
+	$(PY) scripts/wheelhouse.py build --out wheelhouse --python-version $(WHEEL_PYTHONS)
+
+# Check a GPU machine with the Python that has a CUDA torch (PY=...), offline (docs/gpu.md).
+gpu-check:
+	$(PY) scripts/gpu_check.py
+
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .hypothesis
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .hypothesis .gpu-check-deps

@@ -177,6 +177,29 @@ def test_model_path_that_does_not_exist(tmp_path, capsys):
         E.load_for_eval(str(tmp_path / "no_such_model"))
 
 
+def test_a_device_this_machine_lacks_is_refused_before_the_model_loads(tmp_path, capsys):
+    import torch
+
+    not_a_model = tmp_path / "empty_model"
+    not_a_model.mkdir()  # would fail to load: the device error must come first
+    missing = f"cuda:{torch.cuda.device_count()}"  # one past the last GPU (cuda:0 on a CPU machine)
+    for cmd in (["eval", "--output_dir", str(tmp_path / "o"), "--benchmarks", "aime24"], ["generate", "--problem", "1+1?"]):
+        rc, err = _cli([*cmd, "--model", str(not_a_model), "--device", missing], capsys)
+        assert rc == 2 and f"device {missing!r}" in err and "CUDA device" in err
+    with pytest.raises(ValueError, match="dtype 'fp8'"):
+        E.EvalConfig(model="m", output_dir=str(tmp_path / "o"), dtype="fp8")
+    assert not (tmp_path / "o").exists()
+
+
+def test_eval_device_and_dtype_defaults():
+    import torch
+
+    cfg = E.EvalConfig(model="m", output_dir="o", device="cpu")
+    assert E.eval_device(cfg) == torch.device("cpu") and E.eval_dtype(cfg, torch.device("cpu")) == "float32"
+    assert E.eval_dtype(cfg, torch.device("cuda", 0)) == "bfloat16"  # auto: the recipes' training precision
+    assert E.eval_dtype(E.EvalConfig(model="m", output_dir="o", dtype="float16"), torch.device("cuda", 0)) == "float16"
+
+
 def test_k_larger_than_the_samples_available(tmp_path, capsys):
     rc, err = _cli(["eval", "--model", "m", "--benchmarks", "aime24", "--k", "aime24=4", "--samples", "aime24=2", "--output_dir", str(tmp_path / "o")], capsys)
     assert rc == 2 and "k=4" in err and "2 samples" in err

@@ -163,6 +163,7 @@ def test_interrupted_branch_resumes_its_rl_run(tmp_path, additions, midtrain_run
         (lambda c, d: c["rl"].update(not_a_field=1), "not_a_field"),
         (lambda c, d: c["eval"].update(benchmarks=["no_such_bench"]), "no_such_bench"),
         (lambda c, d: c.update(midtrain_dir=str(d / "empty")), "does not exist"),
+        (lambda c, d: c["eval"].update(device="cuda:99"), "device 'cuda:99'"),
     ],
 )
 def test_bad_input_fails_before_any_model_loads(tmp_path, additions, midtrain_run, monkeypatch, change, match):

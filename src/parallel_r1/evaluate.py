@@ -91,7 +91,9 @@ class EvalConfig:
     path_temperature: float | None = field(default=1.0, metadata={"help": "Temperature of paths (paper 1.0); unset = --temperature."})
     limit: int | None = field(default=None, metadata={"help": "Only the first N problems of each benchmark."})
     data_dir: str | None = field(default=None, metadata={"help": "Folder of the shipped data sets (default: the registry's)."})
-    batch_size: int = field(default=8, metadata={"help": "Samples generated per engine call."})
+    batch_size: int = field(default=8, metadata={"help": "Samples generated per engine call (per process under data-parallel eval)."})
+    device: str = field(default="auto", metadata={"help": "auto (the first GPU when there is one, else the CPU), cpu, cuda, cuda:N. Under `accelerate launch` / `torchrun` each process takes its local GPU."})
+    dtype: str = field(default="auto", metadata={"help": "Compute dtype of the engine: auto (bfloat16 on a GPU, float32 on the CPU), float32, bfloat16, float16. Weights stay float32; the forwards autocast, as a bf16 trainer's do."})
     seed: int | None = field(default=None, metadata={"help": "Seed of the sampler; each batch gets seed + batch number (unset: not seeded, as the paper)."})
     grading_workers: int | None = field(default=None, metadata={"help": "Grader processes (default: CPUs)."})
     backend: str = field(default="engine", metadata={"help": "Generation: `engine` (parallel_r1.decoding.ParallelEngine, exact, CPU/GPU) or `vllm` (the paper's separate-request loop on vLLM, as the paper's own numbers were made; GPU, not exact, docs/decoding.md)."})
@@ -131,6 +133,10 @@ class EvalConfig:
         if self.decoding not in DECODINGS:
             raise KeyError(f"unknown decoding {self.decoding!r}; known: {', '.join(DECODINGS)}")
         self._check_backend()
+        from .devices import resolve_device, resolve_dtype
+
+        resolve_device(self.device)  # a device this machine lacks fails here, before any model loads
+        resolve_dtype(self.dtype)
         from .grading import GRADERS
         from .protocols import EXTRACTORS
 
@@ -238,9 +244,10 @@ class Completion:
 GenerateFn = Callable[[list[str], int | None], list[Completion]]
 
 
-def engine_generate_fn(model, tokenizer, cfg: EvalConfig, make_engine=None) -> GenerateFn:
-    """Generation through :class:`parallel_r1.decoding.ParallelEngine` (Seen or Unseen), or
-    through ``make_engine(DecodingConfig)`` (an engine with the same ``generate``)."""
+def engine_generate_fn(model, tokenizer, cfg: EvalConfig, make_engine=None, dtype: str | None = None) -> GenerateFn:
+    """Generation through :class:`parallel_r1.decoding.ParallelEngine` (Seen or Unseen) on the
+    model's device, its forwards in ``dtype`` (None: the model's own), or through
+    ``make_engine(DecodingConfig)`` (an engine with the same ``generate``)."""
     from .decoding import ParallelEngine
     from .structure import TagIds
 
@@ -248,21 +255,21 @@ def engine_generate_fn(model, tokenizer, cfg: EvalConfig, make_engine=None) -> G
     ends = [t for t in {tokenizer.eos_token, tokenizer.pad_token} if t]
 
     def generate(prompts: list[str], seed: int | None) -> list[Completion]:
-        dcfg = _decoding_config(cfg, seed)
+        dcfg = _decoding_config(cfg, seed, dtype)
         engine = make_engine(dcfg) if make_engine is not None else ParallelEngine(model, tokenizer, dcfg)
         return _completions(engine.generate(prompts, n=1), tags.parallel_open, ends)
 
     return generate
 
 
-def _decoding_config(cfg: EvalConfig, seed: int | None):
+def _decoding_config(cfg: EvalConfig, seed: int | None, dtype: str | None = None):
     from .decoding import DecodingConfig
 
     return DecodingConfig(
         variant=cfg.variant, num_paths=cfg.num_paths, max_blocks=cfg.max_blocks,
         max_new_tokens=cfg.max_new_tokens, max_path_tokens=cfg.max_path_tokens or cfg.max_new_tokens,
         temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
-        path_temperature=cfg.path_temperature, seed=seed,
+        path_temperature=cfg.path_temperature, seed=seed, batch_size=cfg.batch_size, dtype=dtype,
     )
 
 
@@ -395,9 +402,98 @@ def open_run_folder(out: Path, cfg: EvalConfig, extra: dict | None = None) -> No
 
 
 def done_samples(path: Path) -> dict[tuple[str, str, int], dict]:
-    if not path.exists():
-        return {}
-    return {(r["benchmark"], str(r["problem_id"]), int(r["sample_index"])): r for r in read_jsonl(path, skip_bad=True)}
+    """Samples already generated: ``completions.jsonl`` plus the per-process files a data-parallel
+    run left next to it (``completions.rank<R>.jsonl``, not merged yet when it was interrupted)."""
+    done = {}
+    for p in [*sorted(path.parent.glob(RANK_FILES.format(rank="*"))), path]:  # the merged file wins
+        if p.exists():
+            done.update({_key(r): r for r in read_jsonl(p, skip_bad=True)})
+    return done
+
+
+def _key(row: dict) -> tuple[str, str, int]:
+    return row["benchmark"], str(row["problem_id"]), int(row["sample_index"])
+
+
+# ----------------------------------------------------------------------------- devices, data parallel
+
+# Where each process of a data-parallel run appends its samples; rank 0 merges them at the end.
+RANK_FILES = "completions.rank{rank}.jsonl"
+
+
+def eval_device(cfg: EvalConfig):
+    """The device of this process: ``cfg.device``, with ``auto``/``cuda`` meaning the process's own
+    GPU (``LOCAL_RANK``) when ``accelerate launch`` / ``torchrun`` started several."""
+    from .devices import resolve_device
+
+    dev = resolve_device(cfg.device)
+    if dev.type == "cuda" and dev.index is None:
+        return resolve_device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
+    return dev
+
+
+def eval_dtype(cfg: EvalConfig, device) -> str:
+    """``auto``: bfloat16 on a GPU (the precision the recipes train in), float32 elsewhere."""
+    if cfg.dtype != "auto":
+        return cfg.dtype
+    return "bfloat16" if device.type == "cuda" else "float32"
+
+
+class Ranks:
+    """The processes of one evaluation: 1 (plain run) or ``WORLD_SIZE`` under ``accelerate launch`` /
+    ``torchrun``. Each takes every ``world``-th missing (problem, sample) pair and appends to its own
+    file; rank 0 merges the files into ``completions.jsonl`` (each pair once) and writes
+    ``results.json``. Coordination goes through a gloo group: only small Python objects travel."""
+
+    def __init__(self):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        if self.world > 1:
+            import torch.distributed as dist
+
+            if not dist.is_initialized():
+                dist.init_process_group("gloo")
+            self.dist = dist
+            # a caller's NCCL group would need one current GPU per rank for object collectives
+            self.group = None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            self.dist.barrier(group=self.group)
+
+    def from_main(self, obj):
+        """Rank 0's ``obj`` on every rank."""
+        if self.world == 1:
+            return obj
+        box = [obj]
+        self.dist.broadcast_object_list(box, src=0, group=self.group)
+        return box[0]
+
+    def sink(self, out: Path) -> Path:
+        return out / ("completions.jsonl" if self.world == 1 else RANK_FILES.format(rank=self.rank))
+
+
+def merge_rank_files(out: Path) -> int:
+    """Append the rows of ``completions.rank*.jsonl`` that ``completions.jsonl`` lacks, then delete
+    those files; returns the rows added. Crash-safe: until a file is deleted its rows are also
+    read by :func:`done_samples`, and a re-run appends only the keys still missing."""
+    main = out / "completions.jsonl"
+    have = {_key(r) for r in read_jsonl(main, skip_bad=True)} if main.exists() else set()
+    parts = sorted(out.glob(RANK_FILES.format(rank="*")))
+    added = 0
+    with JsonlAppender(main) as sink:
+        for part in parts:
+            rows = [r for r in read_jsonl(part, skip_bad=True) if _key(r) not in have]
+            have.update(_key(r) for r in rows)
+            sink.write_many(rows)
+            added += len(rows)
+    for part in parts:
+        part.unlink()
+    return added
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -466,6 +562,7 @@ def evaluate(cfg: EvalConfig, generate_fn: GenerateFn | None = None, tokenizer=N
     from .protocols import EXTRACTORS, get_protocol
 
     out = Path(cfg.output_dir)
+    ranks = Ranks()
     # Everything that can be wrong with the input fails here, before the model loads.
     benches = {name: load_benchmark(name, cfg) for name in cfg.benchmarks}
     if cfg.template == "fewshot":
@@ -478,31 +575,37 @@ def evaluate(cfg: EvalConfig, generate_fn: GenerateFn | None = None, tokenizer=N
     if generate_fn is None and cfg.backend == "vllm":
         generate_fn, tokenizer = vllm_generate_fn(cfg)
     elif generate_fn is None:
-        model, tokenizer, added = load_for_eval(cfg.model)
+        device = eval_device(cfg)
+        model, tokenizer, added = load_for_eval(cfg.model, device)
         extra["tags_added_in_memory"] = added
         if cfg.decoding == "paper":
             from .decoding.paper_loop import paper_generate_fn
 
             generate_fn = paper_generate_fn(model, tokenizer, cfg)
         else:
-            generate_fn = engine_generate_fn(model, tokenizer, cfg)
-    open_run_folder(out, cfg, extra)
+            generate_fn = engine_generate_fn(model, tokenizer, cfg, dtype=eval_dtype(cfg, device))
+    if ranks.main:
+        open_run_folder(out, cfg, extra)
+    ranks.barrier()
     done = done_samples(out / "completions.jsonl")
+    ranks.barrier()  # every rank has read the same files before any rank appends to its own
     extract = EXTRACTORS[cfg.extractor]
     chat = None if get_protocol(cfg.protocol).chat_template else False
+    progress = progress and ranks.main
 
     from tqdm.auto import tqdm
 
     batch_no = 0
-    with JsonlAppender(out / "completions.jsonl") as sink:
+    with JsonlAppender(ranks.sink(out)) as sink:
         for name, problems in benches.items():
             bp = build_prompts(name, problems, tokenizer, cfg.template, cfg.data_dir, use_chat_template=chat)
             n = cfg.n_of(name)
             todo = [(i, s) for i, p in enumerate(problems) for s in range(n) if (name, str(p.id), s) not in done]
             bar = tqdm(total=len(problems) * n, initial=len(problems) * n - len(todo), desc=f"{name}", unit="sample", disable=not progress)
+            todo = todo[ranks.rank :: ranks.world]  # this process's shard (all of it in a plain run)
             for start in range(0, len(todo), cfg.batch_size):
                 batch = todo[start : start + cfg.batch_size]
-                seed = None if cfg.seed is None else cfg.seed + batch_no
+                seed = None if cfg.seed is None else cfg.seed + batch_no * ranks.world + ranks.rank
                 batch_no += 1
                 comps = generate_fn([bp.prompts[i] for i, _ in batch], seed)
                 if len(comps) != len(batch):
@@ -525,9 +628,14 @@ def evaluate(cfg: EvalConfig, generate_fn: GenerateFn | None = None, tokenizer=N
                 sink.write_many(rows)
                 for r in rows:
                     done[(name, r["problem_id"], r["sample_index"])] = r
-                bar.update(len(batch))
+                bar.update(len(batch) * ranks.world)
             bar.close()
 
+    ranks.barrier()  # every shard is on disk
+    if not ranks.main:
+        return ranks.from_main(None)
+    merge_rank_files(out)
+    done = done_samples(out / "completions.jsonl")
     results = {"model": cfg.identity()["model"], "protocol": protocol_record(cfg), "settings": run_identity(cfg), "benchmarks": {}}
     for name, problems in benches.items():
         n = cfg.n_of(name)
@@ -538,7 +646,7 @@ def evaluate(cfg: EvalConfig, generate_fn: GenerateFn | None = None, tokenizer=N
     for name, res in old.get("benchmarks", {}).items():
         results["benchmarks"].setdefault(name, res)
     atomic_write_json(out / "results.json", results)
-    return results
+    return ranks.from_main(results)
 
 
 def _read_results(path: Path) -> dict:
@@ -563,18 +671,21 @@ def run_identity(cfg: EvalConfig) -> dict:
     and how many grading processes and GPUs ran, with ``k`` and ``samples`` resolved per benchmark.
     Two evaluations are comparable when their identities are equal (``rl-readiness`` checks it)."""
     d = dataclasses.asdict(cfg)
-    for f in ("model", "output_dir", "grading_workers", "tensor_parallel_size", "data_parallel_size"):
+    for f in ("model", "output_dir", "grading_workers", "device", "tensor_parallel_size", "data_parallel_size"):
         d.pop(f)
     d["k"] = {b: cfg.k_of(b) for b in cfg.benchmarks}
     d["samples"] = {b: cfg.n_of(b) for b in cfg.benchmarks}
     return d
 
 
-def load_for_eval(model_path: str):
-    """Model and tokenizer, with the tag tokens added in memory when the checkpoint lacks them."""
+def load_for_eval(model_path: str, device=None):
+    """Model (on ``device``; None: the CPU) and tokenizer, with the tag tokens added in memory when
+    the checkpoint lacks them."""
     from .models import load_with_tags
 
     model, tok, added = load_with_tags(model_path)
     if added:
         print(f"eval: {model_path} has no tag tokens; added them in memory (as prepare-model does)", file=sys.stderr)
+    if device is not None:
+        model.to(device)
     return model, tok, added

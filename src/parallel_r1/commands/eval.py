@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from ..evaluate import EvalConfig
 
 HELP = "benchmarks with mean@k / pass@k / maj@k and parallel-thinking metrics"
@@ -17,6 +19,8 @@ def run(cfg: EvalConfig) -> int:
 
     check_model_source(cfg.model)
     results = evaluate(cfg)
+    if os.environ.get("RANK", "0") != "0":
+        return 0  # data-parallel eval: rank 0 wrote the results and prints the table
     title = f"{results['model']}  ({protocol_label(results)}: {cfg.template}, {cfg.variant}, {cfg.decoding} decoding, T={cfg.temperature}, max {cfg.max_new_tokens} tokens)"
     print(format_table(results, title=title))
     out = Path(cfg.output_dir)

@@ -37,7 +37,8 @@ class GenerateConfig:
     n: int = field(default=1, metadata={"help": "Samples per problem."})
     output: str | None = field(default=None, metadata={"help": "Append samples to this jsonl instead of printing them."})
     data_dir: str | None = field(default=None, metadata={"help": "Folder of the local data sets (default: ../shared/data)."})
-    dtype: str | None = field(default=None, metadata={"help": "float32 | bfloat16 | float16 (default: float32 on transformers; the model's own, e.g. bfloat16, on vllm)."})
+    device: str = field(default="auto", metadata={"help": "auto (the first GPU when there is one, else the CPU), cpu, cuda, cuda:N."})
+    dtype: str = field(default="auto", metadata={"help": "Compute dtype: auto (bfloat16 on a GPU, float32 on the CPU), float32, bfloat16, float16. The engine keeps float32 weights and autocasts; vLLM loads the weights in it (auto: the model's own)."})
     backend: str = field(default="transformers", metadata={"help": "transformers: the exact engine (CPU/GPU); vllm: the paper's separate-request loop on vLLM (GPU, fast, not exact: decoding/vllm_backend.py)."})
     # the engine (decoding.DecodingConfig)
     variant: str = field(default="unseen", metadata={"help": "unseen: orchestrated paths (exact layout); seen: plain causal sampling."})
@@ -57,8 +58,11 @@ class GenerateConfig:
     def __post_init__(self):
         if (self.problem is None) == (self.problems is None):
             raise ValueError("give exactly one of --problem (texts) and --problems (a set name or file)")
-        if self.dtype not in (None, "float32", "bfloat16", "float16"):
-            raise ValueError(f"unknown dtype {self.dtype!r}; known: float32, bfloat16, float16")
+        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise ValueError(f"unknown dtype {self.dtype!r}; known: auto, float32, bfloat16, float16")
+        from ..devices import resolve_device
+
+        resolve_device(self.device)  # a device this machine lacks fails here, before any model loads
         if self.backend not in ("transformers", "vllm"):
             raise ValueError(f"unknown backend {self.backend!r}; known: transformers, vllm")
         from ..prompts import TEMPLATES
@@ -79,16 +83,16 @@ CONFIG = (GenerateConfig,)
 
 
 def run(cfg: GenerateConfig) -> int:
-    import torch
-
     from ..decoding import DecodingConfig, ParallelEngine
+    from ..devices import resolve_device
     from ..io import JsonlAppender, read_jsonl
     from ..models import load_with_tags
     from ..prompts import build_prompt
 
-    # the engine fields this command has (dtype is where the weights load, not an autocast here)
-    shared = [f.name for f in dataclasses.fields(DecodingConfig) if hasattr(cfg, f.name) and f.name != "dtype"]
-    dcfg = DecodingConfig(**{name: getattr(cfg, name) for name in shared})
+    device = resolve_device(cfg.device)
+    dtype = cfg.dtype if cfg.dtype != "auto" else "bfloat16" if device.type == "cuda" else "float32"
+    shared = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(DecodingConfig) if hasattr(cfg, f.name)}
+    dcfg = DecodingConfig(**{**shared, "dtype": dtype})
     if cfg.problem:
         problems = [(f"problem-{i}", text) for i, text in enumerate(cfg.problem)]
     else:
@@ -99,10 +103,11 @@ def run(cfg: GenerateConfig) -> int:
     if cfg.backend == "vllm":
         from ..decoding.vllm_backend import VLLMEngine
 
-        engine = VLLMEngine(cfg.model, dcfg, llm_kwargs=dict(dtype=cfg.dtype or "auto"))
+        engine = VLLMEngine(cfg.model, dcfg, llm_kwargs=dict(dtype=cfg.dtype))  # auto: the model's own dtype
         tok = engine.tokenizer
     else:
-        model, tok, added = load_with_tags(cfg.model, dtype=getattr(torch, cfg.dtype or "float32"))
+        model, tok, added = load_with_tags(cfg.model)  # float32 weights; the engine autocasts to `dtype`
+        model = model.to(device)
         if added:
             print(f"generate: {cfg.model} has no tag tokens; added them in memory (as prepare-model does)", file=sys.stderr)
         engine = ParallelEngine(model, tok, dcfg)

@@ -164,7 +164,7 @@ def eval_config(cfg: ReadinessConfig, model: str, out: Path, model_kind: str | N
     try:
         kind = {"model_kind": model_kind} if model_kind and get_protocol(cfg.eval.get("protocol", "custom")).by_kind else {}
         return EvalConfig(**{**kind, **cfg.eval, "model": model, "output_dir": str(out)})
-    except TypeError as e:
+    except (TypeError, ValueError) as e:  # e.g. a device this machine lacks: before any model loads
         raise ValueError(f"rl-readiness: eval recipe: {e}") from None
 
 
