@@ -273,7 +273,9 @@ def train(cfg: RLConfig) -> dict:
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is TRL's documented extension point
     trainer, ckpt = build_trainer(cfg)
     result = trainer.train(resume_from_checkpoint=ckpt)
-    trainer.save_model(cfg.output_dir)
+    from .checkpoints import save_final_model
+
+    save_final_model(trainer, cfg.output_dir)  # a full checkpoint even under sharded FSDP
     return {"train": result.metrics, "resumed_from": ckpt, "output_dir": cfg.output_dir}
 
 
