@@ -304,15 +304,16 @@ def run_stage(cfg: MidtrainConfig, stage: StageConfig, init: str, out: Path, opt
     save_final_model(trainer, tmp)
     trainer.accelerator.wait_for_everyone()
 
-    seen = stream.state_at(trainer.state.global_step * cfg.batch_size)["tokens_per_source"]
-    report = stage_report(cfg, stage, init, steps, lr, mix, seen, trainer.state.log_history, cb.lrs, (trainer.state.global_step - start_step) * cfg.tokens_per_step, runtime)
-    report["checkpoint"] = str(final)
-    if main:
+    if main:  # the main process reads the stream and dispatches the batches: it knows the position
+        seen = stream.state_at(trainer.state.global_step * cfg.batch_size)["tokens_per_source"]
+        report = stage_report(cfg, stage, init, steps, lr, mix, seen, trainer.state.log_history, cb.lrs, (trainer.state.global_step - start_step) * cfg.tokens_per_step, runtime)
+        report["checkpoint"] = str(final)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         atomic_write_json(out / "report.json", report)
         print(format_report(report))
     trainer.accelerator.wait_for_everyone()  # the next stage, on every rank, reads final/
+    report = json.loads((out / "report.json").read_text())
     del trainer, model
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
     return report
