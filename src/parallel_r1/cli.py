@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # Order = the curriculum's order.
@@ -110,6 +111,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"parallel-r1: unknown command {name!r}; known: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
     parsing = True
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":  # an FSDP launch: on CPU too
+        from .devices import allow_fsdp_on_cpu
+
+        allow_fsdp_on_cpu()
     try:
         configs = parse_command(name, rest)
         parsing = False

@@ -3,7 +3,8 @@
 * :func:`resolve_device` / :func:`resolve_dtype` turn recipe strings into torch objects, with
   one clear error for a device this machine does not have or a dtype name torch does not know.
 * :func:`check_unseen_attention` refuses attention implementations that ignore the Unseen
-  layout's 4-D mask (docs/decoding.md, "Devices and dtypes").
+  layout's 4-D mask (docs/decoding.md, "Devices and dtypes"); :func:`check_attention_available`
+  refuses flash-attention without the ``flash-attn`` extra.
 * :func:`params_sharded` / :func:`world_size` decide whether decoding must run in lockstep
   (every forward of a sharded model is a collective; docs/decoding.md, "Lockstep").
 """
@@ -79,6 +80,22 @@ def check_unseen_attention(model_or_impl) -> None:
     )
 
 
+def check_attention_available(impl: str | None) -> None:
+    """Refuse a flash-attention implementation this machine cannot load, naming the extra that
+    brings it, when the config is made (transformers would raise an ImportError only once the
+    model loads, minutes into a run)."""
+    if impl not in ("flash_attention_2", "flash_attention_3"):
+        return
+    from transformers.utils import is_flash_attn_2_available, is_flash_attn_3_available
+
+    if (is_flash_attn_2_available if impl == "flash_attention_2" else is_flash_attn_3_available)():
+        return
+    raise ImportError(
+        f"attn_implementation {impl!r} needs the flash-attn package and a CUDA GPU: install the extra "
+        f"(pip install 'parallel-r1[flash-attn]') or set `attn_implementation: sdpa`"
+    )
+
+
 def world_size() -> int:
     import torch.distributed as dist
 
@@ -98,6 +115,112 @@ def params_sharded(model: torch.nn.Module) -> bool:
     if any(isinstance(m, (FSDPModule, FullyShardedDataParallel)) for m in model.modules()):
         return True
     return any(isinstance(p, DTensor) or hasattr(p, "ds_id") for p in model.parameters())
+
+
+def allow_fsdp_on_cpu() -> None:
+    """Let ``accelerate launch`` with an FSDP config shard on CPU processes (gloo).
+
+    accelerate 1.15 turns its FSDP plugin on only for accelerator process groups; on a CPU-only
+    machine (``use_cpu: true`` in the recipe) it silently falls back to DDP, so a config such as
+    ``recipes/accelerate/fsdp_cpu_2proc.yaml`` would not test sharding at all. FSDP2 itself runs
+    on CPU tensors over gloo, so when the launch asks for FSDP and this machine has no
+    accelerator, the state is switched to FSDP after accelerate built it. No-op otherwise.
+    """
+    import os
+
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true" or torch.accelerator.is_available():
+        return
+    from accelerate.state import AcceleratorState
+    from accelerate.utils import DistributedType
+
+    init = AcceleratorState.__init__
+    if getattr(init, "_cpu_fsdp", False):
+        return
+
+    def __init__(self, *args, fsdp_plugin=None, **kwargs):
+        init(self, *args, fsdp_plugin=fsdp_plugin, **kwargs)
+        # every AcceleratorState() re-reads the process state (MULTI_CPU): switch again each time
+        plugin = fsdp_plugin or getattr(self, "fsdp_plugin", None)
+        if plugin is not None and self.distributed_type == DistributedType.MULTI_CPU:
+            self.distributed_type, self.fsdp_plugin = DistributedType.FSDP, plugin
+
+    __init__._cpu_fsdp = True
+    AcceleratorState.__init__ = __init__
+
+
+# ------------------------------------------------------------------------------------------ capacity
+
+# The architectures of the recipe models (their hub config.json fields that size the cache and the
+# weights), so the capacity note needs no download.
+RECIPE_MODELS = {
+    "Qwen3-4B": dict(model_type="qwen3", hidden_size=2560, intermediate_size=9728, num_hidden_layers=36,
+                     num_attention_heads=32, num_key_value_heads=8, head_dim=128, vocab_size=151936,
+                     tie_word_embeddings=True),
+    "Llama-3.2-3B": dict(model_type="llama", hidden_size=3072, intermediate_size=8192, num_hidden_layers=28,
+                         num_attention_heads=24, num_key_value_heads=8, head_dim=128, vocab_size=128256,
+                         tie_word_embeddings=True),
+    "SmolLM2-135M": dict(model_type="llama", hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                         num_attention_heads=9, num_key_value_heads=3, head_dim=64, vocab_size=49152,
+                         tie_word_embeddings=True),
+}  # fmt: skip
+# Bytes per parameter of a training checkpoint: fp32 master weights (4) + AdamW's two moments (8).
+CHECKPOINT_BYTES_PER_PARAM = 12
+GiB = 2**30
+
+
+def recipe_config(name: str):
+    """The transformers config of a recipe model (:data:`RECIPE_MODELS`)."""
+    from transformers import AutoConfig
+
+    fields = dict(RECIPE_MODELS[name])
+    return AutoConfig.for_model(fields.pop("model_type"), **fields)
+
+
+def kv_bytes_per_token(config, dtype: torch.dtype = torch.bfloat16) -> int:
+    """Key/value cache bytes one token takes over all layers: 2 (K and V) × layers × kv heads ×
+    head dim × bytes of ``dtype`` (the decoding compute dtype)."""
+    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return 2 * config.num_hidden_layers * heads * head_dim * dtype.itemsize
+
+
+def cache_rows(config, budget_bytes: int, tokens_per_row: int, dtype: torch.dtype = torch.bfloat16) -> int:
+    """Rollout rows whose cache fits ``budget_bytes`` when each row holds ``tokens_per_row`` tokens
+    (prompt + completion budget), counted as the engine's chunking counts them: twice, since a
+    compaction holds the old and the new cache at once (``DecodingConfig.max_cache_bytes``)."""
+    return budget_bytes // (2 * tokens_per_row * kv_bytes_per_token(config, dtype))
+
+
+def num_parameters(config) -> int:
+    """Parameters of the model ``config`` describes (tied embeddings once), built on the meta device."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return sum(p.numel() for p in model.parameters())
+
+
+def checkpoint_bytes(config) -> int:
+    """Disk of one training checkpoint: fp32 weights + AdamW moments (``CHECKPOINT_BYTES_PER_PARAM``)."""
+    return CHECKPOINT_BYTES_PER_PARAM * num_parameters(config)
+
+
+def capacity_table(budget_gib: int = 20, tokens_per_row: tuple[int, ...] = (4096, 8192), keep: int = 2) -> str:
+    """The capacity table of docs/rl.md ("Capacity"), computed from :data:`RECIPE_MODELS`."""
+    cols = " | ".join(f"rows in {budget_gib} GiB at {t // 1024}k tokens" for t in tokens_per_row)
+    lines = [
+        f"| model | layers × kv heads × head dim | KV bytes/token (bf16) | {cols} | parameters | checkpoint (fp32 + AdamW) | {keep} kept |",
+        "|---|---|---|" + "---|" * len(tokens_per_row) + "---|---|---|",
+    ]
+    for name in RECIPE_MODELS:
+        c = recipe_config(name)
+        rows = " | ".join(str(cache_rows(c, budget_gib * GiB, t)) for t in tokens_per_row)
+        ckpt = checkpoint_bytes(c)
+        lines.append(
+            f"| {name} | {c.num_hidden_layers} × {c.num_key_value_heads} × {c.head_dim} | {kv_bytes_per_token(c):,} | "
+            f"{rows} | {num_parameters(c) / 1e9:.2f} B | {ckpt / 1e9:.1f} GB | {keep * ckpt / 1e9:.0f} GB |"
+        )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":  # `python -m parallel_r1.devices` under a launcher: which process am I?

@@ -50,7 +50,7 @@ from typing import NamedTuple
 
 import torch
 
-from ..devices import check_unseen_attention, params_sharded, resolve_dtype, world_size
+from ..devices import check_unseen_attention, kv_bytes_per_token, params_sharded, resolve_dtype, world_size
 from ..format import parse
 from ..structure import TagIds
 from .cache import GROW, new_cache, regather, visible
@@ -348,10 +348,7 @@ class ParallelEngine:
 
     def kv_bytes_per_token(self) -> int:
         """Bytes of keys and values one cache slot takes (every layer)."""
-        c = self.model.config
-        heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
-        head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
-        return 2 * c.num_hidden_layers * heads * head_dim * self.compute_dtype.itemsize
+        return kv_bytes_per_token(self.model.config, self.compute_dtype)
 
     def _chunks(self, jobs) -> list[tuple[int, list]]:
         """Split the jobs into batches of at most ``batch_size`` samples whose estimated cache fits

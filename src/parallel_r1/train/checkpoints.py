@@ -184,3 +184,23 @@ def config_dict(args, drop: tuple[str, ...] = ()) -> dict:
     for k in drop:
         d.pop(k)
     return json.loads(json.dumps(d, default=str))
+
+
+def save_final_model(trainer, output_dir: str | os.PathLike) -> None:
+    """Save the trained model as a full checkpoint that ``from_pretrained`` loads, on any launch.
+
+    Under FSDP with ``fsdp_state_dict_type: SHARDED_STATE_DICT`` (what large runs use for their
+    mid-training checkpoints) ``Trainer.save_model`` writes per-rank shards only; the final save
+    switches the plugin to ``FULL_STATE_DICT`` (accelerate gathers it on rank 0, which writes
+    ``model.safetensors``), then switches back. Collective: every rank calls it.
+    """
+    plugin = getattr(trainer.accelerator.state, "fsdp_plugin", None) if trainer.is_fsdp_enabled else None
+    old = getattr(plugin, "state_dict_type", None)
+    if plugin is None or "FULL_STATE_DICT" in str(old):
+        trainer.save_model(str(output_dir))
+        return
+    plugin.set_state_dict_type("FULL_STATE_DICT")
+    try:
+        trainer.save_model(str(output_dir))
+    finally:
+        plugin.set_state_dict_type(old)

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..io import atomic_write_json
-from .checkpoints import completion_marker, dump_record, last_checkpoint, open_run
+from .checkpoints import completion_marker, dump_record, last_checkpoint, open_run, save_final_model
 from .mixture import SourceConfig
 
 DECAY_TYPES = ("none", "cosine", "linear")
@@ -103,7 +103,7 @@ class MidtrainConfig:
     carry_optimizer: bool = field(default=True, metadata={"help": "Start each decay branch with the stable stage's AdamW state, as a continued run would."})
     bf16: bool = field(default=False, metadata={"help": "bfloat16 mixed precision (GPU recipes)."})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Trade compute for memory."})
-    attn_implementation: str = field(default="sdpa", metadata={"help": "`sdpa`, `eager`, `flash_attention_2`, ...; all honour packed position_ids."})
+    attn_implementation: str = field(default="sdpa", metadata={"help": "`sdpa`, `eager`, `flash_attention_2` (needs the `flash-attn` extra and a CUDA GPU), ...; all honour packed position_ids."})
     save_tokens: int | None = field(default=None, metadata={"help": "Checkpoint interval in tokens (default: about 10 checkpoints per stage)."})
     save_total_limit: int = field(default=2, metadata={"help": "Checkpoints kept per stage (the last one carries the data position)."})
     logging_steps: int = field(default=10, metadata={"help": "Log loss and lr every N optimizer steps."})
@@ -125,6 +125,9 @@ class MidtrainConfig:
                 s.tokens, s.warmup_tokens = int(s.tokens * self.token_scale), int(s.warmup_tokens * self.token_scale)
             if self.save_tokens is not None:
                 self.save_tokens = max(1, int(self.save_tokens * self.token_scale))
+        from ..devices import check_attention_available
+
+        check_attention_available(self.attn_implementation)
         names = [s.name for s in self.stages]
         if not names:
             raise ValueError("the recipe has no stages (give `stable` and/or `decay`)")
@@ -295,6 +298,8 @@ def run_stage(cfg: MidtrainConfig, stage: StageConfig, init: str, out: Path, opt
         report_to="none",
         seed=cfg.seed,
         disable_tqdm=True,
+        # no accelerator: processes of a launch join over gloo (else accelerate sees one process each)
+        use_cpu=not torch.accelerator.is_available(),
     )
     cb_cls = _training_callback()
     cb = cb_cls(stream, cfg.batch_size, optimizer_from if resume is None else None)
@@ -304,19 +309,28 @@ def run_stage(cfg: MidtrainConfig, stage: StageConfig, init: str, out: Path, opt
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     runtime = result.metrics.get("train_runtime", time.time() - t0)
 
+    # Several processes: every rank takes part in the save (a collective under FSDP), but only
+    # rank 0 touches the folders, between barriers (two ranks renaming final.tmp race and crash).
     final = out / "final"
     tmp = out / "final.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
+    main = trainer.is_world_process_zero()
+    if main:
+        shutil.rmtree(tmp, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
     model.config.use_cache = True  # the saved checkpoint is for generation again
-    trainer.save_model(str(tmp))
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
+    save_final_model(trainer, tmp)
+    trainer.accelerator.wait_for_everyone()
 
-    seen = stream.state_at(trainer.state.global_step * cfg.batch_size)["tokens_per_source"]
-    report = stage_report(cfg, stage, init, steps, lr, mix, seen, trainer.state.log_history, cb.lrs, (trainer.state.global_step - start_step) * cfg.tokens_per_step, runtime)
-    report["checkpoint"] = str(final)
-    atomic_write_json(out / "report.json", report)
-    print(format_report(report))
+    if main:  # the main process reads the stream and dispatches the batches: it knows the position
+        seen = stream.state_at(trainer.state.global_step * cfg.batch_size)["tokens_per_source"]
+        report = stage_report(cfg, stage, init, steps, lr, mix, seen, trainer.state.log_history, cb.lrs, (trainer.state.global_step - start_step) * cfg.tokens_per_step, runtime)
+        report["checkpoint"] = str(final)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        atomic_write_json(out / "report.json", report)
+        print(format_report(report))
+    trainer.accelerator.wait_for_everyone()  # the next stage, on every rank, reads final/
+    report = json.loads((out / "report.json").read_text())
     del trainer, model
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
     return report

@@ -361,7 +361,9 @@ def train(cfg: RLConfig) -> dict:
         metrics = {}
     else:
         metrics = trainer.train(resume_from_checkpoint=ckpt).metrics
-    trainer.save_model(cfg.output_dir)
+    from .checkpoints import save_final_model
+
+    save_final_model(trainer, cfg.output_dir)  # a full checkpoint even under sharded FSDP
     summary = {"train": metrics, "resumed_from": ckpt, "output_dir": cfg.output_dir}
     if trainer.is_world_process_zero():
         atomic_write_json(Path(cfg.output_dir) / SUMMARY, summary)

@@ -246,6 +246,10 @@ class ParallelGRPOTrainer(GRPOTrainer):
 
     def __init__(self, *args, tag_ids, scheduled_reward: ScheduledReward, run_dir: str | os.PathLike, **kwargs):
         super().__init__(*args, **kwargs)  # args: an RLConfig (variant, step and clip-high schedule)
+        if self.args.variant == "unseen":  # the loss forward takes the path-isolating 4-D mask
+            from ..devices import check_unseen_attention
+
+            check_unseen_attention(self.model)
         self.tag_ids, self.scheduled_reward, self.run_dir = tag_ids, scheduled_reward, Path(run_dir)
         self._gap_ref = None  # (sampling logps, mask, completion ids) of the micro-batch whose loss is being computed
         self._gap = _GapStats()

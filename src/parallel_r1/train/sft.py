@@ -134,11 +134,13 @@ class ParallelSFTConfig(SFTConfig):
         if isinstance(self.eval_data, str):
             self.eval_data = [self.eval_data]
         super().__post_init__()
+        from ..devices import check_attention_available, check_unseen_attention
+
+        check_attention_available(self.attn_implementation)
         if self.variant == "unseen":
             if self.packing or self.padding_free:
                 raise ValueError("unseen SFT needs padded batches with a 4-D mask: set packing and padding_free to false")
-            if self.attn_implementation not in ("sdpa", "eager"):
-                raise ValueError(f"attn_implementation {self.attn_implementation!r} ignores 4-D masks; use sdpa or eager")
+            check_unseen_attention(self.attn_implementation)
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -255,6 +257,10 @@ def build_trainer(cfg: ParallelSFTConfig, model=None, tokenizer=None, train_rows
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     tags = TagIds.from_tokenizer(tokenizer)
+    if cfg.variant == "unseen":  # a model passed in may carry another attention implementation
+        from ..devices import check_unseen_attention
+
+        check_unseen_attention(model)
     train_ds = build_dataset(train_rows, tokenizer, cfg)
     eval_ds = build_dataset(eval_rows, tokenizer, cfg) if eval_rows else None
     collator = ParallelSFTCollator(
@@ -386,6 +392,7 @@ def train(cfg: ParallelSFTConfig) -> dict:
         drop_checkpoints_after,
         open_run,
         resume_checkpoint,
+        save_final_model,
         truncate_after,
     )
 
@@ -404,7 +411,7 @@ def train(cfg: ParallelSFTConfig) -> dict:
     if trainer.is_world_process_zero():
         atomic_write_text(out_dir / "config.yaml", yaml.safe_dump(config_dict(cfg), sort_keys=False))
     result = trainer.train(resume_from_checkpoint=ckpt)
-    trainer.save_model(cfg.output_dir)
+    save_final_model(trainer, cfg.output_dir)  # a full checkpoint even under sharded FSDP
     summary = {"train": result.metrics, "num_train_rows": len(trainer.train_dataset), "resumed_from": ckpt}
     if trainer.is_world_process_zero():
         save_loss_curve(trainer, out_dir)
