@@ -6,9 +6,9 @@
 A recipe (``recipes/experiments/*.yaml``) has four parts:
 
 * ``out``: the run folder (RL run, ``eval/{sft,rl}/``, ``summary.json``, ``report.html``);
-* ``sft``: ``parallel-r1 demo`` fields for the cold-start model (``out`` + sizes); the demo's
-  ``base`` and ``sft`` stages are run when ``<sft.out>/sft/DONE.json`` is missing, so every
-  experiment that names the same ``sft.out`` starts from the same SFT model;
+* ``sft``: ``parallel-r1 demo`` fields for the cold-start model (``output_dir`` + sizes); the demo's
+  ``base`` and ``sft`` stages are run when ``<sft.output_dir>/sft/DONE.json`` is missing, so every
+  experiment that names the same ``sft.output_dir`` starts from the same SFT model;
 * ``rl``: ``parallel-r1 rl`` fields (``model`` and ``output_dir`` are filled in);
 * ``eval``: held-out ``benchmark`` (test split), ``problems``, ``samples`` per problem,
   sampler ``seed``, and the paired bootstrap's ``resamples`` / ``seed``.
@@ -48,7 +48,7 @@ def load_recipe(path: str) -> dict:
 
 
 def ensure_sft(sft: dict) -> Path:
-    """The cold-start model of the demo's ``base`` + ``sft`` stages under ``sft['out']``."""
+    """The cold-start model of the demo's ``base`` + ``sft`` stages under ``sft['output_dir']``."""
     from parallel_r1.demo import DemoConfig, run_demo
 
     cfg = DemoConfig(stages="base,sft", gsm8k=False, **sft)
@@ -60,17 +60,21 @@ def ensure_sft(sft: dict) -> Path:
 
 def run_rl(rl: dict, model: Path, out: Path) -> Path:
     from parallel_r1.io import atomic_write_text
-    from parallel_r1.train.rl import build_trainer, parse_config
+    from parallel_r1.cli import parse_command
+    from parallel_r1.train.rl import build_trainer
 
     if (out / "DONE.json").exists():
         return out
     out.mkdir(parents=True, exist_ok=True)
     recipe = out / "rl_recipe.yaml"
     atomic_write_text(recipe, yaml.safe_dump(dict(rl, model=str(model), output_dir=str(out)), sort_keys=False))
-    trainer, ckpt = build_trainer(parse_config(["--config", str(recipe)]))
+    (cfg,) = parse_command("rl", ["--config", str(recipe)])
+    trainer, ckpt = build_trainer(cfg)
     time_steps(trainer, out / "timing.jsonl")
     trainer.train(resume_from_checkpoint=ckpt)
-    trainer.save_model(str(out))
+    from parallel_r1.train.checkpoints import save_final_model
+
+    save_final_model(trainer, out)
     (out / "DONE.json").write_text("{}\n")
     return out
 
