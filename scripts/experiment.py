@@ -59,8 +59,8 @@ def ensure_sft(sft: dict) -> Path:
 
 
 def run_rl(rl: dict, model: Path, out: Path) -> Path:
-    from parallel_r1.io import atomic_write_text
     from parallel_r1.cli import parse_command
+    from parallel_r1.io import atomic_write_text
     from parallel_r1.train.rl import build_trainer
 
     if (out / "DONE.json").exists():
