@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from parallel_r1 import evaluate as E
+from parallel_r1 import metrics as M
 from parallel_r1.cli import main
 from parallel_r1.io import read_jsonl, write_jsonl
 
@@ -93,7 +94,9 @@ def test_cli_eval_writes_results_completions_and_table(tiny_checkpoint, bench, t
     acc = sum(r["correct"] for r in rows) / len(rows)
     assert b["mean@k"] == pytest.approx(acc)
     assert b["mean_length"] == pytest.approx(sum(r["length"] for r in rows) / len(rows))
-    assert b["parallel_ratio"] == pytest.approx(sum(r["uses_parallel"] for r in rows) / len(rows))
+    # uses_parallel (writes <Parallel>) is the opens_parallel share; the parallel ratio counts valid closed blocks
+    assert b["opens_parallel"] == pytest.approx(sum(r["uses_parallel"] for r in rows) / len(rows))
+    assert b["parallel_ratio"] == pytest.approx(sum(M.has_parallel_block(r["completion"]) for r in rows) / len(rows))
     assert res["settings"]["k"] == {str(bench): 2} and res["model"] == str(Path(tiny_checkpoint).resolve())
     assert json.loads((out / "run.json").read_text())["identity"]["max_new_tokens"] == 10
 
