@@ -579,9 +579,11 @@ def evaluate(cfg: EvalConfig, generate_fn: GenerateFn | None = None, tokenizer=N
         model, tokenizer, added = load_for_eval(cfg.model, device)
         extra["tags_added_in_memory"] = added
         if cfg.decoding == "paper":
-            from .decoding.paper_loop import paper_generate_fn
+            from .decoding.paper_loop import PaperLoopEngine
 
-            generate_fn = paper_generate_fn(model, tokenizer, cfg)
+            generate_fn = engine_generate_fn(
+                model, tokenizer, cfg, make_engine=lambda dcfg: PaperLoopEngine(model, tokenizer, dcfg, cfg.batch_size)
+            )
         else:
             generate_fn = engine_generate_fn(model, tokenizer, cfg, dtype=eval_dtype(cfg, device))
     if ranks.main:

@@ -110,13 +110,4 @@ class PaperLoopEngine(VLLMEngine):
                          sampling_params=RequestParams, max_model_len=context)  # fmt: skip
 
 
-__all__ = ["PaperLoopEngine", "RequestParams", "TransformersRequests", "paper_generate_fn"]
-
-
-def paper_generate_fn(model, tokenizer, cfg):
-    """``evaluate``'s generator (:data:`~parallel_r1.evaluate.GenerateFn`) through the paper's loop."""
-    from ..evaluate import engine_generate_fn
-
-    return engine_generate_fn(
-        model, tokenizer, cfg, make_engine=lambda dcfg: PaperLoopEngine(model, tokenizer, dcfg, cfg.batch_size)
-    )
+__all__ = ["PaperLoopEngine", "RequestParams", "TransformersRequests"]
