@@ -75,7 +75,11 @@ def ensure_dependencies() -> None:
     house, target = ROOT / "wheelhouse", ROOT / ".gpu-check-deps" / "site-packages"
     if (house / wheelhouse.MANIFEST).exists():
         done = wheelhouse.install(house, target)
-        print(f"deps: installed {len(done)} from wheelhouse/ into .gpu-check-deps/site-packages/" if done else "deps: all present")
+        print(
+            f"deps: installed {len(done)} from wheelhouse/ into .gpu-check-deps/site-packages/"
+            if done
+            else "deps: all present"
+        )
     else:
         print("deps: no wheelhouse/ (make wheelhouse): using what this Python has")
     os.environ["PYTHONPATH"] = os.pathsep.join(
