@@ -11,7 +11,7 @@ per stage it prints one line ``stage <name>: ok  <seconds> s  ...`` with peak GP
 decode tokens/s and the rollout-vs-trainer log-prob gap. Without a GPU it says so and exits 0.
 
 Packages this Python lacks are installed from ``wheelhouse/`` (``make wheelhouse``) with
-``--no-index`` into ``.gpu-check-deps/`` (put first on ``sys.path``); nothing needs a network.
+``--no-index`` into ``.gpu-check-deps/site-packages/`` (then on ``PYTHONPATH``); nothing needs a network.
 """
 
 from __future__ import annotations
@@ -66,21 +66,25 @@ class Setting:
 
 
 def ensure_dependencies() -> None:
-    """Install what this Python lacks from wheelhouse/ (offline) into .gpu-check-deps/."""
+    """Install what this Python lacks from wheelhouse/ (offline) into .gpu-check-deps/, and put that
+    folder and src/ on PYTHONPATH for the process that ``main`` starts next."""
     sys.path.insert(0, str(ROOT / "scripts"))
     import wheelhouse
 
-    house, target = ROOT / "wheelhouse", ROOT / ".gpu-check-deps"
-    sys.path[:0] = [str(ROOT / "src"), str(target)]
+    # "site-packages" in the path: dill (datasets' hashing) pickles modules elsewhere by value, and fails
+    house, target = ROOT / "wheelhouse", ROOT / ".gpu-check-deps" / "site-packages"
     if (house / wheelhouse.MANIFEST).exists():
         done = wheelhouse.install(house, target)
-        print(f"deps: installed {len(done)} from wheelhouse/ into .gpu-check-deps/" if done else "deps: all present")
-        import importlib
-
-        importlib.invalidate_caches()
+        print(
+            f"deps: installed {len(done)} from wheelhouse/ into .gpu-check-deps/site-packages/"
+            if done
+            else "deps: all present"
+        )
     else:
         print("deps: no wheelhouse/ (make wheelhouse): using what this Python has")
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), str(target), os.environ.get("PYTHONPATH", "")])
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        [str(ROOT / "src"), str(target), os.environ.get("PYTHONPATH", "")]
+    ).rstrip(os.pathsep)
 
 
 class Stages:
@@ -235,7 +239,13 @@ def main() -> int:
         print(f"gpu-check: no GPU (torch {torch.__version__} in {sys.executable} sees no CUDA device); nothing to check. "
               "GPU_CHECK_CPU=1 runs the stages on the CPU at a tiny size.")  # fmt: skip
         return 0
-    ensure_dependencies()
+    if os.environ.get("GPU_CHECK_DEPS_READY") != "1":
+        ensure_dependencies()
+        # start again with the installed packages on the path from the first import (torch came
+        # first here, and finds numpy only if it is there when torch loads)
+        os.environ["GPU_CHECK_DEPS_READY"] = "1"
+        sys.stdout.flush()
+        os.execv(sys.executable, [sys.executable, str(Path(__file__).resolve())])
     setting = Setting.detect(torch)
     where = (
         "CPU (GPU_CHECK_CPU=1, tiny sizes)"
