@@ -5,9 +5,13 @@
 
 ``build`` resolves the project's dependency closure with this Python's pip (no install:
 ``pip install --dry-run --report``), leaves out torch and what every torch install already holds
-(its own requirements, the CUDA libraries, triton), downloads the rest as wheels for this Python
+(its own requirements, the CUDA libraries, triton) and, unless ``--full``, the large binary
+packages a CUDA PyTorch image already holds (:data:`IMAGE_HAS`: numpy, pyarrow, pandas,
+matplotlib, tokenizers, ...; with them one Python's wheelhouse is ~170 MiB, without them ~27 MiB,
+under the 64 MiB a device call carries), downloads the rest as wheels for this Python
 and for each ``--python-version`` (manylinux x86_64, the GPU machine's), adds the project's own
-wheel and writes ``requirements.txt`` (name==version per line) next to them.
+wheel and writes ``requirements.txt`` (name==version per line) and ``image.txt`` (the packages
+expected from the image, any version) next to them.
 
 ``install`` compares that list with what this Python has and installs the missing or
 different ones with ``pip --no-index --no-deps --target DIR`` (nothing else is touched; put DIR
@@ -35,6 +39,15 @@ PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_26_x
              "manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux_2_12_x86_64", "manylinux2010_x86_64",
              "manylinux_2_5_x86_64", "manylinux1_x86_64"]  # fmt: skip
 MANIFEST = "requirements.txt"
+IMAGE_MANIFEST = "image.txt"
+# Binary packages every CUDA PyTorch image we know holds (NGC, pytorch/pytorch with the usual data
+# stack, the project's GPU test machine: docs/gpu.md). Carrying them would cost ~140 MiB per Python;
+# `install` checks they are there (any version) and names the missing ones.
+IMAGE_HAS = {
+    "numpy", "pyarrow", "pandas", "matplotlib", "contourpy", "kiwisolver", "pillow", "fonttools", "grpcio", "lxml",
+    "tensorboard", "tensorboard-data-server", "cuda-bindings", "pyyaml", "regex", "safetensors", "tokenizers",
+    "hf-xet", "xxhash", "psutil", "aiohttp", "multidict", "yarl", "frozenlist", "propcache", "protobuf",
+}  # fmt: skip
 
 
 def normalize(name: str) -> str:
@@ -70,10 +83,13 @@ def closure(project: Path) -> list[str]:
     return [f"{n}=={v}" for n, v in sorted(pins.items()) if not excluded(n)]
 
 
-def build(out: Path, versions: list[str]) -> None:
+def build(out: Path, versions: list[str], full: bool = False) -> None:
     out.mkdir(parents=True, exist_ok=True)
     reqs = closure(ROOT)
+    image = [] if full else [r for r in reqs if normalize(r.split("==")[0]) in IMAGE_HAS]
+    reqs = [r for r in reqs if r not in image]
     (out / MANIFEST).write_text("\n".join(reqs) + "\n")
+    (out / IMAGE_MANIFEST).write_text("".join(f"{r.split('==')[0]}\n" for r in image))
     pip("download", "--quiet", "--no-deps", "--only-binary=:all:", "-d", str(out), "-r", str(out / MANIFEST))
     here = f"{sys.version_info.major}.{sys.version_info.minor}"
     for v in dict.fromkeys(versions):
@@ -94,6 +110,13 @@ def missing(wheelhouse: Path, target: Path) -> list[str]:
     """Requirements of the wheelhouse list that this Python (plus ``target``) lacks or holds in another version."""
     have = {normalize(d.metadata["Name"]): d.version for d in metadata.distributions(path=[str(target), *sys.path])}
     reqs = [r.strip() for r in (wheelhouse / MANIFEST).read_text().splitlines() if r.strip()]
+    image = wheelhouse / IMAGE_MANIFEST
+    absent = [n for n in (image.read_text().split() if image.exists() else []) if normalize(n) not in have]
+    if absent:
+        raise SystemExit(
+            f"wheelhouse: this Python lacks {', '.join(absent)}, which a CUDA PyTorch image usually holds and the "
+            "wheelhouse leaves out; build it with `scripts/wheelhouse.py build --full` to carry them too"
+        )
     return [r for r in reqs if have.get(normalize(r.split("==")[0])) != r.split("==")[1]]
 
 
@@ -130,12 +153,13 @@ def main(argv: list[str] | None = None) -> int:
         default=["3.12"],
         help="further CPython versions to download binary wheels for (default: 3.12)",
     )
+    b.add_argument("--full", action="store_true", help="also carry the binary packages a CUDA PyTorch image holds (IMAGE_HAS)")
     i = sub.add_parser("install", help="install what this Python lacks, offline, into --target")
     i.add_argument("--wheelhouse", type=Path, default=ROOT / "wheelhouse")
     i.add_argument("--target", type=Path, required=True)
     args = p.parse_args(argv)
     if args.cmd == "build":
-        build(args.out, args.python_version)
+        build(args.out, args.python_version, args.full)
     else:
         done = install(args.wheelhouse, args.target)
         print(
