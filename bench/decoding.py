@@ -1,4 +1,4 @@
-"""Decoding speed, measured side by side in one run (issue 3).
+"""Decoding speed, measured side by side in one run.
 
     .venv/bin/python bench/decoding.py [--model smollm2] [--path-tokens 96] [--repeats 3]
 

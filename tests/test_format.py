@@ -91,7 +91,7 @@ def test_all_pilot_traces_pass_the_paper_checker(data_dir):
     assert len(traces) == 341
     assert all(check_format(t) == [] for t in traces)
     blocks = [parse(t).num_blocks for t in traces]
-    # spec §1.2: blocks per response 1:261, 2:59, 3:12, 4:6, 0:3
+    # the pilot set (docs/data.md): blocks per response 1:261, 2:59, 3:12, 4:6, 0:3
     assert {n: blocks.count(n) for n in set(blocks)} == {0: 3, 1: 261, 2: 59, 3: 12, 4: 6}
     paths = [n for t in traces for n in parse(t).paths_per_block]
     assert {n: paths.count(n) for n in set(paths)} == {2: 427, 3: 11, 4: 1}
@@ -100,7 +100,7 @@ def test_all_pilot_traces_pass_the_paper_checker(data_dir):
 def test_normalize_reproduces_the_pilot_normalisation(data_dir):
     df = pd.read_parquet(data_dir / "parallel_gsm8k_pilot" / "train.parquet")
     pairs = list(zip(df["output"], (e["answer"] for e in df["extra_info"])))
-    # spec §1.2: normalising the raw teacher text gives the stored trace for 248/341 rows
+    # the pilot set (docs/data.md): normalising the raw teacher text gives the stored trace for 248/341 rows
     assert sum(normalize(raw) == ans for raw, ans in pairs) == 248
     # 45 more differ only in whitespace before <Summary> (the pilot kept "\n\n"; canonical is "\n");
     # the other 48 had their text edited upstream (e.g. "$4" -> "4"), which no normaliser should do

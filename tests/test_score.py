@@ -1,4 +1,4 @@
-"""`parallel-r1 score` end to end through the CLI entry point (issue 2 item 8)."""
+"""`parallel-r1 score` end to end through the CLI entry point."""
 
 from __future__ import annotations
 

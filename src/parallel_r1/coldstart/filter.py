@@ -1,4 +1,4 @@
-"""Keep the teacher traces fit for SFT and say why the others went (spec §2).
+"""Keep the teacher traces fit for SFT and say why the others went (docs/coldstart.md).
 
 A trace is kept iff, checked in this order (the first failure names the drop reason):
 
@@ -14,7 +14,7 @@ A trace is kept iff, checked in this order (the first failure names the drop rea
 Inputs: a ``coldstart generate`` jsonl, an SFT-style jsonl (``problem``, ``response``,
 ``answer``), or a verl parquet in the pilot's layout (trace in ``extra_info.answer``, problem after
 "Problem: " in ``extra_info.question``, gold in ``reward_model.ground_truth``). For the pilot the
-gold is the *teacher's* own answer (§2), so the report also grades every trace against the
+gold is the *teacher's* own answer (docs/coldstart.md), so the report also grades every trace against the
 real GSM8K answer, joined by question text, when the GSM8K train set is available.
 """
 

@@ -1,4 +1,4 @@
-"""OctoThinker's few-shot prompts for evaluating *base* models (spec OCTOTHINKER.md §3).
+"""OctoThinker's few-shot prompts for evaluating *base* models (docs/data.md).
 
 The exemplars, query format, joiner and stop strings are read from
 ``<data dir>/fewshot/octothinker_prompts.json`` (copied from OctoThinker's

@@ -59,7 +59,7 @@ from .sampling import draw
 
 @dataclass
 class DecodingConfig:
-    """How the engine samples (issue 3)."""
+    """How the engine samples."""
 
     variant: str = field(default="unseen", metadata={"help": "unseen: orchestrated paths (exact layout); seen: plain causal sampling."})
     num_paths: int = field(default=2, metadata={"help": "k, paths forked per <Parallel> block (unseen)."})
