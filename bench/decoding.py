@@ -19,8 +19,10 @@ the loop waits for) and cache bytes copied per fork.
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import time
+
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
@@ -71,8 +73,15 @@ def forced_generate(model, rows: list[list[int]], targets: list[list[int]], pad:
     ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
     mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
     n = max(len(t) for t in targets)
-    model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, do_sample=False,
-                   logits_processor=LogitsProcessorList([Force(targets, width)]), pad_token_id=pad)
+    model.generate(
+        input_ids=ids,
+        attention_mask=mask,
+        max_new_tokens=n,
+        min_new_tokens=n,
+        do_sample=False,
+        logits_processor=LogitsProcessorList([Force(targets, width)]),
+        pad_token_id=pad,
+    )
 
 
 def reprefill(model, prompt: list[int], completion: list[int], tags: TagIds, k: int, pad: int) -> None:
@@ -84,7 +93,7 @@ def reprefill(model, prompt: list[int], completion: list[int], tags: TagIds, k: 
     forced_generate(model, [prompt], [trunk], pad)
     context = prompt + trunk
     forced_generate(model, [context + [tags.path_open]] * k, [paths] * k, pad)
-    forced_generate(model, [context + completion[fork:close + 3]], [summary[3:]], pad)
+    forced_generate(model, [context + completion[fork : close + 3]], [summary[3:]], pad)
 
 
 def timed(fn) -> float:
@@ -104,31 +113,51 @@ def main() -> None:
     model = load_model(args.model, dtype=torch.float32).eval()
     add_tag_tokens(model, tok)
     tags = TagIds.from_tokenizer(tok)
-    prompt = tok.encode(build_prompt("Tom has 3 apples and buys 4 more. How many apples does he have?", tok, "parallel_v3"), add_special_tokens=False)
+    prompt = tok.encode(
+        build_prompt("Tom has 3 apples and buys 4 more. How many apples does he have?", tok, "parallel_v3"),
+        add_special_tokens=False,
+    )
     filler = tok.encode(" the", add_special_tokens=False)[0]
-    print(f"model {args.model}, prompt {len(prompt)} tokens, paths of {args.path_tokens} tokens, {torch.get_num_threads()} threads")
+    print(
+        f"model {args.model}, prompt {len(prompt)} tokens, paths of {args.path_tokens} tokens, {torch.get_num_threads()} threads"
+    )
     for k in (2, 4):
         forced = ScriptedLM(model, make_script(tags, filler, tok.eos_token_id, len(prompt), args.path_tokens))
         # greedy everywhere (path_temperature None), like the do_sample=False baselines: with the paper's
         # forced path temperature 1.0 the engine would pay for sampling that the baselines skip
-        engine = ParallelEngine(forced, tok, DecodingConfig(num_paths=k, max_new_tokens=4096, max_path_tokens=4096,
-                                                            temperature=0, path_temperature=None))
+        engine = ParallelEngine(
+            forced,
+            tok,
+            DecodingConfig(
+                num_paths=k, max_new_tokens=4096, max_path_tokens=4096, temperature=0, path_temperature=None
+            ),
+        )
         completion = engine.generate([prompt])[0].completion_ids
-        runs = {"engine": [], "sequential": [], "reprefill": []}
+        sides = {
+            "engine": functools.partial(engine.generate, [prompt]),
+            "sequential": functools.partial(forced_generate, model, [prompt], [completion], tok.pad_token_id),
+            "reprefill": functools.partial(reprefill, model, prompt, completion, tags, k, tok.pad_token_id),
+        }
+        runs = {name: [] for name in sides}
         with torch.no_grad():
             for _ in range(args.repeats):  # interleaved, so drift hits all three alike
-                runs["engine"].append(timed(lambda: engine.generate([prompt])))
-                runs["sequential"].append(timed(lambda: forced_generate(model, [prompt], [completion], tok.pad_token_id)))
-                runs["reprefill"].append(timed(lambda: reprefill(model, prompt, completion, tags, k, tok.pad_token_id)))
+                for name, fn in sides.items():
+                    runs[name].append(timed(fn))
         engine.generate([prompt, prompt], n=2)  # 4 samples: forks, merges and row drops all happen
         st = engine.stats
-        print(f"k={k}: host syncs per decode step {st['step_syncs'] / st['forwards']:.2f} ({st['step_syncs']} reads of sampled ids "
-              f"in {st['forwards']} forwards, + {st['chunk_syncs']} read of the log-probs per chunk); cache bytes copied per fork "
-              f"{st['copy_bytes'] / max(st['forks'], 1):.0f} ({st['copy_bytes']} bytes in all: prompt copies and dropped rows, {st['forks']} forks)")
+        print(
+            f"k={k}: host syncs per decode step {st['step_syncs'] / st['forwards']:.2f} ({st['step_syncs']} reads of sampled ids "
+            f"in {st['forwards']} forwards, + {st['chunk_syncs']} read of the log-probs per chunk); cache bytes copied per fork "
+            f"{st['copy_bytes'] / max(st['forks'], 1):.0f} ({st['copy_bytes']} bytes in all: prompt copies and dropped rows, {st['forks']} forks)"
+        )
         med = {name: statistics.median(v) for name, v in runs.items()}
-        print(f"k={k}: {len(completion)} completion tokens | engine {med['engine']:.2f}s  sequential {med['sequential']:.2f}s  "
-              f"re-prefill {med['reprefill']:.2f}s")
-        print(f"  (a) engine / sequential = {med['engine'] / med['sequential']:.2f}  (goal <= {0.6 if k == 2 else 0.4})")
+        print(
+            f"k={k}: {len(completion)} completion tokens | engine {med['engine']:.2f}s  sequential {med['sequential']:.2f}s  "
+            f"re-prefill {med['reprefill']:.2f}s"
+        )
+        print(
+            f"  (a) engine / sequential = {med['engine'] / med['sequential']:.2f}  (goal <= {0.6 if k == 2 else 0.4})"
+        )
         print(f"  (b) engine / re-prefill = {med['engine'] / med['reprefill']:.2f}  (goal < 1)")
 
 

@@ -113,7 +113,9 @@ def main() -> None:
         assert inline == looped == batch, f"{grader}: the three paths disagree"
         print(f"{grader}: {sum(batch)}/{len(batch)} graded correct")
         print(f"  inline (no time limit)       {rate(len(preds), t_inline)}")
-        print(f"  grade() one by one           {rate(len(preds), t_grade)}   grade / inline time = {t_grade / t_inline:.2f}")
+        print(
+            f"  grade() one by one           {rate(len(preds), t_grade)}   grade / inline time = {t_grade / t_inline:.2f}"
+        )
         print(f"  grade_many ({args.workers} workers)       {rate(len(preds), t_many)}   "
               f"grade_many / grade time = {t_many / t_grade:.2f}")  # fmt: skip
 

@@ -67,7 +67,12 @@ class Timer:
     def close(self):
         """End of training: time the last step, drop the warm-up step."""
         self.steps.append(time.perf_counter() - self._t0 - self._saving)
-        self.steps, self.gen, self.tokens, self.prompt_tokens = self.steps[1:], self.gen[1:], self.tokens[1:], self.prompt_tokens[1:]
+        self.steps, self.gen, self.tokens, self.prompt_tokens = (
+            self.steps[1:],
+            self.gen[1:],
+            self.tokens[1:],
+            self.prompt_tokens[1:],
+        )
 
     @classmethod
     def empty(cls) -> Timer:
@@ -99,7 +104,9 @@ def prepare(model: str, out: Path) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="smollm2", help="smollm2 (default), tiny (random, seconds), or a checkpoint folder")
+    ap.add_argument(
+        "--model", default="smollm2", help="smollm2 (default), tiny (random, seconds), or a checkpoint folder"
+    )
     ap.add_argument("--steps", type=int, default=2, help="timed RL steps per round (after one warm-up step)")
     ap.add_argument("--rounds", type=int, default=2, help="rounds of (ours, plain), each on fresh trainers")
     ap.add_argument("--prompts", type=int, default=2)
@@ -119,18 +126,37 @@ def main() -> None:
     torch.manual_seed(0)
     tmp = Path(tempfile.mkdtemp(prefix="rl_bench_"))
     model_path = prepare(a.model, tmp)
-    problems = [{"id": f"p{i}", "problem": f"Tom has {i} apples and buys {i + 3} more. How many apples does he have?",
-                 "answer": str(2 * i + 3)} for i in range(64)]
+    problems = [
+        {
+            "id": f"p{i}",
+            "problem": f"Tom has {i} apples and buys {i + 3} more. How many apples does he have?",
+            "answer": str(2 * i + 3),
+        }
+        for i in range(64)
+    ]
     data = tmp / "problems.jsonl"
     data.write_text("".join(json.dumps(p) + "\n" for p in problems))
     tok = load_tokenizer(model_path)
     rows = [{"prompt": build_prompt(p["problem"], tok, a.template), "answer": p["answer"]} for p in problems]  # as ours
     n = a.prompts * a.num_generations
     common = dict(
-        num_generations=a.num_generations, generation_batch_size=n, per_device_train_batch_size=n,
-        gradient_accumulation_steps=1, max_completion_length=a.max_new_tokens, learning_rate=1e-6,
-        lr_scheduler_type="constant", beta=0.0, loss_type="dapo", temperature=1.0, top_k=0, bf16=False,
-        use_cpu=True, activation_checkpointing=False, report_to="none", seed=0, save_strategy="no",
+        num_generations=a.num_generations,
+        generation_batch_size=n,
+        per_device_train_batch_size=n,
+        gradient_accumulation_steps=1,
+        max_completion_length=a.max_new_tokens,
+        learning_rate=1e-6,
+        lr_scheduler_type="constant",
+        beta=0.0,
+        loss_type="dapo",
+        temperature=1.0,
+        top_k=0,
+        bf16=False,
+        use_cpu=True,
+        activation_checkpointing=False,
+        report_to="none",
+        seed=0,
+        save_strategy="no",
     )
     import yaml
     from datasets import Dataset
@@ -142,9 +168,22 @@ def main() -> None:
 
     def run_ours(r: int) -> Timer:
         recipe = tmp / f"recipe{r}.yaml"
-        recipe.write_text(yaml.safe_dump(dict(common, model=model_path, dataset=str(data), template=a.template,
-                                              variant="unseen", reward="accuracy", rl_steps=a.steps + 1, save_every=1000,
-                                              output_dir=str(tmp / f"ours{r}"), max_path_tokens=a.max_new_tokens // 2)))
+        recipe.write_text(
+            yaml.safe_dump(
+                dict(
+                    common,
+                    model=model_path,
+                    dataset=str(data),
+                    template=a.template,
+                    variant="unseen",
+                    reward="accuracy",
+                    rl_steps=a.steps + 1,
+                    save_every=1000,
+                    output_dir=str(tmp / f"ours{r}"),
+                    max_path_tokens=a.max_new_tokens // 2,
+                )
+            )
+        )
         trainer, _ = build_trainer(*parse_command("rl", ["--config", str(recipe)]))
         t = Timer(trainer)
         trainer.train()
@@ -153,7 +192,9 @@ def main() -> None:
 
     def run_plain(r: int) -> Timer:
         trainer = GRPOTrainer(
-            model=load_model(model_path), reward_funcs=[accuracy], train_dataset=Dataset.from_list(rows),
+            model=load_model(model_path),
+            reward_funcs=[accuracy],
+            train_dataset=Dataset.from_list(rows),
             processing_class=tok,
             args=GRPOConfig(output_dir=str(tmp / f"plain{r}"), max_steps=a.steps + 1, logging_steps=1, **common),
         )
@@ -172,7 +213,9 @@ def main() -> None:
         return tuple(sum(x) / len(x) for x in (t.steps, t.gen, t.tokens))
 
     (so, go, ko), (sp, gp, kp) = summary(t_ours), summary(t_plain)
-    print(f"model {a.model}: {a.prompts} prompts x {a.num_generations} rollouts, max {a.max_new_tokens} new tokens, {a.rounds} x {a.steps} timed RL steps each")
+    print(
+        f"model {a.model}: {a.prompts} prompts x {a.num_generations} rollouts, max {a.max_new_tokens} new tokens, {a.rounds} x {a.steps} timed RL steps each"
+    )
     print(f"{'':8}{'step s':>9}{'gen s':>9}{'gen share':>11}{'tokens/step':>13}{'ms/token':>10}")
     for name, s, g, k in (("ours", so, go, ko), ("plain", sp, gp, kp)):
         print(f"{name:8}{s:9.3f}{g:9.3f}{g / s:11.1%}{k:13.0f}{1000 * s / max(k, 1):10.2f}")
@@ -181,11 +224,15 @@ def main() -> None:
     print(f"non-generation part ratio:  {(so - go) / (sp - gp):.3f}")
     print(f"share of our step spent in generation: {go / so:.1%}")
     po = sum(t_ours.prompt_tokens) / len(t_ours.prompt_tokens)
-    print(f"tokens per step read by the loss forward: {po:.0f} prompt ({po / a.prompts / a.num_generations:.0f} per rollout, "
-          f"re-read by each of the {a.num_generations} rollouts of a group) + {ko:.0f} completion ({po / (po + ko):.0%} prompt)")
+    print(
+        f"tokens per step read by the loss forward: {po:.0f} prompt ({po / a.prompts / a.num_generations:.0f} per rollout, "
+        f"re-read by each of the {a.num_generations} rollouts of a group) + {ko:.0f} completion ({po / (po + ko):.0%} prompt)"
+    )
     if t_ours.saves or t_plain.saves:
-        print(f"checkpoint writes left out of the step times: ours {sum(t_ours.saves):.2f} s in {len(t_ours.saves)}, "
-              f"plain {sum(t_plain.saves):.2f} s in {len(t_plain.saves)}")
+        print(
+            f"checkpoint writes left out of the step times: ours {sum(t_ours.saves):.2f} s in {len(t_ours.saves)}, "
+            f"plain {sum(t_plain.saves):.2f} s in {len(t_plain.saves)}"
+        )
 
 
 if __name__ == "__main__":

@@ -65,7 +65,11 @@ def profile(collator, examples, model, repeats: int = 3) -> None:
     ids, real, resp = batch["input_ids"], batch["attention_mask"].bool(), batch["labels"] != -100
     med = lambda f: statistics.median(_timed(f) for _ in range(repeats))  # noqa: E731
     t_pad = med(lambda: collator._pad(examples))
-    t_rows = med(lambda: [row_structure(ids[r][real[r]].numpy(), collator.tags, resp[r][real[r]].numpy()) for r in range(len(ids))])
+    t_rows = med(
+        lambda: [
+            row_structure(ids[r][real[r]].numpy(), collator.tags, resp[r][real[r]].numpy()) for r in range(len(ids))
+        ]
+    )
     build = lambda: build_unseen_layout(ids, collator.tags, attention_mask=batch["attention_mask"], structure_mask=resp)  # noqa: E731
     t_layout = med(build)
     print(f"profile: padding {1000 * t_pad:.1f} ms, row_structure (parse + positions) over the batch {1000 * t_rows:.1f} ms, "
@@ -100,14 +104,20 @@ def _timed(f) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="smollm2", help="smollm2 (default), tiny (random Llama, seconds), or a checkpoint folder")
+    ap.add_argument(
+        "--model", default="smollm2", help="smollm2 (default), tiny (random Llama, seconds), or a checkpoint folder"
+    )
     ap.add_argument("--data", default="synthetic_easy", help="training source as in the SFT recipe's train_data")
-    ap.add_argument("--batch-size", type=int, default=8, help="rows per step (the CPU recipe's per_device_train_batch_size)")
+    ap.add_argument(
+        "--batch-size", type=int, default=8, help="rows per step (the CPU recipe's per_device_train_batch_size)"
+    )
     ap.add_argument("--steps", type=int, default=3, help="timed steps per variant per round")
     ap.add_argument("--rounds", type=int, default=3, help="rounds of (unseen, seen), order alternating")
     ap.add_argument("--max-length", type=int, default=512)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    ap.add_argument("--profile", action="store_true", help="also split the Unseen-only costs (layout build, masked SDPA)")
+    ap.add_argument(
+        "--profile", action="store_true", help="also split the Unseen-only costs (layout build, masked SDPA)"
+    )
     a = ap.parse_args()
 
     import torch
@@ -133,7 +143,9 @@ def main() -> None:
     unseen = trainer.data_collator
     seen = ParallelSFTCollator(pad_token_id=tok.pad_token_id, variant="seen")
     keep = {"input_ids", "labels"}  # what the dataloader hands the collator (TRL built the labels)
-    examples = [{k: v for k, v in trainer.train_dataset[i].items() if k in keep} for i in range(len(trainer.train_dataset))]
+    examples = [
+        {k: v for k, v in trainer.train_dataset[i].items() if k in keep} for i in range(len(trainer.train_dataset))
+    ]
     examples = examples[: a.batch_size]
     lengths = [len(e["input_ids"]) for e in examples]
     layout = unseen(examples)

@@ -161,7 +161,11 @@ def run_experiment(path: str) -> dict:
     run_rl(rl, sft_model, out)
     # The SFT model's evaluation is shared by every experiment with the same SFT model and eval
     # settings; a lock lets experiments run side by side (the second one waits, then reuses it).
-    shared = sft_model.parent / "sft_eval" / f"{ev['benchmark']}-{ev['problems']}x{ev.get('samples', 1)}-seed{ev.get('seed', 0)}-T{ev.get('temperature', 1.0)}"
+    shared = (
+        sft_model.parent
+        / "sft_eval"
+        / f"{ev['benchmark']}-{ev['problems']}x{ev.get('samples', 1)}-seed{ev.get('seed', 0)}-T{ev.get('temperature', 1.0)}"
+    )
     shared.mkdir(parents=True, exist_ok=True)
     with open(shared / "lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -172,8 +176,15 @@ def run_experiment(path: str) -> dict:
     name = ev["benchmark"]
     before, after = (per_problem(out / "eval" / t / "completions.jsonl", name) for t in ("sft", "rl"))
     ids = sorted(before.keys() & after.keys())
-    boot = paired_bootstrap([before[i] for i in ids], [after[i] for i in ids], int(ev.get("resamples", 10_000)), int(ev.get("bootstrap_seed", 0)))
-    results = {t: json.loads((out / "eval" / t / "results.json").read_text())["benchmarks"][name] for t in ("sft", "rl")}
+    boot = paired_bootstrap(
+        [before[i] for i in ids],
+        [after[i] for i in ids],
+        int(ev.get("resamples", 10_000)),
+        int(ev.get("bootstrap_seed", 0)),
+    )
+    results = {
+        t: json.loads((out / "eval" / t / "results.json").read_text())["benchmarks"][name] for t in ("sft", "rl")
+    }
     summary = {
         "recipe": path, "benchmark": name,
         "accuracy": {t: results[t]["mean@k"] for t in results},
@@ -227,7 +238,9 @@ def plots(run_dirs: list[str], img: Path) -> None:
     fig, ax = plt.subplots(figsize=(5, 3))
     for name, a in runs.items():
         steps = [s["step"] for s in a["steps"]]
-        ys = [s["mean_parallel_position"] if s["mean_parallel_position"] is not None else float("nan") for s in a["steps"]]
+        ys = [
+            s["mean_parallel_position"] if s["mean_parallel_position"] is not None else float("nan") for s in a["steps"]
+        ]
         ax.plot(steps, ys, marker="o", ms=2, label=name)
     ax.set_title("mean relative position of <Parallel> (0 = start)", fontsize=10)
     ax.set_xlabel("RL step")
@@ -244,7 +257,12 @@ def plots(run_dirs: list[str], img: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("recipe", nargs="*", help="recipes/experiments/*.yaml (run in order)")
-    ap.add_argument("--plots", nargs="+", metavar="RUN_DIR", help="draw docs/img/exp_e2_curves.png and exp_e3_position.png from these runs")
+    ap.add_argument(
+        "--plots",
+        nargs="+",
+        metavar="RUN_DIR",
+        help="draw docs/img/exp_e2_curves.png and exp_e3_position.png from these runs",
+    )
     ap.add_argument("--img", default="docs/img")
     a = ap.parse_args(argv)
     for path in a.recipe:

@@ -153,7 +153,9 @@ def main(argv: list[str] | None = None) -> int:
         default=["3.12"],
         help="further CPython versions to download binary wheels for (default: 3.12)",
     )
-    b.add_argument("--full", action="store_true", help="also carry the binary packages a CUDA PyTorch image holds (IMAGE_HAS)")
+    b.add_argument(
+        "--full", action="store_true", help="also carry the binary packages a CUDA PyTorch image holds (IMAGE_HAS)"
+    )
     i = sub.add_parser("install", help="install what this Python lacks, offline, into --target")
     i.add_argument("--wheelhouse", type=Path, default=ROOT / "wheelhouse")
     i.add_argument("--target", type=Path, required=True)

@@ -37,14 +37,18 @@ def trace(step: int, i: int, early: bool) -> str:
 EVAL_TAGS = ("checkpoint-4", "checkpoint-8")
 
 
-def make_run(root: Path, n_steps: int = 8, per_step: int = 4, pinned: bool = False, eval_tags=EVAL_TAGS, training: bool = True) -> Path:
+def make_run(
+    root: Path, n_steps: int = 8, per_step: int = 4, pinned: bool = False, eval_tags=EVAL_TAGS, training: bool = True
+) -> Path:
     """A run folder as `parallel-r1 rl` writes it: config.yaml, rollouts.jsonl, metrics.jsonl, eval/.
 
     ``eval_tags`` get results whose aime24 mean@k is 0.25, 0.5, ... in order; ``training=False``
     leaves only the evaluations (the demo's eval stage without an RL run)."""
     run = root / ("run_pinned" if pinned else "run")
     run.mkdir(parents=True)
-    (run / "config.yaml").write_text(yaml.safe_dump({"model": "tiny", "max_completion_length": BUDGET, "reward": "alternating"}))
+    (run / "config.yaml").write_text(
+        yaml.safe_dump({"model": "tiny", "max_completion_length": BUDGET, "reward": "alternating"})
+    )
     rollouts, logged = [], []
     for step in range(1, n_steps + 1):
         mode = "accuracy" if (step - 1) % 4 < 3 else "parallel"
@@ -57,16 +61,38 @@ def make_run(root: Path, n_steps: int = 8, per_step: int = 4, pinned: bool = Fal
             rep = analyze_trace(text)
             correct = (i + step) % 3 != 0
             length = BUDGET if pinned and step > n_steps // 2 else 20 + 3 * step + i
-            rows.append({
-                "step": step, "prompt_id": f"p{i % 2}", "sample_index": i // 2, "prompt": f"What is 3 + 4? <{i}>",
-                "completion": text, "answer": "7", "reward": (1.0 if correct else -1.0) + (0.2 if mode == "parallel" and uses else 0.0),
-                "correct": correct, "reward_mode": mode, "uses_parallel": rep.uses_parallel, "format_ok": rep.format_ok,
-                "num_blocks": rep.num_blocks, "paths_per_block": rep.paths_per_block, "positions": rep.positions,
-                "length": length, "clipped": length >= BUDGET,
-            })
+            rows.append(
+                {
+                    "step": step,
+                    "prompt_id": f"p{i % 2}",
+                    "sample_index": i // 2,
+                    "prompt": f"What is 3 + 4? <{i}>",
+                    "completion": text,
+                    "answer": "7",
+                    "reward": (1.0 if correct else -1.0) + (0.2 if mode == "parallel" and uses else 0.0),
+                    "correct": correct,
+                    "reward_mode": mode,
+                    "uses_parallel": rep.uses_parallel,
+                    "format_ok": rep.format_ok,
+                    "num_blocks": rep.num_blocks,
+                    "paths_per_block": rep.paths_per_block,
+                    "positions": rep.positions,
+                    "length": length,
+                    "clipped": length >= BUDGET,
+                }
+            )
         rollouts += rows
-        logged.append({"step": step, "global_step": step * 2, "loss": 0.1 / step, "reward_mode": int(mode == "parallel"), "reward_mode_name": mode,
-                       "parallel_ratio": np.mean([r["uses_parallel"] for r in rows]), "mean_parallel_position": None})
+        logged.append(
+            {
+                "step": step,
+                "global_step": step * 2,
+                "loss": 0.1 / step,
+                "reward_mode": int(mode == "parallel"),
+                "reward_mode_name": mode,
+                "parallel_ratio": np.mean([r["uses_parallel"] for r in rows]),
+                "mean_parallel_position": None,
+            }
+        )
     if training:
         write_jsonl(run / "rollouts.jsonl", rollouts)
         write_jsonl(run / "metrics.jsonl", logged)
@@ -76,14 +102,46 @@ def make_run(root: Path, n_steps: int = 8, per_step: int = 4, pinned: bool = Fal
         acc = 0.25 * (j + 1)
         ev = run / "eval" / ckpt
         ev.mkdir(parents=True)
-        bench = {"n_problems": 2, "k": 2, "mean@k": acc, "pass@k": min(1.0, acc + 0.25), "maj@k": acc, "best@k": acc + 0.2,
-                 "parallel_ratio": 0.5, "mean_blocks": 0.5, "mean_length": 30.0, "format_error_rate": 0.0}
-        (ev / "results.json").write_text(json.dumps({"model": str(run / ckpt), "settings": {}, "benchmarks": {"aime24": bench, "gsm8k": dict(bench, k=1)}}))
-        write_jsonl(ev / "completions.jsonl", [
-            {"benchmark": "aime24", "problem_id": str(p), "sample_index": s, "prompt": "Solve <x>", "completion": trace(9, p, False),
-             "answer": "7", "pred": "7", "correct": True, "uses_parallel": True, "format_ok": True, "num_blocks": 1,
-             "positions": analyze_trace(trace(9, p, False)).positions, "length": 30, "finish_reason": "eos"}
-            for p in range(2) for s in range(2)])
+        bench = {
+            "n_problems": 2,
+            "k": 2,
+            "mean@k": acc,
+            "pass@k": min(1.0, acc + 0.25),
+            "maj@k": acc,
+            "best@k": acc + 0.2,
+            "parallel_ratio": 0.5,
+            "mean_blocks": 0.5,
+            "mean_length": 30.0,
+            "format_error_rate": 0.0,
+        }
+        (ev / "results.json").write_text(
+            json.dumps(
+                {"model": str(run / ckpt), "settings": {}, "benchmarks": {"aime24": bench, "gsm8k": dict(bench, k=1)}}
+            )
+        )
+        write_jsonl(
+            ev / "completions.jsonl",
+            [
+                {
+                    "benchmark": "aime24",
+                    "problem_id": str(p),
+                    "sample_index": s,
+                    "prompt": "Solve <x>",
+                    "completion": trace(9, p, False),
+                    "answer": "7",
+                    "pred": "7",
+                    "correct": True,
+                    "uses_parallel": True,
+                    "format_ok": True,
+                    "num_blocks": 1,
+                    "positions": analyze_trace(trace(9, p, False)).positions,
+                    "length": 30,
+                    "finish_reason": "eos",
+                }
+                for p in range(2)
+                for s in range(2)
+            ],
+        )
     return run
 
 
@@ -152,11 +210,21 @@ def test_summary_rows_and_markdown_table(tmp_path):
     assert [r["model"] for r in rows] == ["base", "sft", "rl"]
     rl = rows[2]["benchmarks"]
     # written in order rl, sft, base: rl got mean@k 0.25
-    assert rl["aime24"] == {"k": 2, "n_problems": 2, "accuracy": 0.25, "pass@k": 0.5, "parallel_ratio": 0.5, "mean_length": 30.0}
+    assert rl["aime24"] == {
+        "k": 2,
+        "n_problems": 2,
+        "accuracy": 0.25,
+        "pass@k": 0.5,
+        "parallel_ratio": 0.5,
+        "mean_length": 30.0,
+    }
     assert rl["gsm8k"]["pass@k"] is None  # k = 1: pass@1 is mean@1, not repeated
     assert rows[0]["avg_accuracy"] == pytest.approx(0.75)
     md = tables.format_summary_markdown(rows).splitlines()
-    assert md[0] == "| model | AIME24 mean@2 | AIME24 pass@2 | AIME24 parallel ratio % | AIME24 length | GSM8K mean@1 | GSM8K parallel ratio % | GSM8K length | avg acc |"
+    assert (
+        md[0]
+        == "| model | AIME24 mean@2 | AIME24 pass@2 | AIME24 parallel ratio % | AIME24 length | GSM8K mean@1 | GSM8K parallel ratio % | GSM8K length | avg acc |"
+    )
     assert md[2] == "| base | 75.0 | 100.0 | 50.0 | 30 | 75.0 | 50.0 | 30 | 75.0 |"
     assert [line.split(" | ")[0] for line in md[2:]] == ["| base", "| sft", "| rl"]
     assert analysis.eval_summary(run) == "\n".join(md)
@@ -196,16 +264,34 @@ def test_render_trace_puts_paths_side_by_side_and_escapes():
 def _chromium() -> str:
     exe = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
     if exe is None:
-        pytest.fail("chromium is needed to check the report renders: `apt-get install -y chromium` (Debian) — `make test` installs it")
+        pytest.fail(
+            "chromium is needed to check the report renders: `apt-get install -y chromium` (Debian) — `make test` installs it"
+        )
     return exe
 
 
 def _chrome(html_path: Path, tmp: Path, *mode: str) -> subprocess.CompletedProcess:
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp / 'profile'}", "--enable-logging=stderr", "--v=0", "--window-size=1280,1800"]
-    return subprocess.run([_chromium(), *flags, *mode, html_path.as_uri()], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "HOME": str(tmp)})
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp / 'profile'}",
+        "--enable-logging=stderr",
+        "--v=0",
+        "--window-size=1280,1800",
+    ]
+    return subprocess.run(
+        [_chromium(), *flags, *mode, html_path.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "HOME": str(tmp)},
+    )
 
 
 def console_errors(stderr: str) -> list[str]:

@@ -31,12 +31,19 @@ def test_each_command_module_has_the_command_interface(name):
 
 
 def test_console_script_runs():
-    out = subprocess.run([sys.executable, "-m", "parallel_r1.cli", "--help"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "parallel_r1.cli", "--help"], capture_output=True, text=True, check=True
+    )
     assert "parallel-r1" in out.stdout
 
 
 def test_errors_name_the_command_once(tmp_path, capsys):
     # evaluate raises "eval: ..." for Python callers; the CLI must not print "eval: error: eval: ..."
-    assert main(["eval", "--model", str(tmp_path), "--benchmarks", "gsm8k", "--k", "0", "--output_dir", str(tmp_path / "o")]) == 2
+    assert (
+        main(
+            ["eval", "--model", str(tmp_path), "--benchmarks", "gsm8k", "--k", "0", "--output_dir", str(tmp_path / "o")]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert err == "parallel-r1 eval: error: k for gsm8k must be >= 1, got 0"

@@ -75,8 +75,13 @@ class FakeOpenAI:
                 content = ("\ud800" if kind == "surrogate" else "") + trace_for(a, b)
                 choices = [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}]
                 payload = json.dumps(
-                    {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                     "choices": [] if kind == "empty" else choices}
+                    {
+                        "id": "x",
+                        "object": "chat.completion",
+                        "created": 0,
+                        "model": body["model"],
+                        "choices": [] if kind == "empty" else choices,
+                    }
                 ).encode()
                 if kind == "malformed":
                     payload = payload[: len(payload) // 2]
@@ -152,7 +157,9 @@ def test_every_row_exactly_once_after_injected_faults(fake_server, tmp_path):
     server = fake_server(schedule=faults, sleep=1.0)
     out = tmp_path / "raw.jsonl"
     # One request can meet every fault in a row while the others sleep: allow that many retries.
-    stats = generate(problems(10), teacher(server.url, max_retries=len(faults), timeout=0.5), out, n=2, concurrency=4, progress=False)
+    stats = generate(
+        problems(10), teacher(server.url, max_retries=len(faults), timeout=0.5), out, n=2, concurrency=4, progress=False
+    )
     got = keys(out)
     assert set(got) == {(f"p{i}", k) for i in range(10) for k in range(2)}
     assert set(got.values()) == {1}
@@ -168,8 +175,13 @@ def test_every_row_exactly_once_after_injected_faults(fake_server, tmp_path):
 
 @pytest.mark.parametrize(
     "fault, logged",
-    [("empty", "empty choice list"), ("nonutf8", "UnicodeDecodeError"), ("malformed", "JSONDecodeError"), ("500", "InternalServerError"),
-     ("429", "RateLimitError")],
+    [
+        ("empty", "empty choice list"),
+        ("nonutf8", "UnicodeDecodeError"),
+        ("malformed", "JSONDecodeError"),
+        ("500", "InternalServerError"),
+        ("429", "RateLimitError"),
+    ],
 )
 def test_request_that_keeps_failing_is_left_for_the_next_run(fake_server, tmp_path, fault, logged):
     """A teacher that always answers one problem with garbage: counted and logged, not written, retried next run."""
@@ -291,20 +303,57 @@ def test_cli_generate_filter_and_sft_rows(fake_server, tmp_path, capsys):
     from parallel_r1.train.sft import load_traces
 
     server = fake_server(schedule=["500", "429", "malformed"])
-    src = _write(tmp_path / "problems.jsonl", [dict(id=f"q{i}", problem=f"What is {i} plus {i + 2}?", answer=str(2 * i + 2)) for i in range(4)])
+    src = _write(
+        tmp_path / "problems.jsonl",
+        [dict(id=f"q{i}", problem=f"What is {i} plus {i + 2}?", answer=str(2 * i + 2)) for i in range(4)],
+    )
     raw, sft = tmp_path / "raw.jsonl", tmp_path / "sft.jsonl"
-    args = ["coldstart", "generate", "--teacher", "openai", "--base-url", server.url, "--model", "m", "--problems", str(src),
-            "--output", str(raw), "--n", "2", "--backoff", "0.01", "--timeout", "60", "--no-progress",
-            "--api-key-env", "PARALLEL_R1_TEST_NO_KEY"]
+    args = [
+        "coldstart",
+        "generate",
+        "--teacher",
+        "openai",
+        "--base-url",
+        server.url,
+        "--model",
+        "m",
+        "--problems",
+        str(src),
+        "--output",
+        str(raw),
+        "--n",
+        "2",
+        "--backoff",
+        "0.01",
+        "--timeout",
+        "60",
+        "--no-progress",
+        "--api-key-env",
+        "PARALLEL_R1_TEST_NO_KEY",
+    ]
     assert main(args) == 0
     assert "wrote 8 rows" in capsys.readouterr().out and len(keys(raw)) == 8
     assert main(args) == 0 and "wrote 0 rows" in capsys.readouterr().out and len(keys(raw)) == 8
     with open(raw, "a") as f:  # a row a broken teacher might leave: no response
-        f.write(json.dumps(dict(problem_id="q9", sample_index=0, source="problems", problem="What is 9 plus 11?", answer="20", response=None)) + "\n")
+        f.write(
+            json.dumps(
+                dict(
+                    problem_id="q9",
+                    sample_index=0,
+                    source="problems",
+                    problem="What is 9 plus 11?",
+                    answer="20",
+                    response=None,
+                )
+            )
+            + "\n"
+        )
     assert main(["coldstart", "filter", "--input", str(raw), "--output", str(sft), "--no-gsm8k-join"]) == 0
     assert "kept 8/9 traces" in capsys.readouterr().out
     report = json.loads(Path(str(sft) + ".report.json").read_text())
-    assert report["dropped"]["no_response"] == 1 and report["per_source"]["problems"] == dict(total=9, kept=8, no_response=1)
+    assert report["dropped"]["no_response"] == 1 and report["per_source"]["problems"] == dict(
+        total=9, kept=8, no_response=1
+    )
     rows = load_traces(str(sft))
     assert len(rows) == 8 and all(parse(r["response"]).num_blocks == 1 for r in rows)
     # missing columns / no such file: one clear line, exit code 2
@@ -316,10 +365,30 @@ def test_local_teacher_through_the_cli_resumes(tiny_checkpoint, tmp_path, capsys
     """`coldstart generate --teacher local`: a transformers model decoded by the engine, rows once, resumable."""
     from parallel_r1.cli import main
 
-    src = _write(tmp_path / "problems.jsonl", [dict(id=f"q{i}", problem=f"What is {i} plus 1?", answer=str(i + 1)) for i in range(3)])
+    src = _write(
+        tmp_path / "problems.jsonl",
+        [dict(id=f"q{i}", problem=f"What is {i} plus 1?", answer=str(i + 1)) for i in range(3)],
+    )
     out = tmp_path / "local.jsonl"
-    args = ["coldstart", "generate", "--teacher", "local", "--model", str(tiny_checkpoint), "--problems", str(src),
-            "--output", str(out), "--max-new-tokens", "12", "--batch-size", "2", "--temperature", "1.0", "--no-progress"]
+    args = [
+        "coldstart",
+        "generate",
+        "--teacher",
+        "local",
+        "--model",
+        str(tiny_checkpoint),
+        "--problems",
+        str(src),
+        "--output",
+        str(out),
+        "--max-new-tokens",
+        "12",
+        "--batch-size",
+        "2",
+        "--temperature",
+        "1.0",
+        "--no-progress",
+    ]
     assert main(args + ["--limit", "2"]) == 0 and set(keys(out)) == {("problems-q0", 0), ("problems-q1", 0)}
     assert main(args + ["--n", "2"]) == 0
     got = keys(out)
@@ -348,7 +417,10 @@ def test_prepare_model_adds_tags_once_with_mean_of_pieces(arch, tmp_path, capsys
     assert len(tok2) == len(tok) + 6 and m2.get_input_embeddings().weight.shape[0] == len(tok2)
     for tag, ids in pieces.items():
         (tid,) = tok2.encode(tag, add_special_tokens=False)
-        for old, new in ((model.get_input_embeddings(), m2.get_input_embeddings()), (model.get_output_embeddings(), m2.get_output_embeddings())):
+        for old, new in (
+            (model.get_input_embeddings(), m2.get_input_embeddings()),
+            (model.get_output_embeddings(), m2.get_output_embeddings()),
+        ):
             torch.testing.assert_close(new.weight[tid], old.weight[ids].mean(0))
     n_old = len(tok)
     torch.testing.assert_close(m2.get_input_embeddings().weight[:n_old], model.get_input_embeddings().weight)
@@ -370,19 +442,39 @@ def test_filter_keeps_the_pilot_and_reports(data_dir, tmp_path):
     assert report["kept_blocks"] == {1: 261, 2: 59, 3: 12, 4: 6, 0: 3}
     rows = list(read_jsonl(out))
     assert len(rows) == 341 and {"id", "source", "problem", "prompt", "response", "answer"} <= set(rows[0])
-    assert rows[0]["prompt"].startswith("Solve the following problem") and rows[0]["prompt"].endswith(rows[0]["problem"])
+    assert rows[0]["prompt"].startswith("Solve the following problem") and rows[0]["prompt"].endswith(
+        rows[0]["problem"]
+    )
     assert json.loads(Path(str(out) + ".report.json").read_text())["kept"] == 341
 
 
 def test_filter_drop_reasons(tiny_tokenizer, tmp_path):
     good = trace_for(2, 3)
     rows = [
-        dict(id="ok", source="a", problem="What is 2 plus 3?", response=good.replace("</Path><Path>", "</Path>\n  <Path>"), answer="5"),
+        dict(
+            id="ok",
+            source="a",
+            problem="What is 2 plus 3?",
+            response=good.replace("</Path><Path>", "</Path>\n  <Path>"),
+            answer="5",
+        ),
         dict(id="none", source="a", problem="What is 2 plus 3?", response=None, answer="5"),
         dict(id="fmt", source="b", problem="What is 2 plus 3?", response=good.replace("</Parallel>", ""), answer="5"),
-        dict(id="noans", source="b", problem="What is 2 plus 3?", response=good.replace("Final Answer: 5", "so 5"), answer="5"),
+        dict(
+            id="noans",
+            source="b",
+            problem="What is 2 plus 3?",
+            response=good.replace("Final Answer: 5", "so 5"),
+            answer="5",
+        ),
         dict(id="wrong", source="b", problem="What is 2 plus 3?", response=good, answer="6"),
-        dict(id="long", source="b", problem="What is 2 plus 3?", response=good.replace("We add", "We add " + "very " * 500), answer="5"),
+        dict(
+            id="long",
+            source="b",
+            problem="What is 2 plus 3?",
+            response=good.replace("We add", "We add " + "very " * 500),
+            answer="5",
+        ),
     ]
     for r in rows:
         r["where"] = r["id"]
@@ -406,7 +498,9 @@ def test_filter_bad_inputs(tmp_path):
     torn.write_text('{"id": 1, "problem": "p", "response": "r"}\n{"id": 2, "pro\n{"id": 3}\n')
     with pytest.raises(ValueError, match="torn.jsonl:2"):
         read_traces(torn)
-    rows = read_traces(_write(tmp_path / "ok.jsonl", [{"id": 1, "problem": "p"}, {"id": 2, "problem": "p", "response": "  "}]))
+    rows = read_traces(
+        _write(tmp_path / "ok.jsonl", [{"id": 1, "problem": "p"}, {"id": 2, "problem": "p", "response": "  "}])
+    )
     assert [r["response"] for r in rows] == [None, None]
 
 

@@ -24,10 +24,14 @@ print(json.dumps({"heavy": sorted(m for m in ("torch", "transformers", "trl.trai
 """
 
 
-@pytest.mark.parametrize("argv", [[name] for name in COMMANDS] + [["coldstart", "generate"], ["coldstart", "filter"]], ids=" ".join)
+@pytest.mark.parametrize(
+    "argv", [[name] for name in COMMANDS] + [["coldstart", "generate"], ["coldstart", "filter"]], ids=" ".join
+)
 def test_help_lists_config_and_imports_no_torch(argv):
     # Behavioural proxy for "--help answers at once": nothing heavy is imported to print it.
-    out = subprocess.run([sys.executable, "-c", HELP_PROBE, *argv, "--help"], capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", HELP_PROBE, *argv, "--help"], capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, out.stderr
     page, _, last = out.stdout.rstrip().rpartition("\n")
     assert "--config" in page
@@ -56,7 +60,12 @@ def test_precedence_default_then_yaml_then_command_line(tmp_path):
     assert (cfg.max_new_tokens, cfg.benchmarks, cfg.progress) == (3, ["aime24"], True)
     path = _yaml(tmp_path, "model: from_yaml\nmax_new_tokens: 7\nbenchmarks: [gsm8k, math500]\nprogress: false\n")
     (cfg,) = parse_config("toy", "", (Toy,), ["--config", str(path)])
-    assert (cfg.model, cfg.max_new_tokens, cfg.benchmarks, cfg.progress) == ("from_yaml", 7, ["gsm8k", "math500"], False)
+    assert (cfg.model, cfg.max_new_tokens, cfg.benchmarks, cfg.progress) == (
+        "from_yaml",
+        7,
+        ["gsm8k", "math500"],
+        False,
+    )
     for flag in ("--max_new_tokens", "--max-new-tokens"):
         (cfg,) = parse_config("toy", "", (Toy,), [flag, "9", "--config", str(path), "--model", "cli"])
         assert (cfg.model, cfg.max_new_tokens, cfg.benchmarks) == ("cli", 9, ["gsm8k", "math500"])
@@ -112,21 +121,59 @@ def test_debug_shows_the_traceback_before_or_after_the_command(tmp_path):
 # (argv before the options, YAML recipe, field overridden on the command line, its value as text,
 #  the value parsed, a field that only the YAML set and its value)
 RECIPES = [
-    (["eval"], "model: m\noutput_dir: out\nbenchmarks: [gsm8k]\nmax_new_tokens: 7\n", "max_new_tokens", "9", 9, "benchmarks", ["gsm8k"]),
-    (["eval"], "model: m\noutput_dir: out\nbenchmarks: gsm8k\ntemperature: 0.5\n", "output_dir", "o2", "o2", "temperature", 0.5),
+    (
+        ["eval"],
+        "model: m\noutput_dir: out\nbenchmarks: [gsm8k]\nmax_new_tokens: 7\n",
+        "max_new_tokens",
+        "9",
+        9,
+        "benchmarks",
+        ["gsm8k"],
+    ),
+    (
+        ["eval"],
+        "model: m\noutput_dir: out\nbenchmarks: gsm8k\ntemperature: 0.5\n",
+        "output_dir",
+        "o2",
+        "o2",
+        "temperature",
+        0.5,
+    ),
     (["generate"], "model: m\nproblems: gsm8k\nn: 2\n", "max_new_tokens", "64", 64, "n", 2),
     (["analyze"], "run_dir: runs/x\nclip_threshold: 0.3\n", "last_steps", "4", 4, "clip_threshold", 0.3),
     (["report"], "run_dir: runs/x\ntraces: 2\n", "output", "r.html", "r.html", "traces", 2),
     (["score"], "input: in.jsonl\nrewards: [accuracy_reward]\n", "step", "9", 9, "rewards", ["accuracy_reward"]),
     (["prepare-model"], "model: smollm2\noutput_dir: a\n", "output_dir", "b", "b", "model", "smollm2"),
-    (["coldstart", "generate"], "teacher: synthetic\noutput: raw.jsonl\nlimit: 5\n", "max_new_tokens", "128", 128, "limit", 5),
-    (["coldstart", "filter"], "input: raw.jsonl\noutput: sft.jsonl\nmax_length: 1024\n", "require_parallel", "true", True, "max_length", 1024),
+    (
+        ["coldstart", "generate"],
+        "teacher: synthetic\noutput: raw.jsonl\nlimit: 5\n",
+        "max_new_tokens",
+        "128",
+        128,
+        "limit",
+        5,
+    ),
+    (
+        ["coldstart", "filter"],
+        "input: raw.jsonl\noutput: sft.jsonl\nmax_length: 1024\n",
+        "require_parallel",
+        "true",
+        True,
+        "max_length",
+        1024,
+    ),
 ]
 
 
-@pytest.mark.parametrize("prefix,recipe,name,text,value,yaml_field,yaml_value", RECIPES, ids=lambda x: " ".join(x) if isinstance(x, list) else None)
+@pytest.mark.parametrize(
+    "prefix,recipe,name,text,value,yaml_field,yaml_value",
+    RECIPES,
+    ids=lambda x: " ".join(x) if isinstance(x, list) else None,
+)
 @pytest.mark.parametrize("spelling", ["underscore", "dash"])
-def test_each_command_reads_a_recipe_and_overrides(tmp_path, prefix, recipe, name, text, value, yaml_field, yaml_value, spelling):
+def test_each_command_reads_a_recipe_and_overrides(
+    tmp_path, prefix, recipe, name, text, value, yaml_field, yaml_value, spelling
+):
     path = _yaml(tmp_path, recipe)
     flag = "--" + (name if spelling == "underscore" else name.replace("_", "-"))
     configs = parse_command(prefix[0], [*prefix[1:], "--config", str(path), flag, text])

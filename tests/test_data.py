@@ -52,7 +52,12 @@ def test_answers_kept_as_given_or_cut_to_the_gsm8k_number(data_dir):
 
 def test_apo_eval_strips_the_v3_prompt_and_keeps_rows(data_dir):
     rows = load_problems("apo_eval", data_dir=data_dir)
-    assert Counter(p.extra["data_source"] for p in rows) == {"APO_AMC23": 640, "APO_AIME24": 480, "APO_AIME25": 480, "APO_MATH300": 316}
+    assert Counter(p.extra["data_source"] for p in rows) == {
+        "APO_AMC23": 640,
+        "APO_AIME24": 480,
+        "APO_AIME25": 480,
+        "APO_MATH300": 316,
+    }
     assert not any("<Parallel>" in p.problem for p in rows)
     assert all(p.extra["prompt"].endswith(p.problem) for p in rows)
     aime25 = {p.answer for p in load_problems("aime25", data_dir=data_dir)}
@@ -66,7 +71,9 @@ def test_apo_eval_splits_into_one_benchmark_per_data_source(data_dir):
     for name, source in APO_SOURCES.items():
         rows = load_problems(name, data_dir=data_dir)
         prompts = [m[0]["content"] for m, s in zip(raw["prompt"], raw["data_source"]) if s == source]
-        assert [p.extra["prompt"] for p in rows] == prompts and {p.source for p in rows} == {name}  # the file's rows, in order
+        assert [p.extra["prompt"] for p in rows] == prompts and {p.source for p in rows} == {
+            name
+        }  # the file's rows, in order
         total += len(rows)
         by_index: dict[int, set] = {}
         for p in rows:
@@ -89,7 +96,9 @@ def test_apo_benchmarks_against_the_standalone_files(data_dir):
     aime25, apo25 = load_problems("aime25", data_dir=data_dir), distinct(load_problems("apo_aime25", data_dir=data_dir))
     repaired = [p.problem.replace("\x0c", "\\f").replace("\t", "\\t") for p in apo25]
     assert repaired == [p.problem for p in aime25] and [p.answer for p in apo25] == [p.answer for p in aime25]
-    assert sum(p.problem != q.problem for p, q in zip(apo25, aime25)) == 3  # the form-feed/tab defect, kept as in the paper
+    assert (
+        sum(p.problem != q.problem for p, q in zip(apo25, aime25)) == 3
+    )  # the form-feed/tab defect, kept as in the paper
     aime24, apo24 = load_problems("aime24", data_dir=data_dir), distinct(load_problems("apo_aime24", data_dir=data_dir))
     assert sorted(int(p.answer) for p in apo24) == sorted(int(p.answer) for p in aime24)
     assert [p.answer for p in apo24] != [p.answer for p in aime24]  # another order
@@ -134,7 +143,9 @@ def test_a_benchmark_file_without_its_answer_column_names_file_and_column(tmp_pa
     (tmp_path / "aime24").mkdir()
     bad = tmp_path / "aime24" / "test.jsonl"
     bad.write_text('{"id": 0, "problem": "1+1?", "solution": "2"}\n')
-    with pytest.raises(ValueError, match=rf"{re.escape(str(bad))}: no 'answer' column; columns are id, problem, solution"):
+    with pytest.raises(
+        ValueError, match=rf"{re.escape(str(bad))}: no 'answer' column; columns are id, problem, solution"
+    ):
         load_problems("aime24", data_dir=tmp_path)
 
 
@@ -162,7 +173,12 @@ def test_olympiadbench_from_a_local_file(tmp_path, suffix):
     else:  # parquet gives final_answer back as a numpy array
         pd.DataFrame(OLYMPIAD_ROWS).to_parquet(path)
     rows = load_problems(str(path))
-    assert [p.answer for p in rows] == ["2", "2, -3", "(2,1),(3,1)", "\\frac{1}{2}"]  # $ removed, multiple answers joined
+    assert [p.answer for p in rows] == [
+        "2",
+        "2, -3",
+        "(2,1),(3,1)",
+        "\\frac{1}{2}",
+    ]  # $ removed, multiple answers joined
     assert [p.id for p in rows] == ["olympiad-1606", "olympiad-1700", "olympiad-1701", "olympiad-1702"]
     assert rows[2].problem == "Let $n$ be a positive integer.\n\nFind all pairs $(a,b)$."  # context first
     assert rows[1].extra["final_answer"] == ["2", "-3"] and rows[1].extra["is_multiple_answer"] is True
@@ -176,7 +192,10 @@ def test_olympiadbench_name_reads_the_data_folder_copy_else_the_hub(tmp_path, mo
     (tmp_path / "olympiadbench").mkdir()
     (tmp_path / "olympiadbench" / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in OLYMPIAD_ROWS))
     rows = load_problems("olympiadbench", data_dir=tmp_path, limit=2)
-    assert [(p.id, p.source, p.answer) for p in rows] == [("olympiadbench-1606", "olympiadbench", "2"), ("olympiadbench-1700", "olympiadbench", "2, -3")]
+    assert [(p.id, p.source, p.answer) for p in rows] == [
+        ("olympiadbench-1606", "olympiadbench", "2"),
+        ("olympiadbench-1700", "olympiadbench", "2, -3"),
+    ]
     with pytest.raises(ValueError, match="no 'train' split"):
         load_problems("olympiadbench", split="train", data_dir=tmp_path)
 
@@ -194,14 +213,19 @@ def test_olympiadbench_name_reads_the_data_folder_copy_else_the_hub(tmp_path, mo
     rows = load_problems("olympiadbench", data_dir=empty, limit=2)
     assert calls == [("Hothan/OlympiadBench", "OE_TO_maths_en_COMP", "train[:2]")]
     assert [(p.id, p.answer) for p in rows] == [("olympiadbench-1606", "2"), ("olympiadbench-1700", "2, -3")]
-    assert load_problems("Hothan/OlympiadBench:OE_TO_maths_en_COMP", split="train")[1].answer == "2, -3"  # schema detected
+    assert (
+        load_problems("Hothan/OlympiadBench:OE_TO_maths_en_COMP", split="train")[1].answer == "2, -3"
+    )  # schema detected
 
 
 def test_olympiadbench_bad_files_name_file_row_and_column(tmp_path):
     no_answer = tmp_path / "olympiadbench" / "test.jsonl"
     no_answer.parent.mkdir()
     no_answer.write_text(json.dumps({"id": 1, "question": "Q?", "answer_type": "Numerical"}) + "\n")
-    with pytest.raises(ValueError, match=rf"{re.escape(str(no_answer))}: no 'final_answer' column; columns are answer_type, id, question"):
+    with pytest.raises(
+        ValueError,
+        match=rf"{re.escape(str(no_answer))}: no 'final_answer' column; columns are answer_type, id, question",
+    ):
         load_problems("olympiadbench", data_dir=tmp_path)
     as_file = tmp_path / "olympiad.jsonl"  # by path, no final_answer means no OlympiadBench schema: generic detection
     as_file.write_text(no_answer.read_text())
@@ -213,7 +237,9 @@ def test_olympiadbench_bad_files_name_file_row_and_column(tmp_path):
         load_problems(str(empty))
     no_question = tmp_path / "no_question.jsonl"
     no_question.write_text(json.dumps({"id": 1, "problem_text": "Q?", "final_answer": ["1"]}) + "\n")
-    with pytest.raises(ValueError, match=r"no_question\.jsonl: no 'question' column; columns are final_answer, id, problem_text"):
+    with pytest.raises(
+        ValueError, match=r"no_question\.jsonl: no 'question' column; columns are final_answer, id, problem_text"
+    ):
         load_problems(str(no_question))
 
 
@@ -231,7 +257,11 @@ def test_recipes_name_a_registered_data_set_and_reward(data_dir, recipe):
     assert cfg["dataset"] in KNOWN and (cfg["reward"] in REWARDS or cfg["reward"] in SCHEDULES)
     assert load_problems(cfg["dataset"], split=cfg.get("dataset_split"), data_dir=data_dir, limit=1)
     if recipe.startswith("rl_gsm8k"):  # the GSM8K family (0/1 scale) on GSM8K train
-        assert (cfg["dataset"], cfg["dataset_split"], cfg["reward"]) == ("gsm8k", "train", "gsm8k/accuracy_times_special_token_reward")
+        assert (cfg["dataset"], cfg["dataset_split"], cfg["reward"]) == (
+            "gsm8k",
+            "train",
+            "gsm8k/accuracy_times_special_token_reward",
+        )
         assert cfg["variant"] == recipe.removeprefix("rl_gsm8k_")
     else:
         assert cfg["dataset"] == "math8k"
@@ -266,7 +296,9 @@ def test_missing_data_dir_names_the_path(tmp_path):
 def test_local_files_with_detected_columns(tmp_path):
     (tmp_path / "a.jsonl").write_text('{"question": "1+1?", "answer": "2"}\n{"question": "2+2?", "answer": "#### 4"}\n')
     (tmp_path / "b.csv").write_text("problem,reference\n3+3?,6\n")
-    (tmp_path / "c.json").write_text(json.dumps([{"prompt": [{"role": "user", "content": "5+5?"}], "reward_model": {"ground_truth": "10"}}]))
+    (tmp_path / "c.json").write_text(
+        json.dumps([{"prompt": [{"role": "user", "content": "5+5?"}], "reward_model": {"ground_truth": "10"}}])
+    )
     assert [(p.problem, p.answer) for p in load_problems(str(tmp_path / "a.jsonl"))] == [("1+1?", "2"), ("2+2?", "4")]
     assert [(p.problem, p.answer, p.source) for p in load_problems(str(tmp_path / "b.csv"))] == [("3+3?", "6", "b")]
     assert [(p.problem, p.answer) for p in load_problems(str(tmp_path / "c.json"))] == [("5+5?", "10")]
@@ -305,7 +337,12 @@ def reference_answer(problem) -> int:
     total = 0
     for sentence in re.split(r"(?<=[.?])\s+", problem.problem):
         nums = [int(x) for x in NUMBER.findall(sentence)]
-        if not nums or "years old" in sentence or "minutes away" in sentence or not sentence.startswith((problem.extra["name"], "He ", "She ")):
+        if (
+            not nums
+            or "years old" in sentence
+            or "minutes away" in sentence
+            or not sentence.startswith((problem.extra["name"], "He ", "She "))
+        ):
             continue
         if sentence.startswith(problem.extra["name"]) and not sentence.startswith(f"{problem.extra['name']} has"):
             continue

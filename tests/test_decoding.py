@@ -29,7 +29,7 @@ def training_logprobs(model, tags, sample, variant, temperature=1.0):
     ids = torch.tensor([sample.prompt_ids + sample.completion_ids])
     if variant == "unseen":
         struct = torch.zeros_like(ids, dtype=torch.bool)
-        struct[:, len(sample.prompt_ids):] = True
+        struct[:, len(sample.prompt_ids) :] = True
         layout = build_unseen_layout(ids, tags, structure_mask=struct)
         assert layout.malformed == [[]] or parse(sample.text).num_blocks == sample.num_blocks
         mask, pos = layout.attention_mask, layout.position_ids
@@ -43,7 +43,10 @@ def training_logprobs(model, tags, sample, variant, temperature=1.0):
 
 
 def max_gap(model, tags, samples, variant, temperature=1.0):
-    return max((training_logprobs(model, tags, s, variant, temperature) - torch.tensor(s.logprobs)).abs().max().item() for s in samples)
+    return max(
+        (training_logprobs(model, tags, s, variant, temperature) - torch.tensor(s.logprobs)).abs().max().item()
+        for s in samples
+    )
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
@@ -78,7 +81,9 @@ def test_seen_is_causal_sampling_with_the_same_return_shape():
     model, tok = build_tiny_model("qwen2")
     tags = TagIds.from_tokenizer(tok)
     model = with_tag_bias(model, tags)
-    samples = ParallelEngine(model, tok, DecodingConfig(variant="seen", max_new_tokens=40, seed=0)).generate(["hi", "a longer prompt here"], n=2)
+    samples = ParallelEngine(model, tok, DecodingConfig(variant="seen", max_new_tokens=40, seed=0)).generate(
+        ["hi", "a longer prompt here"], n=2
+    )
     assert len(samples) == 4 and not any(any(s.injected) for s in samples)
     assert max_gap(model, tags, samples, "seen") <= 1e-4
 
@@ -127,7 +132,11 @@ def test_forced_tokens_give_the_canonical_layout_and_respect_max_blocks():
     cfg = DecodingConfig(num_paths=2, max_blocks=2, max_new_tokens=200, temperature=0)
     (sample,) = ParallelEngine(model, tok, cfg).generate([prompt])
     nl = tok.encode("\n", add_special_tokens=False)
-    block = [tags.parallel_open] + 2 * [tags.path_open, a, a, tags.path_close] + [tags.parallel_close, *nl, tags.summary_open, s, s, tags.summary_close]
+    block = (
+        [tags.parallel_open]
+        + 2 * [tags.path_open, a, a, tags.path_close]
+        + [tags.parallel_close, *nl, tags.summary_open, s, s, tags.summary_close]
+    )
     assert sample.completion_ids == [a, a, a] + block + block
     assert sample.finish_reason == "max_blocks" and sample.num_blocks == 2
     injected = [t for t, inj in zip(sample.completion_ids, sample.injected) if inj]
@@ -193,7 +202,10 @@ def test_unseen_logprobs_exact_on_smollm2(smollm2_path):
     add_tag_tokens(model, tok)
     tags = TagIds.from_tokenizer(tok)
     model = with_tag_bias(model, tags, {tags.parallel_open: 12.0, tags.path_close: 6.0, tags.summary_close: 8.0})
-    prompts = [build_prompt(q, tok, "parallel_v3") for q in ("What is 2 + 3?", "Tom has 4 apples and eats one. How many are left?")]
+    prompts = [
+        build_prompt(q, tok, "parallel_v3")
+        for q in ("What is 2 + 3?", "Tom has 4 apples and eats one. How many are left?")
+    ]
     cfg = DecodingConfig(max_new_tokens=40, max_path_tokens=10, seed=0)
     samples = ParallelEngine(model, tok, cfg).generate(prompts, n=2)
     assert sum(s.num_blocks for s in samples) >= 2
@@ -205,8 +217,23 @@ def test_generate_command_appends_samples(tiny_checkpoint, tmp_path):
     from parallel_r1.io import read_jsonl
 
     out = tmp_path / "s.jsonl"
-    argv = ["generate", "--model", str(tiny_checkpoint), "--problem", "1+1?", "--problem", "2+2?", "--n", "2",
-            "--max-new-tokens", "12", "--seed", "0", "--out", str(out)]
+    argv = [
+        "generate",
+        "--model",
+        str(tiny_checkpoint),
+        "--problem",
+        "1+1?",
+        "--problem",
+        "2+2?",
+        "--n",
+        "2",
+        "--max-new-tokens",
+        "12",
+        "--seed",
+        "0",
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 0
     rows = list(read_jsonl(out))
     assert [r["problem_id"] for r in rows] == ["problem-0"] * 2 + ["problem-1"] * 2
@@ -262,7 +289,9 @@ def test_at_most_one_host_read_per_decode_step():
     model, tok = build_tiny_model("qwen2")
     tags = TagIds.from_tokenizer(tok)
     model = with_tag_bias(model, tags)
-    engine = ParallelEngine(TracedLM(model), tok, DecodingConfig(num_paths=3, max_new_tokens=60, max_path_tokens=10, seed=2, batch_size=4))
+    engine = ParallelEngine(
+        TracedLM(model), tok, DecodingConfig(num_paths=3, max_new_tokens=60, max_path_tokens=10, seed=2, batch_size=4)
+    )
     Traced.reads = 0
     samples = engine.generate(["one two", "three", "four five six"], n=2)
     st = engine.stats
@@ -303,9 +332,15 @@ def test_devices_and_attention_are_checked_before_any_model_loads(tmp_path):
     n = torch.cuda.device_count() if torch.cuda.is_available() else 0
     with pytest.raises(ValueError, match=rf"device 'cuda:{n}': this machine has"):
         resolve_device(f"cuda:{n}")
-    assert resolve_device("cpu") == torch.device("cpu") and resolve_dtype("bf16") is torch.bfloat16 and resolve_dtype("auto") is None
+    assert (
+        resolve_device("cpu") == torch.device("cpu")
+        and resolve_dtype("bf16") is torch.bfloat16
+        and resolve_dtype("auto") is None
+    )
     for impl in ("flash_attention_2", "flash_attention_3", "flex_attention"):
-        with pytest.raises(ValueError, match=rf"'{impl}' ignores the Unseen layout's 4-D attention mask.*'sdpa' or 'eager'"):
+        with pytest.raises(
+            ValueError, match=rf"'{impl}' ignores the Unseen layout's 4-D attention mask.*'sdpa' or 'eager'"
+        ):
             check_unseen_attention(SimpleNamespace(config=SimpleNamespace(_attn_implementation=impl)))
     check_unseen_attention("eager")
     model, tok = build_tiny_model("llama")

@@ -10,8 +10,19 @@ from parallel_r1.demo import DemoConfig, run_demo
 
 
 def tiny_demo(tiny_checkpoint, out, **kw):
-    args = dict(output_dir=str(out), model=str(tiny_checkpoint), sft_steps=2, sft_batch_size=2, rl_steps=2, rl_prompts=2,
-                rl_rollouts=2, eval_problems=2, max_new_tokens=24, max_path_tokens=8, gsm8k=False)
+    args = dict(
+        output_dir=str(out),
+        model=str(tiny_checkpoint),
+        sft_steps=2,
+        sft_batch_size=2,
+        rl_steps=2,
+        rl_prompts=2,
+        rl_rollouts=2,
+        eval_problems=2,
+        max_new_tokens=24,
+        max_path_tokens=8,
+        gsm8k=False,
+    )
     args.update(kw)
     return DemoConfig(**args)
 

@@ -93,8 +93,6 @@ def worker(out: Path) -> None:
     dist.destroy_process_group()
 
 
-
-
 # ------------------------------------------------------------------ the stages under accelerate launch
 
 REPO = HERE.parent
@@ -109,13 +107,24 @@ def launch(config: Path, *args: str) -> None:
     with socket.socket() as s:  # a free port: other test runs on this machine may hold the default one
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), "--main_process_port", str(port), *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(config),
+        "--main_process_port",
+        str(port),
+        *args,
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=REPO)  # hang guard only
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
 
 
 def digest(state_dict: dict) -> dict[str, str]:
-    return {k: hashlib.sha256(v.detach().float().contiguous().numpy().tobytes()).hexdigest() for k, v in state_dict.items()}
+    return {
+        k: hashlib.sha256(v.detach().float().contiguous().numpy().tobytes()).hexdigest() for k, v in state_dict.items()
+    }
 
 
 def saved_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -212,7 +221,9 @@ def rl_worker(out: Path, recipe: str) -> None:
     rl.build_trainer = lambda cfg: built.append(build_trainer(cfg)) or built[-1]
     assert main(["rl", "--config", recipe]) == 0
     trainer = built[0][0]
-    full = get_model_state_dict(trainer.model, options=StateDictOptions(full_state_dict=True))  # every rank: the full weights
+    full = get_model_state_dict(
+        trainer.model, options=StateDictOptions(full_state_dict=True)
+    )  # every rank: the full weights
     (out / f"rank{rank}.json").write_text(json.dumps(dict(
         sharded=params_sharded(trainer.model), lockstep=all(s["lockstep"] for s in stats), global_step=trainer.state.global_step,
         forwards=sum(s["forwards"] for s in stats), dummy_forwards=sum(s["dummy_forwards"] for s in stats), weights=digest(full),
@@ -315,9 +326,13 @@ def test_attention_that_drops_the_4d_mask_or_is_missing_fails_at_the_config(tmp_
             MidtrainConfig(model="m", output_dir=str(tmp_path), attn_implementation="flash_attention_2",
                            stable=dict(name="s", tokens=100, mixture=[]))  # fmt: skip
         with pytest.raises(ImportError, match="flash-attn"):
-            ParallelSFTConfig(output_dir=str(tmp_path), variant="seen", attn_implementation="flash_attention_2", use_cpu=True)
+            ParallelSFTConfig(
+                output_dir=str(tmp_path), variant="seen", attn_implementation="flash_attention_2", use_cpu=True
+            )
     with pytest.raises(ValueError, match="4-D attention mask"):
-        ParallelSFTConfig(output_dir=str(tmp_path), variant="unseen", attn_implementation="flex_attention", use_cpu=True)
+        ParallelSFTConfig(
+            output_dir=str(tmp_path), variant="unseen", attn_implementation="flex_attention", use_cpu=True
+        )
 
 
 def test_rl_trainer_refuses_a_model_whose_attention_drops_the_4d_mask(tmp_path):

@@ -37,8 +37,18 @@ def bench(tmp_path) -> Path:
 
 
 def cfg_for(model, out, bench, **kw) -> E.EvalConfig:
-    base = dict(model=str(model), output_dir=str(out), benchmarks=str(bench), template="no_prompt", max_new_tokens=10,
-                num_paths=2, max_blocks=1, batch_size=4, seed=0, grading_workers=1)
+    base = dict(
+        model=str(model),
+        output_dir=str(out),
+        benchmarks=str(bench),
+        template="no_prompt",
+        max_new_tokens=10,
+        num_paths=2,
+        max_blocks=1,
+        batch_size=4,
+        seed=0,
+        grading_workers=1,
+    )
     return E.EvalConfig(**{**base, **kw})
 
 
@@ -70,13 +80,46 @@ class Scripted:
 
 def test_cli_eval_writes_results_completions_and_table(tiny_checkpoint, bench, tmp_path, capsys):
     out = tmp_path / "ev"
-    argv = ["eval", "--model", str(tiny_checkpoint), "--benchmarks", str(bench), "--k", "2", "--samples", "3",
-            "--template", "no_prompt", "--max-new-tokens", "10", "--max-blocks", "1", "--batch-size", "4",
-            "--seed", "0", "--grading-workers", "1", "--limit", "3", "--output-dir", str(out)]
+    argv = [
+        "eval",
+        "--model",
+        str(tiny_checkpoint),
+        "--benchmarks",
+        str(bench),
+        "--k",
+        "2",
+        "--samples",
+        "3",
+        "--template",
+        "no_prompt",
+        "--max-new-tokens",
+        "10",
+        "--max-blocks",
+        "1",
+        "--batch-size",
+        "4",
+        "--seed",
+        "0",
+        "--grading-workers",
+        "1",
+        "--limit",
+        "3",
+        "--output-dir",
+        str(out),
+    ]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     # the paper's layout: benchmarks as columns, metric rows, an average column
-    for label in ("mean@k", "pass@k", "maj@k", "best@k (verl)", "parallel ratio %", "format errors %", "mean length", "Avg."):
+    for label in (
+        "mean@k",
+        "pass@k",
+        "maj@k",
+        "best@k (verl)",
+        "parallel ratio %",
+        "format errors %",
+        "mean length",
+        "Avg.",
+    ):
         assert label in printed
     assert f"{bench} (k=2)" in printed and "results.json" in printed
 
@@ -86,7 +129,17 @@ def test_cli_eval_writes_results_completions_and_table(tiny_checkpoint, bench, t
     assert sorted({r["sample_index"] for r in rows}) == [0, 1, 2]
     for r in rows:
         assert 1 <= r["length"] <= 10 and r["finish_reason"] in ("eos", "length", "max_blocks")
-        assert set(r) >= {"prompt", "completion", "answer", "pred", "correct", "uses_parallel", "format_ok", "num_blocks", "positions"}
+        assert set(r) >= {
+            "prompt",
+            "completion",
+            "answer",
+            "pred",
+            "correct",
+            "uses_parallel",
+            "format_ok",
+            "num_blocks",
+            "positions",
+        }
 
     res = json.loads((out / "results.json").read_text())
     b = res["benchmarks"][str(bench)]
@@ -153,7 +206,9 @@ def test_results_of_other_benchmarks_in_the_folder_are_kept(bench, tmp_path, dat
     E.evaluate(cfg_for("m", out, bench, k={str(bench): 1}), Scripted(), progress=False)
     res = E.evaluate(cfg_for("m", out, "aime24", limit=2, data_dir=str(data_dir)), Scripted(), progress=False)
     assert set(res["benchmarks"]) == {str(bench), "aime24"}
-    assert res["benchmarks"]["aime24"]["k"] == 16 and res["benchmarks"]["aime24"]["n_problems"] == 2  # the paper's AIME k
+    assert (
+        res["benchmarks"]["aime24"]["k"] == 16 and res["benchmarks"]["aime24"]["n_problems"] == 2
+    )  # the paper's AIME k
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -167,14 +222,28 @@ def _cli(argv, capsys) -> tuple[int, str]:
 def test_unknown_benchmark_lists_the_known_ones_before_the_model_loads(tmp_path, capsys):
     not_a_model = tmp_path / "empty_model"
     not_a_model.mkdir()  # exists, but would fail to load: the benchmark error must come first
-    rc, err = _cli(["eval", "--model", str(not_a_model), "--benchmarks", "aime24,aime2024", "--output_dir", str(tmp_path / "o")], capsys)
+    rc, err = _cli(
+        ["eval", "--model", str(not_a_model), "--benchmarks", "aime24,aime2024", "--output_dir", str(tmp_path / "o")],
+        capsys,
+    )
     assert rc == 2
     assert "aime2024" in err and all(n in err for n in ("aime24", "aime25", "amc23", "math500", "gsm8k"))
     assert not (tmp_path / "o").exists()
 
 
 def test_model_path_that_does_not_exist(tmp_path, capsys):
-    rc, err = _cli(["eval", "--model", str(tmp_path / "no_such_model"), "--benchmarks", "aime24", "--output_dir", str(tmp_path / "o")], capsys)
+    rc, err = _cli(
+        [
+            "eval",
+            "--model",
+            str(tmp_path / "no_such_model"),
+            "--benchmarks",
+            "aime24",
+            "--output_dir",
+            str(tmp_path / "o"),
+        ],
+        capsys,
+    )
     assert rc == 2 and "does not exist" in err and "no_such_model" in err
     with pytest.raises(FileNotFoundError, match="does not exist"):
         E.load_for_eval(str(tmp_path / "no_such_model"))
@@ -186,7 +255,10 @@ def test_a_device_this_machine_lacks_is_refused_before_the_model_loads(tmp_path,
     not_a_model = tmp_path / "empty_model"
     not_a_model.mkdir()  # would fail to load: the device error must come first
     missing = f"cuda:{torch.cuda.device_count()}"  # one past the last GPU (cuda:0 on a CPU machine)
-    for cmd in (["eval", "--output_dir", str(tmp_path / "o"), "--benchmarks", "aime24"], ["generate", "--problem", "1+1?"]):
+    for cmd in (
+        ["eval", "--output_dir", str(tmp_path / "o"), "--benchmarks", "aime24"],
+        ["generate", "--problem", "1+1?"],
+    ):
         rc, err = _cli([*cmd, "--model", str(not_a_model), "--device", missing], capsys)
         assert rc == 2 and f"device {missing!r}" in err and "CUDA device" in err
     with pytest.raises(ValueError, match="dtype 'fp8'"):
@@ -204,7 +276,22 @@ def test_eval_device_and_dtype_defaults():
 
 
 def test_k_larger_than_the_samples_available(tmp_path, capsys):
-    rc, err = _cli(["eval", "--model", "m", "--benchmarks", "aime24", "--k", "aime24=4", "--samples", "aime24=2", "--output_dir", str(tmp_path / "o")], capsys)
+    rc, err = _cli(
+        [
+            "eval",
+            "--model",
+            "m",
+            "--benchmarks",
+            "aime24",
+            "--k",
+            "aime24=4",
+            "--samples",
+            "aime24=2",
+            "--output_dir",
+            str(tmp_path / "o"),
+        ],
+        capsys,
+    )
     assert rc == 2 and "k=4" in err and "2 samples" in err
     with pytest.raises(ValueError, match="k for aime24 must be >= 1"):
         E.EvalConfig(model="m", output_dir="o", benchmarks="aime24", k="0")
@@ -219,16 +306,35 @@ def test_k_larger_than_the_samples_available(tmp_path, capsys):
 def test_results_folder_of_another_run(bench, tmp_path, capsys):
     out = tmp_path / "ev"
     E.evaluate(cfg_for("model_a", out, bench, k={str(bench): 1}), Scripted(), progress=False)
-    for change, field in (({"model": "model_b"}, "model"), ({"max_new_tokens": 99}, "max_new_tokens"),
-                          ({"template": "baseline", "temperature": 0.5}, "temperature")):
+    for change, field in (
+        ({"model": "model_b"}, "model"),
+        ({"max_new_tokens": 99}, "max_new_tokens"),
+        ({"template": "baseline", "temperature": 0.5}, "temperature"),
+    ):
         with pytest.raises(ValueError, match=f"holds results of another run.*{field}"):
             kw = {"model": "model_a", **change}
             E.evaluate(cfg_for(kw.pop("model"), out, bench, k={str(bench): 1}, **kw), Scripted(), progress=False)
     # through the CLI: a clear message, and it comes before the (here unloadable) model is touched
     not_a_model = tmp_path / "empty_model"
     not_a_model.mkdir()
-    rc, err = _cli(["eval", "--model", str(not_a_model), "--benchmarks", str(bench), "--k", "1", "--template", "no_prompt",
-                    "--max-new-tokens", "10", "--output_dir", str(out)], capsys)
+    rc, err = _cli(
+        [
+            "eval",
+            "--model",
+            str(not_a_model),
+            "--benchmarks",
+            str(bench),
+            "--k",
+            "1",
+            "--template",
+            "no_prompt",
+            "--max-new-tokens",
+            "10",
+            "--output_dir",
+            str(out),
+        ],
+        capsys,
+    )
     assert rc == 2 and "holds results of another run" in err and "model: 'model_a' there" in err
     # a folder with results but no run.json is not continued either
     foreign = tmp_path / "foreign"
@@ -257,22 +363,47 @@ def test_fewshot_prompts_and_stops_come_from_data_dir(data_dir, tmp_path):
     (mine / "fewshot").mkdir(parents=True)
     shutil.copytree(data_dir / "gsm8k", mine / "gsm8k")
     sets = json.loads((data_dir / "fewshot" / "octothinker_prompts.json").read_text())
-    sets["gsm8k_8shot"] = {**sets["gsm8k_8shot"], "exemplars": "Q: MY-EXEMPLAR 1+1?\nA: The answer is 2.", "stop": ["\nNEXT:"]}
+    sets["gsm8k_8shot"] = {
+        **sets["gsm8k_8shot"],
+        "exemplars": "Q: MY-EXEMPLAR 1+1?\nA: The answer is 2.",
+        "stop": ["\nNEXT:"],
+    }
     (mine / "fewshot" / "octothinker_prompts.json").write_text(json.dumps(sets))
 
-    gen = Scripted({"Janet": "A: 16 - 3 - 4 = 9, 9 * 2 = 18. The answer is 18.\nFinal Answer: 18\nNEXT: Final Answer: 7"})
-    cfg = E.EvalConfig(model="m", output_dir=str(tmp_path / "ev"), benchmarks="gsm8k", template="fewshot", limit=2,
-                       data_dir=str(mine), grading_workers=1)
+    gen = Scripted(
+        {"Janet": "A: 16 - 3 - 4 = 9, 9 * 2 = 18. The answer is 18.\nFinal Answer: 18\nNEXT: Final Answer: 7"}
+    )
+    cfg = E.EvalConfig(
+        model="m",
+        output_dir=str(tmp_path / "ev"),
+        benchmarks="gsm8k",
+        template="fewshot",
+        limit=2,
+        data_dir=str(mine),
+        grading_workers=1,
+    )
     E.evaluate(cfg, gen, progress=False)
     rows = rows_of(tmp_path / "ev")
     assert all(r["prompt"].startswith("Q: MY-EXEMPLAR") and r["prompt"].endswith("\nA:") for r in rows)
     janet = next(r for r in rows if "Janet" in r["prompt"])
-    assert janet["completion"].endswith("Final Answer: 18") and "NEXT" not in janet["completion"]  # cut at this file's stop
+    assert (
+        janet["completion"].endswith("Final Answer: 18") and "NEXT" not in janet["completion"]
+    )  # cut at this file's stop
     assert janet["pred"] == "18" and janet["correct"]
 
     # the shipped file (default data folder) has other exemplars: the flag really switched files
-    E.evaluate(E.EvalConfig(model="m", output_dir=str(tmp_path / "ev2"), benchmarks="gsm8k", template="fewshot", limit=1, grading_workers=1),
-               Scripted(), progress=False)
+    E.evaluate(
+        E.EvalConfig(
+            model="m",
+            output_dir=str(tmp_path / "ev2"),
+            benchmarks="gsm8k",
+            template="fewshot",
+            limit=1,
+            grading_workers=1,
+        ),
+        Scripted(),
+        progress=False,
+    )
     assert "MY-EXEMPLAR" not in rows_of(tmp_path / "ev2")[0]["prompt"]
 
     # a data folder without the prompt file fails before anything is generated
@@ -280,7 +411,18 @@ def test_fewshot_prompts_and_stops_come_from_data_dir(data_dir, tmp_path):
     shutil.copytree(data_dir / "gsm8k", bare / "gsm8k")
     gen = Scripted()
     with pytest.raises(FileNotFoundError, match="few-shot prompts not found"):
-        E.evaluate(E.EvalConfig(model="m", output_dir=str(tmp_path / "ev3"), benchmarks="gsm8k", template="fewshot", limit=1, data_dir=str(bare)), gen, progress=False)
+        E.evaluate(
+            E.EvalConfig(
+                model="m",
+                output_dir=str(tmp_path / "ev3"),
+                benchmarks="gsm8k",
+                template="fewshot",
+                limit=1,
+                data_dir=str(bare),
+            ),
+            gen,
+            progress=False,
+        )
     assert gen.calls == 0 and not (tmp_path / "ev3").exists()
 
 
@@ -320,6 +462,10 @@ def test_answer_forms_grade_right_through_the_pipeline(bench, tmp_path):
 
 def test_minerva_grader_is_stricter(bench, tmp_path):
     answers = {"remainder": "Final Answer: 25", "one half": "Final Answer: \\frac12"}
-    E.evaluate(cfg_for("m", tmp_path / "ev", bench, k={str(bench): 1}, grader="minerva_exact"), Scripted(answers), progress=False)
+    E.evaluate(
+        cfg_for("m", tmp_path / "ev", bench, k={str(bench): 1}, grader="minerva_exact"),
+        Scripted(answers),
+        progress=False,
+    )
     got = {r["problem_id"]: r["correct"] for r in rows_of(tmp_path / "ev")}
     assert got["mini-aime"] is False and got["mini-half"] is False  # exact match after Minerva normalisation only

@@ -31,7 +31,7 @@ def test_canonical_trace_parses_into_trunk_and_block():
     b = p.blocks[0]
     assert b.paths == ["x+1=4", "1+x=4"]
     assert b.summary == "Both give 4."
-    assert CANON[b.start:].startswith("<Parallel>") and CANON[: b.end].endswith("</Summary>")
+    assert CANON[b.start :].startswith("<Parallel>") and CANON[: b.end].endswith("</Summary>")
     assert p.trunk == ["Let x be 3.", "\nFinal Answer: 4"]
 
 
@@ -128,9 +128,7 @@ def test_strip_tags():
     assert strip_tags(CANON) == "Let x be 3.x+1=41+x=4\nBoth give 4.\nFinal Answer: 4"
 
 
-soup = st.lists(
-    st.one_of(st.sampled_from(TAGS), st.text(alphabet="ab \n<>/", max_size=4)), max_size=40
-).map("".join)
+soup = st.lists(st.one_of(st.sampled_from(TAGS), st.text(alphabet="ab \n<>/", max_size=4)), max_size=40).map("".join)
 
 
 @settings(max_examples=400, deadline=None)

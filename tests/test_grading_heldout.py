@@ -42,7 +42,9 @@ def load_golds(data_dir: Path, sample: int | None, seed: int = 0) -> list[tuple[
     def capped(golds: list[str]) -> list[str]:
         return golds if sample is None else rng.sample(golds, min(sample, len(golds)))
 
-    math_test = [r["ground_truth"] for r in pq.read_table(data_dir / "math" / "test.parquet").column("reward_model").to_pylist()]
+    math_test = [
+        r["ground_truth"] for r in pq.read_table(data_dir / "math" / "test.parquet").column("reward_model").to_pylist()
+    ]
     sets = {"math500": capped(jsonl("math500")), "aime24": jsonl("aime24"), "aime25": jsonl("aime25"),
             "amc23": jsonl("amc23"), "gsm8k": capped(jsonl("gsm8k")), "math": capped(math_test)}  # fmt: skip
     return [(name, g) for name, golds in sets.items() for g in golds if g.strip()]
@@ -133,7 +135,11 @@ def variants(gold: str, rng: random.Random) -> list[tuple[str, bool, str]]:
         items = _top_level_split(inner[1:-1])
         if len(items) >= 2 and len(set(items)) == len(items):
             out.append(("(" + ", ".join(items[::-1]) + ")", False, "swapped tuple"))
-    elif inner.startswith("\\{") and inner.endswith("\\}") or (not inner[:1] in "([" and "," in inner and "=" not in inner):
+    elif (
+        inner.startswith("\\{")
+        and inner.endswith("\\}")
+        or (inner[:1] not in "([" and "," in inner and "=" not in inner)
+    ):
         body = inner[2:-2] if inner.startswith("\\{") else inner
         items = _top_level_split(body)
         if len(items) >= 2 and all(items) and not re.search(r"\d,(\\!\s*)?\d{3}(?!\d)", inner):  # no 1,000

@@ -28,8 +28,13 @@ def sources(tmp_path):
     """Three QA-like sources whose documents differ ~8x in length."""
     out = []
     for name, words, w in [("short", 3, 0.5), ("medium", 12, 0.3), ("long", 30, 0.2)]:
-        rows = [{"question": f"{name} {i}", "solution": " ".join(str(i + j) for j in range(words + i % 5))} for i in range(200)]
-        out.append(SourceConfig(name, write_jsonl(tmp_path / f"{name}.jsonl", rows), w, template="{question}\n{solution}"))
+        rows = [
+            {"question": f"{name} {i}", "solution": " ".join(str(i + j) for j in range(words + i % 5))}
+            for i in range(200)
+        ]
+        out.append(
+            SourceConfig(name, write_jsonl(tmp_path / f"{name}.jsonl", rows), w, template="{question}\n{solution}")
+        )
     return out
 
 
@@ -69,7 +74,12 @@ def test_packed_row_gives_the_same_logits_as_documents_run_separately(tiny_model
     tiny_model.set_attn_implementation(attn)
     prepare_for_packing(tiny_model)  # what run_stage does: the Trainer's forward passes no use_cache
     eos = tiny_tokenizer.eos_token_id
-    texts = ["Tom has 3 apples.", "He buys 12 more, so he has 15 apples and then some more apples.", "Final Answer: 15", "Tom has 7"]
+    texts = [
+        "Tom has 3 apples.",
+        "He buys 12 more, so he has 15 apples and then some more apples.",
+        "Final Answer: 15",
+        "Tom has 7",
+    ]
     docs = [tiny_tokenizer(t)["input_ids"] + [eos] for t in texts]
     seq_len = sum(len(d) for d in docs[:3]) + 2  # the 4th document (4 tokens) is cut at the row boundary
     assert len(docs[3]) > 2
@@ -91,7 +101,9 @@ def test_packed_row_gives_the_same_logits_as_documents_run_separately(tiny_model
         assert nxt["input_ids"][: len(rest)].tolist() == rest and nxt["position_ids"][0] == 0
         assert nxt["labels"][0] != -100  # a continuation, not a document start
         cont = tiny_model(input_ids=nxt["input_ids"][None], position_ids=nxt["position_ids"][None]).logits[0]
-        torch.testing.assert_close(cont[: len(rest)], tiny_model(input_ids=torch.tensor([rest])).logits[0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            cont[: len(rest)], tiny_model(input_ids=torch.tensor([rest])).logits[0], atol=1e-5, rtol=1e-5
+        )
     # Without the position resets the same row does attend across documents (the check has teeth).
     with torch.no_grad():
         causal = tiny_model(input_ids=row["input_ids"][None]).logits[0]
@@ -101,8 +113,14 @@ def test_packed_row_gives_the_same_logits_as_documents_run_separately(tiny_model
 def _recipe(tmp_path, model, sources, **kw) -> MidtrainConfig:
     mix = [s.__dict__ | {} for s in sources]
     base = dict(
-        model=str(model), output_dir=str(tmp_path / "run"), seq_len=32, batch_size=4, micro_batch_size=2,
-        learning_rate=1e-3, logging_steps=1, save_tokens=32 * 4,
+        model=str(model),
+        output_dir=str(tmp_path / "run"),
+        seq_len=32,
+        batch_size=4,
+        micro_batch_size=2,
+        learning_rate=1e-3,
+        logging_steps=1,
+        save_tokens=32 * 4,
         stable=dict(name="stable", tokens=32 * 4 * 6, mixture=mix),
         decay=[
             dict(name="long", tokens=32 * 4 * 5, decay="cosine", mixture=mix[:2]),
@@ -139,7 +157,9 @@ def test_lr_is_stable_then_decays_as_configured_and_branches_start_at_the_stable
     base, st = _weights(tiny_checkpoint), _weights(tmp_path / "run" / "stable" / "final")
     lo, sh = _weights(tmp_path / "run" / "long" / "final"), _weights(tmp_path / "run" / "short" / "final")
     key = "model.layers.0.self_attn.q_proj.weight"
-    assert not torch.equal(base[key], st[key]) and not torch.equal(st[key], lo[key]) and not torch.equal(lo[key], sh[key])
+    assert (
+        not torch.equal(base[key], st[key]) and not torch.equal(st[key], lo[key]) and not torch.equal(lo[key], sh[key])
+    )
     # The report: tokens per source add up to the tokens seen; a second run skips finished stages.
     for r in reports.values():
         assert sum(s["tokens"] for s in r["sources"]) == r["tokens_seen"] == r["steps"] * 32 * 4
@@ -175,7 +195,9 @@ def test_stage_killed_midway_resumes_at_the_same_token_and_data_position(tmp_pat
     resumed = run_stage(cfg, cfg.stable, str(tiny_checkpoint), tmp_path / "killed")
     assert resumed["tokens_seen"] == full["tokens_seen"]
     assert [s["tokens"] for s in resumed["sources"]] == [s["tokens"] for s in full["sources"]]
-    assert [c["loss"] for c in resumed["loss_curve"]] == pytest.approx([c["loss"] for c in full["loss_curve"]], abs=1e-5)
+    assert [c["loss"] for c in resumed["loss_curve"]] == pytest.approx(
+        [c["loss"] for c in full["loss_curve"]], abs=1e-5
+    )
     a, b = _weights(tmp_path / "full" / "final"), _weights(tmp_path / "killed" / "final")
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
@@ -202,7 +224,9 @@ def test_bad_inputs_name_the_source_or_stage(tmp_path, tiny_checkpoint, tiny_tok
     from parallel_r1.cli import main
 
     bad = tmp_path / "bad.yaml"
-    bad.write_text(f"model: {tiny_checkpoint}\noutput_dir: {tmp_path / 'x'}\nstable:\n  name: stable\n  tokens: 10\n  mixture: [{{name: a, path: {sources[0].path}, weight: 1, template: '{{question}}'}}]\n")
+    bad.write_text(
+        f"model: {tiny_checkpoint}\noutput_dir: {tmp_path / 'x'}\nstable:\n  name: stable\n  tokens: 10\n  mixture: [{{name: a, path: {sources[0].path}, weight: 1, template: '{{question}}'}}]\n"
+    )
     assert main(["midtrain", "--config", str(bad)]) == 2
     bad.write_text("model: m\noutput_dir: o\nlearning_rat: 1\n")
     with pytest.raises(KeyError, match="learning_rat"):

@@ -27,7 +27,11 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 @pytest.fixture(scope="module")
 def additions(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("data") / "additions.jsonl"
-    rows = [{"id": f"add-{a}-{b}", "problem": f"What is {a} + {b}?", "answer": str(a + b)} for a in range(2) for b in range(2)]
+    rows = [
+        {"id": f"add-{a}-{b}", "problem": f"What is {a} + {b}?", "answer": str(a + b)}
+        for a in range(2)
+        for b in range(2)
+    ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 
@@ -48,7 +52,10 @@ def midtrain_run(tmp_path_factory) -> Path:
     opt = torch.optim.AdamW(model.parameters(), lr=5e-3)
     for _ in range(40):
         pairs = [(rng.randrange(2), rng.randrange(2)) for _ in range(16)]
-        text = [build_prompt(f"What is {a} + {b}?", tok, "baseline") + f"Final Answer: {a + b}{tok.eos_token}" for a, b in pairs]
+        text = [
+            build_prompt(f"What is {a} + {b}?", tok, "baseline") + f"Final Answer: {a + b}{tok.eos_token}"
+            for a, b in pairs
+        ]
         enc = tok(text, return_tensors="pt", padding=True)
         loss = model(**enc, labels=enc.input_ids.masked_fill(enc.attention_mask == 0, -100)).loss
         loss.backward()
@@ -62,13 +69,42 @@ def midtrain_run(tmp_path_factory) -> Path:
 
 def _recipe(tmp_path: Path, additions: Path, **over) -> dict:
     rl = dict(
-        dataset=str(additions), template="baseline", variant="seen", reward="accuracy", rl_steps=2, save_every=1,
-        num_generations=4, generation_batch_size=8, per_device_train_batch_size=4, gradient_accumulation_steps=1,
-        max_completion_length=16, learning_rate=5e-3, lr_scheduler_type="constant", beta=0.0, loss_type="dapo",
-        temperature=1.0, top_k=0, bf16=False, use_cpu=True, report_to="none", seed=0, rollout_seed=0,
+        dataset=str(additions),
+        template="baseline",
+        variant="seen",
+        reward="accuracy",
+        rl_steps=2,
+        save_every=1,
+        num_generations=4,
+        generation_batch_size=8,
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=1,
+        max_completion_length=16,
+        learning_rate=5e-3,
+        lr_scheduler_type="constant",
+        beta=0.0,
+        loss_type="dapo",
+        temperature=1.0,
+        top_k=0,
+        bf16=False,
+        use_cpu=True,
+        report_to="none",
+        seed=0,
+        rollout_seed=0,
     )
-    ev = dict(benchmarks=[str(additions)], template="baseline", variant="seen", temperature=1.0, max_new_tokens=16,
-              limit=4, samples=4, k=1, batch_size=8, seed=0, grading_workers=1)
+    ev = dict(
+        benchmarks=[str(additions)],
+        template="baseline",
+        variant="seen",
+        temperature=1.0,
+        max_new_tokens=16,
+        limit=4,
+        samples=4,
+        k=1,
+        batch_size=8,
+        seed=0,
+        grading_workers=1,
+    )
     cfg = dict(output_dir=str(tmp_path / "ready"), rl=rl, eval=ev)
     cfg.update(over)
     return cfg
@@ -94,7 +130,9 @@ def _by_hand(folder: Path, n_rows: int) -> dict:
     }
 
 
-def test_one_row_per_branch_from_the_completions_and_rerun_reuses(tmp_path, additions, midtrain_run, monkeypatch, capsys):
+def test_one_row_per_branch_from_the_completions_and_rerun_reuses(
+    tmp_path, additions, midtrain_run, monkeypatch, capsys
+):
     cfg = R.ReadinessConfig(**_recipe(tmp_path, additions, midtrain_dir=str(midtrain_run)))
     assert list(cfg.branches) == ["stable", "long"]  # the recipe's order; checkpoint-3 is not a final
     rows = R.run_readiness(cfg)

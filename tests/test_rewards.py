@@ -45,24 +45,40 @@ CASES = {
     "PR": (
         f"Two ways.<Parallel><Path>{PATH_A}</Path><Path>{PATH_B}</Path></Parallel>\n"
         "<Summary>Both give 42.</Summary>\nFinal Answer: 42",
-        True, True, True, True,
+        True,
+        True,
+        True,
+        True,
     ),
     # ¬c ∧ p ∧ f
     "PW": (
         f"Two ways.<Parallel><Path>{PATH_A}</Path><Path>{PATH_B}</Path></Parallel>\n"
         "<Summary>Both give 41.</Summary>\nFinal Answer: 41",
-        False, True, True, True,
+        False,
+        True,
+        True,
+        True,
     ),
     # c ∧ p ∧ ¬f: a block with a single path (the checker needs >= 2)
-    "MR": ("<Parallel><Path>only one path</Path></Parallel>\n<Summary>s</Summary>\nFinal Answer: 42",
-           True, True, False, True),
+    "MR": (
+        "<Parallel><Path>only one path</Path></Parallel>\n<Summary>s</Summary>\nFinal Answer: 42",
+        True,
+        True,
+        False,
+        True,
+    ),
     # ¬c ∧ p ∧ ¬f: an unclosed <Parallel>
     "MW": ("<Parallel><Path>a</Path><Path>b</Path>\nFinal Answer: 41", False, True, False, True),
     # no "Final Answer" at all, sequential
     "NA": ("The answer is 42.", False, False, True, False),
     # p ∧ f but no answer line
-    "PN": (f"<Parallel><Path>{PATH_A}</Path><Path>{PATH_B}</Path></Parallel>\n<Summary>42</Summary>",
-           False, True, True, False),
+    "PN": (
+        f"<Parallel><Path>{PATH_A}</Path><Path>{PATH_B}</Path></Parallel>\n<Summary>42</Summary>",
+        False,
+        True,
+        True,
+        False,
+    ),
 }
 
 B = sentence_bleu(PATH_A, [PATH_B]).score / 100  # self-BLEU of PR / PW / PN: their one block
@@ -136,15 +152,29 @@ TABLE = {
 ROWS = [(name, step, case, value) for (name, step), row in TABLE.items() for case, value in row.items()]
 
 MATH_DAPO_SPEC = [
-    "accuracy_reward", "accuracy_parallel_interv_reward", "emphase_acc", "emphase_parallel",
-    "emphase_parallel_enhance", "emphase_parallel_add_diversity", "accuracy_add_parallel_reward",
-    "accuracy_times_parallel_reward", "format_times_accuracy_times_parallel_reward", "accuracy_parallel_reward",
-    "accuracy_add_diversity_reward", "accuracy_add_parallel_add_diversity_reward", "accuracy_add_efficiency_reward",
+    "accuracy_reward",
+    "accuracy_parallel_interv_reward",
+    "emphase_acc",
+    "emphase_parallel",
+    "emphase_parallel_enhance",
+    "emphase_parallel_add_diversity",
+    "accuracy_add_parallel_reward",
+    "accuracy_times_parallel_reward",
+    "format_times_accuracy_times_parallel_reward",
+    "accuracy_parallel_reward",
+    "accuracy_add_diversity_reward",
+    "accuracy_add_parallel_add_diversity_reward",
+    "accuracy_add_efficiency_reward",
     "accuracy_add_efficiency_reward_decay",
 ]
 GSM8K_SPEC = [
-    "accuracy_reward", "accuracy_times_special_token_reward", "format_times_accuracy_times_parallel_reward",
-    "accuracy_add_parallel_reward", "emphase_acc", "emphase_parallel", "emphase_parallel_add_diversity",
+    "accuracy_reward",
+    "accuracy_times_special_token_reward",
+    "format_times_accuracy_times_parallel_reward",
+    "accuracy_add_parallel_reward",
+    "emphase_acc",
+    "emphase_parallel",
+    "emphase_parallel_add_diversity",
 ]
 
 
@@ -177,9 +207,11 @@ def test_accuracy_parallel_reward_grows_with_the_number_of_blocks():
 def test_diversity_uses_the_mean_over_blocks_of_pairwise_bleu():
     same = "the same path text here"
     c, d = "one two three four five", "six seven eight nine ten"
-    text = (f"<Parallel><Path>{same}</Path><Path>{same}</Path></Parallel>\n<Summary>s</Summary>"
-            f"<Parallel><Path>{c}</Path><Path>{d}</Path><Path>{c}</Path></Parallel>\n<Summary>s</Summary>"
-            "\nFinal Answer: 42")
+    text = (
+        f"<Parallel><Path>{same}</Path><Path>{same}</Path></Parallel>\n<Summary>s</Summary>"
+        f"<Parallel><Path>{c}</Path><Path>{d}</Path><Path>{c}</Path></Parallel>\n<Summary>s</Summary>"
+        "\nFinal Answer: 42"
+    )
     pairs = [(c, d), (c, c), (d, c)]
     block2 = sum(sentence_bleu(a, [b]).score / 100 for a, b in pairs) / 3
     assert self_bleu(text) == pytest.approx((1.0 + block2) / 2)
@@ -243,7 +275,12 @@ def test_tag_soup_rewards_stay_bounded():
         ("boxed_pm1", "\\boxed{\\frac{\\sqrt{3}}{2}}", "\\frac{\\sqrt{3}}{2}", 1),
         ("boxed_pm1", "Final Answer: 42", "42", -1),
         ("boxed_pm1", "\\boxed{42", "42", -1),
-        ("boxed_pm1", "<Parallel><Path>\\boxed{1}</Path><Path>b</Path></Parallel>\n<Summary>\\boxed{42}</Summary>", "42", 1),
+        (
+            "boxed_pm1",
+            "<Parallel><Path>\\boxed{1}</Path><Path>b</Path></Parallel>\n<Summary>\\boxed{42}</Summary>",
+            "42",
+            1,
+        ),
     ],
 )
 def test_extraction_rules(name, text, gold, expected):
@@ -332,7 +369,13 @@ def test_trl_reward_reads_trainer_state():
     fn = _trl_reward("alternating")
     names = ["PR", "MR", "SR", "PW", "NA"]
     completions = [CASES[n][0] for n in names]
-    kwargs = dict(prompts=["q"] * 5, completions=completions, completion_text=completions, completion_ids=[[1]] * 5, answer=[GOLD] * 5)
+    kwargs = dict(
+        prompts=["q"] * 5,
+        completions=completions,
+        completion_text=completions,
+        completion_ids=[[1]] * 5,
+        answer=[GOLD] * 5,
+    )
     # TRL's global_step counts finished optimizer steps, 2 per RL step: global_step 0 is the paper's step 1
     out = fn(trainer_state=SimpleNamespace(global_step=0), **kwargs)
     assert out == [1.0, 1.0, 1.0, -1.0, -1.0] and all(isinstance(v, float) for v in out)
@@ -350,23 +393,57 @@ def test_trl_reward_reads_trainer_state():
 def test_trl_reward_answer_column():
     fn = _trl_reward("gsm8k/accuracy_times_special_token_reward", answer_key="solution")
     completions = [CASES["PR"][0], CASES["SR"][0]]
-    out = fn(prompts=["q"] * 2, completions=completions, completion_text=completions, completion_ids=[[1]] * 2,
-             solution=["so\n#### 42", "#### 42"], trainer_state=SimpleNamespace(global_step=3))
+    out = fn(
+        prompts=["q"] * 2,
+        completions=completions,
+        completion_text=completions,
+        completion_ids=[[1]] * 2,
+        solution=["so\n#### 42", "#### 42"],
+        trainer_state=SimpleNamespace(global_step=3),
+    )
     assert out == [1.0, 0.0]
     with pytest.raises(KeyError, match="solution"):
-        fn(prompts=["q"], completions=["x"], completion_text=["x"], completion_ids=[[1]], answer=["1"],
-           trainer_state=SimpleNamespace(global_step=0))
+        fn(
+            prompts=["q"],
+            completions=["x"],
+            completion_text=["x"],
+            completion_ids=[[1]],
+            answer=["1"],
+            trainer_state=SimpleNamespace(global_step=0),
+        )
 
 
 def test_trl_reward_scaffold_override():
     fn = _trl_reward("scaffold", switch_step=10)
-    kw = dict(prompts=["q"], completions=[CASES["PR"][0]], completion_text=[CASES["PR"][0]], completion_ids=[[1]], answer=[GOLD])
+    kw = dict(
+        prompts=["q"],
+        completions=[CASES["PR"][0]],
+        completion_text=[CASES["PR"][0]],
+        completion_ids=[[1]],
+        answer=[GOLD],
+    )
     assert fn(trainer_state=SimpleNamespace(global_step=16), **kw) == [1.2]  # RL step 9 <= 10
     assert fn(trainer_state=SimpleNamespace(global_step=36), **kw) == [1.0]  # RL step 19 > 10: accuracy only
 
 
-PIECES = ["<Parallel>", "</Parallel>", "<Path>", "</Path>", "<Summary>", "</Summary>", "\n", "x y ", "Final Answer: ",
-          "42", "41", "\\boxed{", "}", "{", "$", " = "]
+PIECES = [
+    "<Parallel>",
+    "</Parallel>",
+    "<Path>",
+    "</Path>",
+    "<Summary>",
+    "</Summary>",
+    "\n",
+    "x y ",
+    "Final Answer: ",
+    "42",
+    "41",
+    "\\boxed{",
+    "}",
+    "{",
+    "$",
+    " = ",
+]
 
 
 @settings(max_examples=60, deadline=None)
@@ -379,5 +456,8 @@ def test_tag_soup_gets_a_finite_reward_from_every_method(pieces, step):
     twin = "accuracy_reward" if alternating_mode(step) == "accuracy" else "emphase_parallel"
     assert values["accuracy_parallel_interv_reward"] == values[twin]
     assert values["format_times_accuracy_times_parallel_reward"] == values["accuracy_times_parallel_reward"]
-    assert values["gsm8k/format_times_accuracy_times_parallel_reward"] == values["gsm8k/accuracy_times_special_token_reward"]
+    assert (
+        values["gsm8k/format_times_accuracy_times_parallel_reward"]
+        == values["gsm8k/accuracy_times_special_token_reward"]
+    )
     assert values["accuracy_reward"] in (1.0, -1.0) and values["gsm8k/accuracy_reward"] in (1.0, 0.0)

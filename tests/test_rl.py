@@ -32,8 +32,10 @@ GEN_BATCH = 8  # completions per RL step (2 prompts x 4)
 
 def _trace(a: int, b: int, eos: str) -> str:
     c = a + b
-    return (f"We add.<Parallel><Path>{a} + {b} = {c}</Path><Path>{b} + {a} = {c}</Path></Parallel>\n"
-            f"<Summary>{c}</Summary>\nFinal Answer: {c}{eos}")
+    return (
+        f"We add.<Parallel><Path>{a} + {b} = {c}</Path><Path>{b} + {a} = {c}</Path></Parallel>\n"
+        f"<Summary>{c}</Summary>\nFinal Answer: {c}{eos}"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -63,19 +65,46 @@ def taught_model(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def additions(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("data") / "additions.jsonl"
-    rows = [{"id": f"add-{a}-{b}", "problem": f"What is {a} + {b}?", "answer": str(a + b)} for a in range(4) for b in range(4)]
+    rows = [
+        {"id": f"add-{a}-{b}", "problem": f"What is {a} + {b}?", "answer": str(a + b)}
+        for a in range(4)
+        for b in range(4)
+    ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 
 
 def _recipe(tmp_path: Path, model: Path, data: Path, **over) -> Path:
     cfg = dict(
-        model=str(model), dataset=str(data), template="baseline", output_dir=str(tmp_path / "run"),
-        variant="unseen", reward="accuracy", rl_steps=3, save_every=2,
-        num_generations=4, generation_batch_size=GEN_BATCH, per_device_train_batch_size=4, gradient_accumulation_steps=1,
-        max_completion_length=48, max_path_tokens=16, max_blocks=2, learning_rate=2e-3, lr_scheduler_type="constant",
-        beta=0.0, epsilon=0.2, epsilon_high=0.28, loss_type="dapo", temperature=1.0, top_k=0,
-        bf16=False, use_cpu=True, activation_checkpointing=False, report_to="none", seed=0, rollout_seed=0,
+        model=str(model),
+        dataset=str(data),
+        template="baseline",
+        output_dir=str(tmp_path / "run"),
+        variant="unseen",
+        reward="accuracy",
+        rl_steps=3,
+        save_every=2,
+        num_generations=4,
+        generation_batch_size=GEN_BATCH,
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=1,
+        max_completion_length=48,
+        max_path_tokens=16,
+        max_blocks=2,
+        learning_rate=2e-3,
+        lr_scheduler_type="constant",
+        beta=0.0,
+        epsilon=0.2,
+        epsilon_high=0.28,
+        loss_type="dapo",
+        temperature=1.0,
+        top_k=0,
+        bf16=False,
+        use_cpu=True,
+        activation_checkpointing=False,
+        report_to="none",
+        seed=0,
+        rollout_seed=0,
     )
     cfg.update(over)
     path = tmp_path / "recipe.yaml"
@@ -116,8 +145,17 @@ def _expected_mode(reward: str, step: int, window: int, acc: int, switch: int) -
 )
 def test_rl_steps(tmp_path, taught_model, additions, variant, reward):
     steps, window, acc, switch = 4, 2, 1, 2
-    recipe = _recipe(tmp_path, taught_model, additions, variant=variant, reward=reward, rl_steps=steps,
-                     alternating_window=window, accuracy_steps=acc, scaffold_steps=switch)
+    recipe = _recipe(
+        tmp_path,
+        taught_model,
+        additions,
+        variant=variant,
+        reward=reward,
+        rl_steps=steps,
+        alternating_window=window,
+        accuracy_steps=acc,
+        scaffold_steps=switch,
+    )
     trainer, changed = _train(recipe)
     run = tmp_path / "run"
     assert changed > 0, "no parameter moved"
@@ -125,8 +163,23 @@ def test_rl_steps(tmp_path, taught_model, additions, variant, reward):
     rollouts = _rows(run, "rollouts.jsonl")
     assert Counter(r["step"] for r in rollouts) == {s: GEN_BATCH for s in range(1, steps + 1)}
     for r in rollouts:  # one row per completion, schema of docs/INTERFACES.md
-        assert {"prompt_id", "sample_index", "prompt", "completion", "answer", "reward", "correct", "reward_mode",
-                "uses_parallel", "format_ok", "num_blocks", "paths_per_block", "positions", "length", "clipped"} <= set(r)
+        assert {
+            "prompt_id",
+            "sample_index",
+            "prompt",
+            "completion",
+            "answer",
+            "reward",
+            "correct",
+            "reward_mode",
+            "uses_parallel",
+            "format_ok",
+            "num_blocks",
+            "paths_per_block",
+            "positions",
+            "length",
+            "clipped",
+        } <= set(r)
     assert sorted(Counter((r["step"], r["prompt_id"]) for r in rollouts).values()) == [4] * (2 * steps)
     assert any(r["num_blocks"] > 0 for r in rollouts), "the taught model wrote no parallel block"
     assert len({r["reward"] for r in rollouts}) > 1
@@ -138,8 +191,17 @@ def test_rl_steps(tmp_path, taught_model, additions, variant, reward):
         assert m["reward_mode"] == want
         assert {r["reward_mode"] for r in rollouts if r["step"] == m["step"]} == {want}
         assert m["logprob_gap_max"] <= 1e-4  # the engine's log-probs are the trainer's (float32)
-        for k in ("parallel_ratio", "mean_blocks", "format_error_rate", "accuracy", "mean_length", "max_length",
-                  "clipped_ratio", "reward", "loss"):
+        for k in (
+            "parallel_ratio",
+            "mean_blocks",
+            "format_error_rate",
+            "accuracy",
+            "mean_length",
+            "max_length",
+            "clipped_ratio",
+            "reward",
+            "loss",
+        ):
             assert k in m
         step_rows = [r for r in rollouts if r["step"] == m["step"]]
         assert m["parallel_ratio"] == pytest.approx(sum(r["num_blocks"] > 0 for r in step_rows) / GEN_BATCH)
@@ -164,20 +226,27 @@ def test_unseen_logps_use_the_layout(tmp_path, taught_model, additions):
     tok, model = trainer.processing_class, trainer.model
     tags = TagIds.from_tokenizer(tok)
     prompt = tok("Use <Path> tags. What is 2 + 3?", add_special_tokens=False).input_ids
-    comps = [tok(_trace(2, 3, tok.eos_token), add_special_tokens=False).input_ids, tok("Final Answer: 5", add_special_tokens=False).input_ids]
+    comps = [
+        tok(_trace(2, 3, tok.eos_token), add_special_tokens=False).input_ids,
+        tok("Final Answer: 5", add_special_tokens=False).input_ids,
+    ]
     c_len = max(map(len, comps))
     ids = torch.tensor([prompt + c + [tok.pad_token_id] * (c_len - len(c)) for c in comps])
     mask = torch.tensor([[1] * len(prompt) + [1] * len(c) + [0] * (c_len - len(c)) for c in comps])
     with torch.no_grad():
         got, _, _ = trainer._get_per_token_logps_and_entropies(model, ids, mask, c_len)
         structure = torch.zeros_like(mask, dtype=torch.bool)
-        structure[:, len(prompt):] = mask[:, len(prompt):].bool()
+        structure[:, len(prompt) :] = mask[:, len(prompt) :].bool()
         layout = build_unseen_layout(ids, tags, attention_mask=mask, structure_mask=structure)
         logits = model(input_ids=ids, attention_mask=layout.attention_mask, position_ids=layout.position_ids).logits
-        ref = torch.log_softmax(logits[:, len(prompt) - 1:-1].float(), -1).gather(-1, ids[:, len(prompt):, None])[..., 0]
-        causal = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits[:, len(prompt) - 1:-1].float(), -1)
-        causal = causal.gather(-1, ids[:, len(prompt):, None])[..., 0]
-    real = mask[:, len(prompt):].bool()
+        ref = torch.log_softmax(logits[:, len(prompt) - 1 : -1].float(), -1).gather(-1, ids[:, len(prompt) :, None])[
+            ..., 0
+        ]
+        causal = torch.log_softmax(
+            model(input_ids=ids, attention_mask=mask).logits[:, len(prompt) - 1 : -1].float(), -1
+        )
+        causal = causal.gather(-1, ids[:, len(prompt) :, None])[..., 0]
+    real = mask[:, len(prompt) :].bool()
     assert torch.allclose(got[real], ref[real], atol=1e-5)
     assert (got[0] - causal[0]).abs().max() > 1e-3  # row 0 has a block: the layout matters
     assert torch.allclose(got[1][real[1]], causal[1][real[1]], atol=1e-5)  # no block in the completion: causal
@@ -210,13 +279,25 @@ def test_resume_same_schedule_same_data_no_duplicates(tmp_path, taught_model, ad
 
 def _snapshot(run: Path) -> dict:
     """Every file of a run folder (checkpoints by name) with its bytes."""
-    return {p.relative_to(run).as_posix(): p.read_bytes() if p.is_file() else None
-            for p in sorted(run.rglob("*")) if "checkpoint-" not in p.parent.name}
+    return {
+        p.relative_to(run).as_posix(): p.read_bytes() if p.is_file() else None
+        for p in sorted(run.rglob("*"))
+        if "checkpoint-" not in p.parent.name
+    }
 
 
 def test_finished_run_stays_finished_and_a_changed_recipe_is_refused(tmp_path, taught_model, additions, capsys):
-    recipe = _recipe(tmp_path, taught_model, additions, reward="alternating", alternating_window=2, accuracy_steps=1,
-                     rl_steps=2, save_every=1, dataset_limit=4)
+    recipe = _recipe(
+        tmp_path,
+        taught_model,
+        additions,
+        reward="alternating",
+        alternating_window=2,
+        accuracy_steps=1,
+        rl_steps=2,
+        save_every=1,
+        dataset_limit=4,
+    )
     run = tmp_path / "run"
     assert cli_main(["rl", "--config", str(recipe)]) == 0
     done = _snapshot(run)
@@ -254,9 +335,22 @@ def test_two_cpu_processes_agree(tmp_path, taught_model, additions):
     (tmp_path / "worker.py").write_text(WORKER)
     env = dict(os.environ, OMP_NUM_THREADS="1", TRL_EXPERIMENTAL_SILENCE="1")
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
-         str(tmp_path / "worker.py"), str(recipe), str(tmp_path / "digest")],
-        env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29531",
+            str(tmp_path / "worker.py"),
+            str(recipe),
+            str(tmp_path / "digest"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     d0, d1 = ((tmp_path / f"digest.{r}").read_text().split() for r in (0, 1))
@@ -268,8 +362,12 @@ def test_two_cpu_processes_agree(tmp_path, taught_model, additions):
 
 @pytest.mark.parametrize(
     "over,field",
-    [({"reward": "no_such_reward"}, "reward"), ({"scaffold_steps": -5}, "scaffold_steps"),
-     ({"rl_steps": -1}, "rl_steps"), ({"dataset": "NOANSWER"}, "answer")],
+    [
+        ({"reward": "no_such_reward"}, "reward"),
+        ({"scaffold_steps": -5}, "scaffold_steps"),
+        ({"rl_steps": -1}, "rl_steps"),
+        ({"dataset": "NOANSWER"}, "answer"),
+    ],
 )
 def test_bad_recipe_fails_before_loading_the_model(tmp_path, additions, capsys, over, field):
     if over.get("dataset") == "NOANSWER":
@@ -286,7 +384,9 @@ def test_command_line_fields_override_the_recipe(tmp_path, additions, capsys):
     recipe = _recipe(tmp_path, tmp_path / "no-such-model", additions)
     assert cli_main(["rl", "--config", str(recipe), "--rl_steps", "-2"]) == 2
     assert "rl_steps" in capsys.readouterr().err
-    assert cli_main(["rl", "--config", str(recipe), "--reward", "scaffold", "--rl_steps", "3"]) == 2  # valid: now the model
+    assert (
+        cli_main(["rl", "--config", str(recipe), "--reward", "scaffold", "--rl_steps", "3"]) == 2
+    )  # valid: now the model
     assert "no-such-model" in capsys.readouterr().err
 
 
@@ -307,7 +407,9 @@ def test_shipped_recipes_parse_and_pass_the_checks(recipe):
     makes them when it is built); the GPU recipes hold the papers' batch arithmetic on 8 processes."""
     gpu = not yaml.safe_load(recipe.read_text()).get("use_cpu")
     cfg = parse_config(["--config", str(recipe), *(["--bf16", "false"] if gpu else [])])  # bf16 needs a GPU here
-    assert cfg.max_steps == cfg.rl_steps * cfg.opt_steps_per_rl and cfg.save_steps == cfg.save_every * cfg.opt_steps_per_rl
+    assert (
+        cfg.max_steps == cfg.rl_steps * cfg.opt_steps_per_rl and cfg.save_steps == cfg.save_every * cfg.opt_steps_per_rl
+    )
     assert cfg.generation_batch_size % cfg.num_generations == 0
     if not gpu:
         return

@@ -60,7 +60,13 @@ def test_every_reward_by_default_matches_compute_reward(tmp_path):
             assert got[name] == pytest.approx(compute_reward(name, row["completion"], str(row["answer"]), step=9)), name
     by_id = {r["id"]: r for r in out}
     assert [by_id[i]["correct"] for i in ("pr", "mr", "pw", "gsm", "gsm-wrong", "boxed", "none")] == [
-        True, True, False, True, False, True, False,
+        True,
+        True,
+        False,
+        True,
+        False,
+        True,
+        False,
     ]
     assert by_id["pr"]["positions"][0] == pytest.approx(len("Two ways.") / len(PR))
     # GSM8K worked solutions are graded on their "#### N"
@@ -81,8 +87,15 @@ def test_alternating_reward_depends_on_step(tmp_path):
         # parallel but wrong: -1 on either
         assert (at1["pw"][name], at9["pw"][name]) == (-1.0, -1.0)
     assert at1["mr"]["accuracy_reward"] == at9["mr"]["accuracy_reward"] == 1.0
-    assert set(at1["pr"]) == set(ROWS[0]) | {"correct", "pred", "uses_parallel", "format_ok", "num_blocks",
-                                            "positions", *names}
+    assert set(at1["pr"]) == set(ROWS[0]) | {
+        "correct",
+        "pred",
+        "uses_parallel",
+        "format_ok",
+        "num_blocks",
+        "positions",
+        *names,
+    }
     # the scaffold stops alternating after its switch step
     assert get_schedule("scaffold").mode(9) == "parallel"
     assert score(tmp_path, "--rewards", "scaffold", "--step", "209")[0]["scaffold"] == 1.0
@@ -103,8 +116,12 @@ def test_grader_option(tmp_path):
 def test_order_kept_across_chunks(tmp_path):
     from parallel_r1.commands import score as score_cmd
 
-    rows = [{"n": i, "completion": f"Final Answer: {i % 7}", "answer": str(i % 5)} for i in range(2 * score_cmd.CHUNK + 5)]
-    out = score(tmp_path, "--rewards", "accuracy_reward", "gsm8k/accuracy_reward", "--grader", "minerva_exact", rows=rows)
+    rows = [
+        {"n": i, "completion": f"Final Answer: {i % 7}", "answer": str(i % 5)} for i in range(2 * score_cmd.CHUNK + 5)
+    ]
+    out = score(
+        tmp_path, "--rewards", "accuracy_reward", "gsm8k/accuracy_reward", "--grader", "minerva_exact", rows=rows
+    )
     assert [r["n"] for r in out] == list(range(len(rows)))
     assert [r["accuracy_reward"] for r in out] == [1.0 if i % 7 == i % 5 else -1.0 for i in range(len(rows))]
     assert [r["gsm8k/accuracy_reward"] for r in out] == [1.0 if i % 7 == i % 5 else 0.0 for i in range(len(rows))]

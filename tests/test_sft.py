@@ -25,7 +25,10 @@ TRACES = [
 
 
 def rows(n=4):
-    return [dict(id=i, problem=f"Tom has {i} apples and buys 4 more. How many?", response=TRACES[i % len(TRACES)]) for i in range(n)]
+    return [
+        dict(id=i, problem=f"Tom has {i} apples and buys 4 more. How many?", response=TRACES[i % len(TRACES)])
+        for i in range(n)
+    ]
 
 
 def parse_config(argv: list[str]) -> ParallelSFTConfig:
@@ -35,8 +38,16 @@ def parse_config(argv: list[str]) -> ParallelSFTConfig:
 
 
 def cfg(tmp_path, **kw):
-    base = dict(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, learning_rate=3e-3, logging_steps=1,
-                save_strategy="no", max_length=2048, seed=0, disable_tqdm=True)
+    base = dict(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=4,
+        learning_rate=3e-3,
+        logging_steps=1,
+        save_strategy="no",
+        max_length=2048,
+        seed=0,
+        disable_tqdm=True,
+    )
     return ParallelSFTConfig(**(base | kw))
 
 
@@ -95,7 +106,9 @@ def reference_loss(model, tokenizer, tags, train_rows, ds):
         mask, pos = brute_force_layout(ids, start, tags)
         bias = torch.zeros(mask.shape).masked_fill(~mask, float("-inf"))
         with torch.no_grad():
-            logits = model(input_ids=torch.tensor([ids]), attention_mask=bias[None, None], position_ids=pos[None]).logits[0]
+            logits = model(
+                input_ids=torch.tensor([ids]), attention_mask=bias[None, None], position_ids=pos[None]
+            ).logits[0]
         logp = torch.log_softmax(logits[:-1].float(), -1)
         nll = -logp[torch.arange(len(ids) - 1), torch.tensor(ids[1:])]
         total += nll[start - 1 :].sum().item()
@@ -127,7 +140,9 @@ def test_unseen_trainer_loss_equals_brute_force(arch, tiny_tokenizer, tmp_path):
     # The Unseen layout matters here: the causal loss on the same batch is different.
     seen_trainer = build_trainer(cfg(tmp_path, variant="seen"), model, tok, train_rows)
     with torch.no_grad():
-        causal = seen_trainer.compute_loss(model, dict(seen_trainer.data_collator([ds[i] for i in range(len(ds))]))).item()
+        causal = seen_trainer.compute_loss(
+            model, dict(seen_trainer.data_collator([ds[i] for i in range(len(ds))]))
+        ).item()
     assert abs(causal - loss) > 1e-2
 
 
@@ -135,7 +150,9 @@ def test_padding_contributes_nothing(tiny_llama, tiny_tokenizer, tmp_path):
     trainer = build_trainer(cfg(tmp_path), tiny_llama, tiny_tokenizer, rows(4))
     examples = [trainer.train_dataset[i] for i in range(4)]
     base = trainer.data_collator(examples)
-    padded = type(trainer.data_collator)(tiny_tokenizer.pad_token_id, "unseen", trainer.data_collator.tags, pad_to_multiple_of=256)(examples)
+    padded = type(trainer.data_collator)(
+        tiny_tokenizer.pad_token_id, "unseen", trainer.data_collator.tags, pad_to_multiple_of=256
+    )(examples)
     assert padded["input_ids"].shape[1] > base["input_ids"].shape[1] + 50
     # Whatever sits in the pad positions, it must not matter.
     pads = padded["token_mask"] == 0
@@ -152,7 +169,9 @@ def test_padding_contributes_nothing(tiny_llama, tiny_tokenizer, tmp_path):
 @pytest.mark.parametrize("variant", ["unseen", "seen"])
 def test_training_steps_move_weights_and_lower_loss(variant, tiny_llama, tiny_tokenizer, tmp_path):
     before = {n: p.detach().clone() for n, p in tiny_llama.named_parameters()}
-    trainer = build_trainer(cfg(tmp_path, variant=variant, max_steps=8, lr_scheduler_type="constant"), tiny_llama, tiny_tokenizer, rows(4))
+    trainer = build_trainer(
+        cfg(tmp_path, variant=variant, max_steps=8, lr_scheduler_type="constant"), tiny_llama, tiny_tokenizer, rows(4)
+    )
     trainer.train()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     assert len(losses) == 8 and losses[-1] < losses[0] - 0.5
@@ -171,16 +190,27 @@ def test_lora_trains_adapters_and_tag_rows(tiny_llama, tiny_tokenizer, tmp_path)
     assert any("lora_" in n for n in trainable) and any("trainable_tokens" in n for n in trainable)
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
     trainer.train()
-    assert all(not torch.equal(p.detach(), before[n]) for n, p in trainer.model.named_parameters() if p.requires_grad and "lora_B" in n)
+    assert all(
+        not torch.equal(p.detach(), before[n])
+        for n, p in trainer.model.named_parameters()
+        if p.requires_grad and "lora_B" in n
+    )
 
 
 def test_recipes_parse_with_overrides():
     recipes = sorted((REPO / "recipes").glob("sft_*.yaml"))
-    assert {r.name for r in recipes} >= {"sft_qwen3_4b_unseen.yaml", "sft_qwen3_4b_seen.yaml", "sft_smollm2_cpu.yaml", "sft_tiny.yaml"}
+    assert {r.name for r in recipes} >= {
+        "sft_qwen3_4b_unseen.yaml",
+        "sft_qwen3_4b_seen.yaml",
+        "sft_smollm2_cpu.yaml",
+        "sft_tiny.yaml",
+    }
     for r in recipes:
         c = parse_config(["--config", str(r)])
         assert c.variant in ("seen", "unseen") and c.output_dir
-    paper = parse_config(["--config", str(REPO / "recipes/sft_qwen3_4b_unseen.yaml"), "--learning_rate", "2e-5", "--use_peft"])
+    paper = parse_config(
+        ["--config", str(REPO / "recipes/sft_qwen3_4b_unseen.yaml"), "--learning_rate", "2e-5", "--use_peft"]
+    )
     assert paper.learning_rate == 2e-5 and paper.use_peft is True and paper.variant == "unseen"
     assert paper.num_train_epochs == 5 and paper.max_length == 4096 and paper.lr_scheduler_type == "cosine"
     assert paper.warmup_steps == 0.1 and paper.adam_beta2 == 0.95 and paper.weight_decay == 0.01
@@ -193,10 +223,25 @@ def test_cli_trains_checkpoints_and_resumes(tiny_checkpoint, tmp_path):
     data = tmp_path / "sft.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows(4)))
     out = tmp_path / "run"
-    common = ["sft", "--config", str(REPO / "recipes/sft_tiny.yaml"), "--model_name_or_path", str(tiny_checkpoint),
-              "--train_data", str(data), "--output_dir", str(out), "--save_steps", "1", "--disable_tqdm", "true"]
+    common = [
+        "sft",
+        "--config",
+        str(REPO / "recipes/sft_tiny.yaml"),
+        "--model_name_or_path",
+        str(tiny_checkpoint),
+        "--train_data",
+        str(data),
+        "--output_dir",
+        str(out),
+        "--save_steps",
+        "1",
+        "--disable_tqdm",
+        "true",
+    ]
     assert main(common + ["--max_steps", "2"]) == 0
-    assert (out / "checkpoint-2").is_dir() and (out / "model.safetensors").exists() and (out / "loss_curve.png").exists()
+    assert (
+        (out / "checkpoint-2").is_dir() and (out / "model.safetensors").exists() and (out / "loss_curve.png").exists()
+    )
     assert main(common + ["--max_steps", "3", "--resume_from_checkpoint", "true"]) == 0
     state = json.loads((out / "checkpoint-3" / "trainer_state.json").read_text())
     assert state["global_step"] == 3 and len([h for h in state["log_history"] if "loss" in h]) == 3
@@ -219,7 +264,9 @@ def test_bad_training_rows_are_named(tmp_path):
     from parallel_r1.train.sft import load_traces
 
     bad = tmp_path / "bad.jsonl"
-    bad.write_text(json.dumps({"id": 1, "problem": "p", "response": "r"}) + "\n" + json.dumps({"id": 2, "problem": "p"}) + "\n")
+    bad.write_text(
+        json.dumps({"id": 1, "problem": "p", "response": "r"}) + "\n" + json.dumps({"id": 2, "problem": "p"}) + "\n"
+    )
     with pytest.raises(ValueError, match="bad.jsonl:2: missing or empty field 'response'"):
         load_traces(str(bad))
 
@@ -227,7 +274,9 @@ def test_bad_training_rows_are_named(tmp_path):
 def test_format_check_is_an_evaluation(tiny_llama, tiny_tokenizer, tmp_path, data_dir):
     from parallel_r1.train.sft import format_check
 
-    c = cfg(tmp_path, format_check_size=3, format_check_max_new_tokens=8, format_check_batch_size=2, data_dir=str(data_dir))
+    c = cfg(
+        tmp_path, format_check_size=3, format_check_max_new_tokens=8, format_check_batch_size=2, data_dir=str(data_dir)
+    )
     out = tmp_path / "out"
     summary = format_check(tiny_llama, tiny_tokenizer, c, out)
     rows = [json.loads(x) for x in (out / "format_check" / "completions.jsonl").read_text().splitlines()]

@@ -117,8 +117,8 @@ def test_padding_left_or_right_matches_unpadded_rows(side):
     spans = []
     for i, (r, _, _) in enumerate(rows):
         a = width - len(r) if side == "left" else 0
-        ids[i, a:a + len(r)] = torch.tensor(r)
-        am[i, a:a + len(r)] = 1
+        ids[i, a : a + len(r)] = torch.tensor(r)
+        am[i, a : a + len(r)] = 1
         spans.append((a, a + len(r)))
     lay = build_unseen_layout(ids, T, am)
     for i, ((_, pos, ctx), (a, b)) in enumerate(zip(rows, spans)):
@@ -140,7 +140,7 @@ def test_structure_mask_ignores_tags_in_the_prompt():
     assert with_prompt_tags.malformed[0]  # the quoted <Parallel> never closes properly
     assert only_response.malformed == [[]]
     rows = only_response.position_ids[0].tolist()
-    assert rows[len(prompt):] == [7, 8, 9, 10, 8, 9, 10, 11]
+    assert rows[len(prompt) :] == [7, 8, 9, 10, 8, 9, 10, 11]
 
 
 @pytest.mark.parametrize(
@@ -180,8 +180,8 @@ def test_tag_soup_never_crashes_and_keeps_invariants(rows, side):
     am = torch.zeros(len(rows), width, dtype=torch.long)
     for i, r in enumerate(rows):
         a = width - len(r) if side == "left" else 0
-        ids[i, a:a + len(r)] = torch.tensor(r, dtype=torch.long)
-        am[i, a:a + len(r)] = 1
+        ids[i, a : a + len(r)] = torch.tensor(r, dtype=torch.long)
+        am[i, a : a + len(r)] = 1
     lay = build_unseen_layout(ids, T, am)
     m = lay.attention_mask[:, 0]
     causal = torch.tril(torch.ones(width, width, dtype=torch.bool))
@@ -191,8 +191,8 @@ def test_tag_soup_never_crashes_and_keeps_invariants(rows, side):
     for i, r in enumerate(rows):
         reference = build_unseen_layout(torch.tensor([r], dtype=torch.long), T)
         a = width - len(r) if side == "left" else 0
-        assert torch.equal(m[i, a:a + len(r), a:a + len(r)], reference.attention_mask[0, 0])
-        assert lay.position_ids[i, a:a + len(r)].tolist() == reference.position_ids[0].tolist()
+        assert torch.equal(m[i, a : a + len(r), a : a + len(r)], reference.attention_mask[0, 0])
+        assert lay.position_ids[i, a : a + len(r)].tolist() == reference.position_ids[0].tolist()
 
 
 def test_model_under_the_layout_equals_each_path_alone(tiny_model, tiny_tokenizer):
@@ -204,7 +204,11 @@ def test_model_under_the_layout_equals_each_path_alone(tiny_model, tiny_tokenize
     for b in range(3):  # three blocks with 2, 3 and 4 paths
         ids += enc(f" step {b}") + [tags.parallel_open]
         for _ in range(2 + b):
-            ids += [tags.path_open] + enc(" " + " ".join(str(rng.randint(0, 99)) for _ in range(rng.randint(1, 6)))) + [tags.path_close]
+            ids += (
+                [tags.path_open]
+                + enc(" " + " ".join(str(rng.randint(0, 99)) for _ in range(rng.randint(1, 6))))
+                + [tags.path_close]
+            )
         ids += [tags.parallel_close] + enc("\n") + [tags.summary_open] + enc(" ok") + [tags.summary_close]
     ids += enc("\nFinal Answer: 42")
     full = torch.tensor([ids])
@@ -215,16 +219,18 @@ def test_model_under_the_layout_equals_each_path_alone(tiny_model, tiny_tokenize
         assert not torch.isnan(logits).any()
         for blk in lay.blocks[0]:
             for s, e in blk.paths:
-                seq = torch.tensor([ids[: blk.open + 1] + ids[s:e + 1]])
+                seq = torch.tensor([ids[: blk.open + 1] + ids[s : e + 1]])
                 alone = build_unseen_layout(seq, tags)
-                ref = tiny_model(input_ids=seq, attention_mask=alone.attention_mask, position_ids=alone.position_ids).logits[0, -(e + 1 - s):]
-                assert torch.allclose(logits[s:e + 1], ref, atol=1e-5), (logits[s:e + 1] - ref).abs().max()
+                ref = tiny_model(
+                    input_ids=seq, attention_mask=alone.attention_mask, position_ids=alone.position_ids
+                ).logits[0, -(e + 1 - s) :]
+                assert torch.allclose(logits[s : e + 1], ref, atol=1e-5), (logits[s : e + 1] - ref).abs().max()
         # and the first block's paths against a plain causal run with the shared-start positions
         blk = lay.blocks[0][0]
         for s, e in blk.paths:
-            seq = torch.tensor([ids[: blk.open + 1] + ids[s:e + 1]])
-            plain = tiny_model(input_ids=seq).logits[0, -(e + 1 - s):]
-            assert torch.allclose(logits[s:e + 1], plain, atol=1e-5)
+            seq = torch.tensor([ids[: blk.open + 1] + ids[s : e + 1]])
+            plain = tiny_model(input_ids=seq).logits[0, -(e + 1 - s) :]
+            assert torch.allclose(logits[s : e + 1], plain, atol=1e-5)
 
 
 def test_tag_ids_error_names_the_missing_tags():

@@ -16,7 +16,10 @@ RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 @pytest.mark.parametrize("spelling", ["--{}", "--{dash}"])
 def test_sft_recipe_and_overrides(spelling):
     flag = lambda name: spelling.format(name, dash=name.replace("_", "-"))  # noqa: E731
-    (cfg,) = parse_command("sft", ["--config", str(RECIPES / "sft_tiny.yaml"), flag("max_steps"), "3", flag("data_dir"), "/d", "--use_peft"])
+    (cfg,) = parse_command(
+        "sft",
+        ["--config", str(RECIPES / "sft_tiny.yaml"), flag("max_steps"), "3", flag("data_dir"), "/d", "--use_peft"],
+    )
     assert (cfg.max_steps, cfg.data_dir, cfg.use_peft) == (3, "/d", True)
     assert (cfg.variant, cfg.train_size, cfg.learning_rate) == ("unseen", 32, 1e-3)  # from the recipe
 
@@ -24,7 +27,19 @@ def test_sft_recipe_and_overrides(spelling):
 @pytest.mark.parametrize("spelling", ["--{}", "--{dash}"])
 def test_rl_recipe_and_overrides(spelling):
     flag = lambda name: spelling.format(name, dash=name.replace("_", "-"))  # noqa: E731
-    (cfg,) = parse_command("rl", ["--config", str(RECIPES / "rl_tiny_unseen.yaml"), flag("rl_steps"), "6", flag("data_dir"), "/d", "--model", "m"])
+    (cfg,) = parse_command(
+        "rl",
+        [
+            "--config",
+            str(RECIPES / "rl_tiny_unseen.yaml"),
+            flag("rl_steps"),
+            "6",
+            flag("data_dir"),
+            "/d",
+            "--model",
+            "m",
+        ],
+    )
     assert (cfg.rl_steps, cfg.data_dir, cfg.model) == (6, "/d", "m")
     assert (cfg.reward, cfg.num_generations) == ("alternating", 4)  # from the recipe
     # derived when the config is made, not when the trainer is built
@@ -50,7 +65,14 @@ def test_rl_recipe_errors_come_from_the_config():
 @pytest.mark.parametrize("spelling", ["--{}", "--{dash}"])
 def test_midtrain_recipe_and_overrides(spelling):
     flag = lambda name: spelling.format(name, dash=name.replace("_", "-"))  # noqa: E731
-    argv = ["--config", str(RECIPES / "midtrain_smollm2_cpu.yaml"), flag("token_scale"), "0.5", flag("output_dir"), "/o"]
+    argv = [
+        "--config",
+        str(RECIPES / "midtrain_smollm2_cpu.yaml"),
+        flag("token_scale"),
+        "0.5",
+        flag("output_dir"),
+        "/o",
+    ]
     cfg, stages = parse_command("midtrain", argv + [flag("seq_len"), "64", "--stages", "stable"])
     full, _ = parse_command("midtrain", ["--config", str(RECIPES / "midtrain_smollm2_cpu.yaml")])
     assert (cfg.token_scale, cfg.output_dir, cfg.seq_len, stages) == (0.5, "/o", 64, ["stable"])

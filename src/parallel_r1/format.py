@@ -134,7 +134,7 @@ def parse(text: str, strict: bool = False) -> ParsedTrace:
                 continue
             frame = stack.pop()
             if stack and stack[-1][0] == PARALLEL_OPEN:
-                stack[-1][3].append(text[frame[2]:pos])
+                stack[-1][3].append(text[frame[2] : pos])
         elif tag == PARALLEL_CLOSE:
             if not stack or stack[-1][0] != PARALLEL_OPEN:
                 errors.append(f"</Parallel> at {pos}: no open <Parallel> on top of the stack")
@@ -180,7 +180,7 @@ def parse(text: str, strict: bool = False) -> ParsedTrace:
     trunk, cursor = [], 0
     for b in blocks:
         if b.depth == 0:
-            trunk.append(text[cursor:b.start])
+            trunk.append(text[cursor : b.start])
             cursor = b.end
     trunk.append(text[cursor:])
     return ParsedTrace(text=text, trunk=trunk, blocks=blocks, errors=errors)

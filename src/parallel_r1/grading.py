@@ -175,7 +175,9 @@ _COMMA_NUMBER_RE = re.compile(r"((?:[^=]*=)?\s*(?:\\\$)?\s*)(-?\d{1,3}(?:,\d{3})
 _DEGREE_RE = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|°|\\degree(?![a-zA-Z])")
 _PERCENT_RE = re.compile(r"\\%|%")
 # An inequality in one variable: "x > 3", "3 < x", "-2 \le x < 5" (a ``\le`` is not a ``\left``).
-_RELATION_RE = re.compile(r"\\leqslant|\\geqslant|\\leq|\\geq|\\le(?![a-z])|\\ge(?![a-z])|\\lt(?![a-z])|\\gt(?![a-z])|<=|>=|≤|≥|<|>")
+_RELATION_RE = re.compile(
+    r"\\leqslant|\\geqslant|\\leq|\\geq|\\le(?![a-z])|\\ge(?![a-z])|\\lt(?![a-z])|\\gt(?![a-z])|<=|>=|≤|≥|<|>"
+)
 _LESS = {"\\leqslant", "\\leq", "\\le", "<=", "≤", "<", "\\lt"}
 _STRICT = {"<", ">", "\\lt", "\\gt"}
 _VARIABLE_RE = re.compile(r"[a-zA-Z]|\\theta")
@@ -242,6 +244,7 @@ def normalize_for_math_verify(answer: str) -> str:
 
 def _same_text(a: str, b: str) -> bool:
     """Identical up to spacing and ``\\left``/``\\right``, which no grader should overrule."""
+
     def squash(s: str) -> str:
         s = re.sub(r"\\left|\\right|\\[,;!]|\$", "", s)
         return re.sub(r"(?<!\d)\s+|\s+(?!\d)", "", s)

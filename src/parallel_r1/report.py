@@ -89,7 +89,11 @@ def make_plots(a: dict) -> list[tuple[str, str]]:
     if not steps:  # evaluations only: no training curves to draw
         return plots + _eval_plot(evals, plt)
     fig, ax = new("Parallel ratio and format errors", "share of completions")
-    for key, label in (("parallel_ratio", LABELS["parallel_ratio"]), ("opens_parallel", LABELS["opens_parallel"]), ("format_error_rate", "format error")):
+    for key, label in (
+        ("parallel_ratio", LABELS["parallel_ratio"]),
+        ("opens_parallel", LABELS["opens_parallel"]),
+        ("format_error_rate", "format error"),
+    ):
         ax.plot(*_series(steps, key), marker="o", ms=3, label=label)
     ax.set_ylim(-0.03, 1.03)
     ax.legend(fontsize=8)
@@ -160,8 +164,14 @@ def render_trace(text: str, depth: int = 0) -> str:
             f'<div class="path"><div class="label">Path {j + 1}</div><div class="text">{render_trace(path, depth + 1)}</div></div>'
             for j, path in enumerate(b.paths)
         )
-        summary = "" if b.summary is None else f'<div class="summary"><div class="label">Summary</div><div class="text">{html.escape(b.summary)}</div></div>'
-        out.append(f'<div class="block"><div class="label">&lt;Parallel&gt; block {i + 1} &middot; {len(b.paths)} paths</div><div class="paths">{paths}</div>{summary}</div>')
+        summary = (
+            ""
+            if b.summary is None
+            else f'<div class="summary"><div class="label">Summary</div><div class="text">{html.escape(b.summary)}</div></div>'
+        )
+        out.append(
+            f'<div class="block"><div class="label">&lt;Parallel&gt; block {i + 1} &middot; {len(b.paths)} paths</div><div class="paths">{paths}</div>{summary}</div>'
+        )
     out.append(f'<span class="text">{html.escape(p.trunk[-1] if p.trunk else text)}</span>')
     return "".join(out)
 
@@ -172,7 +182,9 @@ def pick_traces(rows: list[dict], n: int) -> list[dict]:
         return []
     with_blocks = [r for r in rows if r.get("num_blocks")]
     pool = with_blocks if len(with_blocks) >= n else with_blocks + [r for r in rows if not r.get("num_blocks")]
-    pool.sort(key=lambda r: (r.get("step", 0), r.get("prompt_id", r.get("problem_id", "")) or "", r.get("sample_index", 0)))
+    pool.sort(
+        key=lambda r: (r.get("step", 0), r.get("prompt_id", r.get("problem_id", "")) or "", r.get("sample_index", 0))
+    )
     if len(pool) <= n:
         return pool
     return [pool[round(i * (len(pool) - 1) / (n - 1))] for i in range(n)] if n > 1 else [pool[-1]]
@@ -182,7 +194,12 @@ def _trace_card(r: dict) -> str:
     p = parse(r.get("completion", ""))
     where = [f"step {r['step']}"] if "step" in r else []
     where += [f"{r['benchmark']} #{r['problem_id']}"] if "benchmark" in r else []
-    bits = [*where, f"sample {r.get('sample_index', 0)}", f"{r.get('length', '?')} tokens", f"answer {r.get('answer', '')}"]
+    bits = [
+        *where,
+        f"sample {r.get('sample_index', 0)}",
+        f"{r.get('length', '?')} tokens",
+        f"answer {r.get('answer', '')}",
+    ]
     if "reward" in r:
         bits.append(f"reward {r['reward']}")
     correct = r.get("correct")
@@ -205,19 +222,29 @@ def _trace_card(r: dict) -> str:
 def build_report(run_dir: str | Path, traces: int = 6) -> str:
     run_dir = Path(run_dir)
     a = analyze_run(run_dir)
-    parts = [f"<h1>Parallel-R1 run report</h1><div class='meta'>{html.escape(str(run_dir.resolve()))} · {a['n_steps']} RL steps · {a['n_rollouts']} rollouts · budget {a['budget'] or 'unknown'} tokens</div>"]
+    parts = [
+        f"<h1>Parallel-R1 run report</h1><div class='meta'>{html.escape(str(run_dir.resolve()))} · {a['n_steps']} RL steps · {a['n_rollouts']} rollouts · budget {a['budget'] or 'unknown'} tokens</div>"
+    ]
     lp = a["length_pathology"]
     if lp.get("flagged"):
-        parts.append(f"<div class='flag'><b>Length pathology:</b> {lp['clipped_share_last_steps']:.0%} of the completions of steps {lp['last_steps'][0]}-{lp['last_steps'][-1]} hit the token budget (threshold {lp['threshold']:.0%}; the OctoThinker length pathology).</div>")
+        parts.append(
+            f"<div class='flag'><b>Length pathology:</b> {lp['clipped_share_last_steps']:.0%} of the completions of steps {lp['last_steps'][0]}-{lp['last_steps'][-1]} hit the token budget (threshold {lp['threshold']:.0%}; the OctoThinker length pathology).</div>"
+        )
     elif "clipped_share_last_steps" in lp:
-        parts.append(f"<div class='ok'>Lengths do not pin at the budget: {lp['clipped_share_last_steps']:.0%} clipped over the last {len(lp['last_steps'])} steps.</div>")
+        parts.append(
+            f"<div class='ok'>Lengths do not pin at the budget: {lp['clipped_share_last_steps']:.0%} clipped over the last {len(lp['last_steps'])} steps.</div>"
+        )
     t = a["position_trend"]
     if t["shift"] is not None:
-        parts.append(f"<div class='meta'>Mean &lt;Parallel&gt; position: {t['early']:.2f} over the first third of the steps, {t['late']:.2f} over the last third (paper fig. 3: it moves later as parallel thinking turns from exploration to verification).</div>")
+        parts.append(
+            f"<div class='meta'>Mean &lt;Parallel&gt; position: {t['early']:.2f} over the first third of the steps, {t['late']:.2f} over the last third (paper fig. 3: it moves later as parallel thinking turns from exploration to verification).</div>"
+        )
 
     parts.append("<h2>Curves</h2>")
     if not a["steps"]:
-        parts.append("<p class='meta'>No RL steps in this folder (no rollouts.jsonl or metrics.jsonl): evaluations only.</p>")
+        parts.append(
+            "<p class='meta'>No RL steps in this folder (no rollouts.jsonl or metrics.jsonl): evaluations only.</p>"
+        )
     parts.append("<div class='plots'>")
     for title, b64 in make_plots(a):
         parts.append(f'<img alt="{html.escape(title)}" src="data:image/png;base64,{b64}">')

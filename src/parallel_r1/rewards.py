@@ -146,7 +146,9 @@ def efficiency_gain(completion: str) -> float:
     if total == 0:
         return 0.0
     blocks = spans(completion, PARALLEL_OPEN, PARALLEL_CLOSE)
-    outside = [completion[a:b] for a, b in zip([0] + [e for _, e in blocks], [s for s, _ in blocks] + [len(completion)])]
+    outside = [
+        completion[a:b] for a, b in zip([0] + [e for _, e in blocks], [s for s, _ in blocks] + [len(completion)])
+    ]
     traversed = _words(" ".join(outside))
     for block in _inner(completion, PARALLEL_OPEN, PARALLEL_CLOSE):
         traversed += max((_words(p) for p in _inner(block, PATH_OPEN, PATH_CLOSE)), default=0)

@@ -197,7 +197,7 @@ def shared_start_positions(n: int, blocks: list[BlockSpan]) -> np.ndarray:
                 top += s - prev
                 top = max(top, lay(s, e + 1, fork + 1) - 1)
                 prev = e + 1
-            pos[prev:blk.close + 1] = np.arange(top + 1, top + 2 + blk.close - prev)
+            pos[prev : blk.close + 1] = np.arange(top + 1, top + 2 + blk.close - prev)
             p = top + 2 + blk.close - prev
             i = blk.close + 1
         pos[i:b] = np.arange(p, p + b - i)
@@ -225,8 +225,8 @@ def path_labels(n: int, blocks: list[BlockSpan]) -> tuple[np.ndarray, np.ndarray
     path_of = np.full((depth, n), -1, dtype=np.int64)
     for bid, b in enumerate(blocks):
         for j, (s, e) in enumerate(b.paths):
-            block_of[b.depth, s:e + 1] = bid
-            path_of[b.depth, s:e + 1] = j
+            block_of[b.depth, s : e + 1] = bid
+            path_of[b.depth, s : e + 1] = j
     return block_of, path_of
 
 
@@ -302,10 +302,7 @@ def build_unseen_layout(
             mask[r, a:b, a:b] &= ~iso
         malformed.append(row.malformed)
         all_blocks.append(
-            [
-                BlockSpan(x.open + a, x.close + a, [(s + a, e + a) for s, e in x.paths], x.depth)
-                for x in row.blocks
-            ]
+            [BlockSpan(x.open + a, x.close + a, [(s + a, e + a) for s, e in x.paths], x.depth) for x in row.blocks]
         )
     return UnseenLayout(
         attention_mask=mask[:, None],
@@ -315,7 +312,9 @@ def build_unseen_layout(
     )
 
 
-def causal_layout(input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def causal_layout(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The Seen variant's equivalent: causal bool mask ``[B,1,L,L]`` and sequential positions ``[B,L]``.
 
     Same padding conventions as :func:`build_unseen_layout`, so the two are interchangeable.

@@ -50,8 +50,12 @@ def format_table(results: dict, title: str | None = None) -> str:
     names = list(bench)
     heads = [f"{DISPLAY.get(b, b)} (k={bench[b]['k']})" for b in names] + ["Avg."]
     rows = [
-        ("mean@k", "mean@k"), ("pass@k", "pass@k"), ("maj@k", "maj@k"), ("best@k (verl)", "best@k"),
-        *BEHAVIOUR_ROWS, ("format errors %", "format_error_rate"),
+        ("mean@k", "mean@k"),
+        ("pass@k", "pass@k"),
+        ("maj@k", "maj@k"),
+        ("best@k (verl)", "best@k"),
+        *BEHAVIOUR_ROWS,
+        ("format errors %", "format_error_rate"),
     ]
     table = []
     for label, key in rows:
@@ -84,9 +88,12 @@ def summary_rows(evals: dict[str, dict]) -> list[dict]:
         for name, b in (res.get("benchmarks") or {}).items():
             k = b.get("k") or 1
             cells[name] = {
-                "k": k, "n_problems": b.get("n_problems"), "accuracy": b.get("mean@k"),
+                "k": k,
+                "n_problems": b.get("n_problems"),
+                "accuracy": b.get("mean@k"),
                 "pass@k": b.get("pass@k") if k > 1 else None,
-                "parallel_ratio": b.get("parallel_ratio"), "mean_length": b.get("mean_length"),
+                "parallel_ratio": b.get("parallel_ratio"),
+                "mean_length": b.get("mean_length"),
             }
         accs = [c["accuracy"] for c in cells.values() if c["accuracy"] is not None]
         rows.append({"model": tag, "path": res.get("model"), "protocol": protocol_label(res), "benchmarks": cells,
@@ -104,7 +111,12 @@ def summary_columns(rows: list[dict]) -> list[tuple[str, str, str]]:
     cols = []
     for name, ks in benches.items():
         kk = "/".join(str(k) for k in sorted(ks))
-        for label, key in (("mean@" + kk, "accuracy"), ("pass@" + kk, "pass@k"), (LABELS["parallel_ratio"] + " %", "parallel_ratio"), ("length", "mean_length")):
+        for label, key in (
+            ("mean@" + kk, "accuracy"),
+            ("pass@" + kk, "pass@k"),
+            (LABELS["parallel_ratio"] + " %", "parallel_ratio"),
+            ("length", "mean_length"),
+        ):
             if key == "pass@k" and max(ks) <= 1:
                 continue
             cols.append((name, key, label))
@@ -125,10 +137,22 @@ def format_summary_markdown(rows: list[dict]) -> str:
         return "(no evaluation results)"
     cols = summary_columns(rows)
     proto = _show_protocol(rows)
-    head = ["model"] + (["protocol"] if proto else []) + [f"{DISPLAY.get(b, b)} {label}" for b, _, label in cols] + ["avg acc"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * (1 + proto) + ["---:"] * (len(head) - 1 - proto)) + "|"]
+    head = (
+        ["model"]
+        + (["protocol"] if proto else [])
+        + [f"{DISPLAY.get(b, b)} {label}" for b, _, label in cols]
+        + ["avg acc"]
+    )
+    lines = [
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join(["---"] * (1 + proto) + ["---:"] * (len(head) - 1 - proto)) + "|",
+    ]
     for r in rows:
-        cells = [r["model"]] + ([r["protocol"]] if proto else []) + [cell(key, r["benchmarks"].get(b, {}).get(key)) for b, key, _ in cols]
+        cells = (
+            [r["model"]]
+            + ([r["protocol"]] if proto else [])
+            + [cell(key, r["benchmarks"].get(b, {}).get(key)) for b, key, _ in cols]
+        )
         lines.append("| " + " | ".join([*cells, cell("accuracy", r["avg_accuracy"])]) + " |")
     return "\n".join(lines)
 
@@ -147,7 +171,12 @@ def summary_table_html(rows: list[dict]) -> str:
     for b, _, _ in cols:
         groups[b] = groups.get(b, 0) + 1
     proto = _show_protocol(rows)
-    top = "<tr><th rowspan='2'>model</th>" + ("<th rowspan='2'>protocol</th>" if proto else "") + "".join(f"<th colspan='{n}'>{html.escape(DISPLAY.get(b, b))}</th>" for b, n in groups.items()) + "<th rowspan='2'>avg acc %</th></tr>"
+    top = (
+        "<tr><th rowspan='2'>model</th>"
+        + ("<th rowspan='2'>protocol</th>" if proto else "")
+        + "".join(f"<th colspan='{n}'>{html.escape(DISPLAY.get(b, b))}</th>" for b, n in groups.items())
+        + "<th rowspan='2'>avg acc %</th></tr>"
+    )
     sub = "<tr>" + "".join(f"<th>{html.escape(label)}</th>" for _, _, label in cols) + "</tr>"
     body = "".join(
         f"<tr><td title='{html.escape(str(r['path'] or ''))}'>{html.escape(r['model'])}</td>"
@@ -166,22 +195,38 @@ def results_table(tag: str, res: dict) -> str:
     names = list(bench)
     head = "".join(f"<th>{html.escape(b)} (k={html.escape(str(bench[b].get('k')))})</th>" for b in names)
     rows = []
-    for label, key in (("mean@k", "mean@k"), ("pass@k", "pass@k"), ("maj@k", "maj@k"), ("best@k (verl)", "best@k"),
-                       *BEHAVIOUR_ROWS, ("format errors %", "format_error_rate")):
+    for label, key in (
+        ("mean@k", "mean@k"),
+        ("pass@k", "pass@k"),
+        ("maj@k", "maj@k"),
+        ("best@k (verl)", "best@k"),
+        *BEHAVIOUR_ROWS,
+        ("format errors %", "format_error_rate"),
+    ):
         rows.append(f"<tr><td>{label}</td>" + "".join(f"<td>{pct(bench[b].get(key))}</td>" for b in names) + "</tr>")
     for label, key in (("mean blocks", "mean_blocks"), ("mean length", "mean_length"), ("problems", "n_problems")):
         vals = [bench[b].get(key) for b in names]
-        rows.append(f"<tr><td>{label}</td>" + "".join(f"<td>{'-' if v is None else round(v, 2)}</td>" for v in vals) + "</tr>")
+        rows.append(
+            f"<tr><td>{label}</td>" + "".join(f"<td>{'-' if v is None else round(v, 2)}</td>" for v in vals) + "</tr>"
+        )
     model = html.escape(f"{res.get('model', '')} (protocol {protocol_label(res)})")
     return f"<h3>{html.escape(tag)}</h3><div class='meta'>{model}</div><table><tr><th></th>{head}</tr>{''.join(rows)}</table>"
 
 
 def steps_table(steps: list[dict]) -> str:
     """One HTML row per RL step of :func:`parallel_r1.analysis.analyze_run`."""
-    cols = [("step", "step"), ("mode", "reward_mode"), (LABELS["parallel_ratio"] + " %", "parallel_ratio"),
-            (LABELS["opens_parallel"] + " %", "opens_parallel"), ("position", "mean_parallel_position"),
-            ("accuracy %", "accuracy"), ("reward", "reward"), ("mean len", "mean_length"), ("clipped %", "clipped_ratio"),
-            ("format err %", "format_error_rate")]
+    cols = [
+        ("step", "step"),
+        ("mode", "reward_mode"),
+        (LABELS["parallel_ratio"] + " %", "parallel_ratio"),
+        (LABELS["opens_parallel"] + " %", "opens_parallel"),
+        ("position", "mean_parallel_position"),
+        ("accuracy %", "accuracy"),
+        ("reward", "reward"),
+        ("mean len", "mean_length"),
+        ("clipped %", "clipped_ratio"),
+        ("format err %", "format_error_rate"),
+    ]
     percent = {"parallel_ratio", "opens_parallel", "accuracy", "clipped_ratio", "format_error_rate"}
 
     def step_cell(key, v):

@@ -68,7 +68,9 @@ def read_traces(path: str | os.PathLike) -> list[dict]:
             )
         src_col = table.column("data_source").to_pylist() if "data_source" in table.column_names else None
         idx_col = table.column("index").to_pylist() if "index" in table.column_names else None
-        for i, (extra, reward) in enumerate(zip(table.column("extra_info").to_pylist(), table.column("reward_model").to_pylist())):
+        for i, (extra, reward) in enumerate(
+            zip(table.column("extra_info").to_pylist(), table.column("reward_model").to_pylist())
+        ):
             extra, reward = extra or {}, reward or {}
             question = _str_or_none(extra.get("question"))
             rows.append(
@@ -89,7 +91,9 @@ def read_traces(path: str | os.PathLike) -> list[dict]:
             rid = f"{r['problem_id']}#{r.get('sample_index', 0)}"
         else:
             rid = str(r.get("id", n))
-        problem = _str_or_none(r.get("problem")) or (_problem_from_prompt(r["prompt"]) if _str_or_none(r.get("prompt")) else None)
+        problem = _str_or_none(r.get("problem")) or (
+            _problem_from_prompt(r["prompt"]) if _str_or_none(r.get("prompt")) else None
+        )
         rows.append(
             dict(
                 id=rid,
@@ -101,7 +105,9 @@ def read_traces(path: str | os.PathLike) -> list[dict]:
             )
         )
     # A row without a response is counted (no_response); a file where no row has one has the wrong columns.
-    missing = [k for k in ("response",) if k not in fields] + ([] if fields & {"problem", "prompt"} else ["problem (or prompt)"])
+    missing = [k for k in ("response",) if k not in fields] + (
+        [] if fields & {"problem", "prompt"} else ["problem (or prompt)"]
+    )
     if rows and missing:
         raise ValueError(
             f"{path}: no row has the field(s) {', '.join(missing)}; expected `coldstart generate` or SFT rows "
@@ -152,7 +158,9 @@ def filter_traces(
             continue
         texts[i], preds[i] = text, pred
     graded = list(preds)
-    verdicts = grade_answers([preds[i] for i in graded], [gold_answer(rows[i]["answer"]) for i in graded], grader=grader)
+    verdicts = grade_answers(
+        [preds[i] for i in graded], [gold_answer(rows[i]["answer"]) for i in graded], grader=grader
+    )
     for i, ok in zip(graded, verdicts):
         if not ok:
             reason[i] = "wrong_answer"
@@ -202,7 +210,9 @@ def filter_traces(
         ),
         kept_blocks=dict(Counter(p.num_blocks for p in kept_parsed)),
         kept_without_block=sum(p.num_blocks == 0 for p in kept_parsed),
-        drop_examples={k: [rows[i]["where"] for i in sorted(reason) if reason[i] == k][:5] for k in REASONS if dropped.get(k)},
+        drop_examples={
+            k: [rows[i]["where"] for i in sorted(reason) if reason[i] == k][:5] for k in REASONS if dropped.get(k)
+        },
     )
     if gsm8k_gold:
         report["gsm8k_gold"] = compare_with_gsm8k(rows, texts, kept_idx, gsm8k_gold, grader)

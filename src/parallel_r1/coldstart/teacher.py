@@ -47,7 +47,7 @@ DEFAULT_TEACHER_PROMPT = (
     "newline before <Summary>:\n"
     "<Parallel><Path>first independent line of reasoning</Path><Path>second independent line of reasoning</Path>"
     "</Parallel>\n<Summary>what the paths establish together</Summary>\n"
-    "Use at least one parallel block. The last line must be \"Final Answer: \" followed by the number only.\n"
+    'Use at least one parallel block. The last line must be "Final Answer: " followed by the number only.\n'
     "\n"
     "Problem: {Problem}"
 )
@@ -130,9 +130,19 @@ class OpenAITeacher:
                 if choice.message is None or not isinstance(choice.message.content, str):
                     raise ValueError("the choice has no message content")
                 return Completion(clean_text(choice.message.content), choice.finish_reason)
-            except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError, openai.BadRequestError) as e:
+            except (
+                openai.AuthenticationError,
+                openai.PermissionDeniedError,
+                openai.NotFoundError,
+                openai.BadRequestError,
+            ) as e:
                 raise TeacherFatal(f"{self.name}: {type(e).__name__}: {e}") from None
-            except (openai.APIConnectionError, openai.APIStatusError, openai.APIResponseValidationError, ValueError) as e:
+            except (
+                openai.APIConnectionError,
+                openai.APIStatusError,
+                openai.APIResponseValidationError,
+                ValueError,
+            ) as e:
                 # ValueError covers malformed JSON, non-UTF-8 bodies (UnicodeDecodeError) and empty choices.
                 error, last = e, f"{type(e).__name__}: {str(e)[:200]}"
         return Completion(None, error=f"gave up after {self.max_retries + 1} attempts; last: {last}")
@@ -144,7 +154,15 @@ class OpenAITeacher:
 class LocalTeacher:
     """A local transformers model, decoded free-running (Seen) by the parallel decoding engine."""
 
-    def __init__(self, model: str, batch_size: int = 8, max_new_tokens: int = 1024, temperature: float = 0.7, top_p: float = 0.95, seed: int = 0):
+    def __init__(
+        self,
+        model: str,
+        batch_size: int = 8,
+        max_new_tokens: int = 1024,
+        temperature: float = 0.7,
+        top_p: float = 0.95,
+        seed: int = 0,
+    ):
         from ..decoding import DecodingConfig, ParallelEngine
         from ..models import add_tag_tokens, load_model, load_tokenizer
 
@@ -155,7 +173,9 @@ class LocalTeacher:
         self.engine = ParallelEngine(
             lm.eval(),
             tok,
-            DecodingConfig(variant="seen", max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed),
+            DecodingConfig(
+                variant="seen", max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed
+            ),
         )
         self.batch_size = batch_size
         self.name = f"local:{model}"
@@ -199,7 +219,9 @@ def done_keys(path: str | os.PathLike) -> set[tuple[str, int]]:
         try:
             keys.add(row_key(row))
         except (KeyError, TypeError, ValueError):
-            raise ValueError(f"{path}:{n}: not a `coldstart generate` row (needs problem_id and sample_index)") from None
+            raise ValueError(
+                f"{path}:{n}: not a `coldstart generate` row (needs problem_id and sample_index)"
+            ) from None
     return keys
 
 
@@ -249,7 +271,12 @@ def score_row(text: str, gold: str) -> dict:
 
     p = parse(text)
     correct = bool(gold) and is_correct(text, gold)
-    return dict(format_ok=p.format_ok, num_blocks=p.num_blocks, correct=correct, success=p.format_ok and p.num_blocks > 0 and correct)
+    return dict(
+        format_ok=p.format_ok,
+        num_blocks=p.num_blocks,
+        correct=correct,
+        success=p.format_ok and p.num_blocks > 0 and correct,
+    )
 
 
 def generate(
@@ -286,7 +313,9 @@ def generate(
     workers = concurrency if bs == 1 else 1
 
     def call(chunk):
-        return teacher.complete_batch([p for p, _ in chunk], [prompt_template.format(Problem=p.problem) for p, _ in chunk])
+        return teacher.complete_batch(
+            [p for p, _ in chunk], [prompt_template.format(Problem=p.problem) for p, _ in chunk]
+        )
 
     bar = tqdm(total=len(jobs), disable=not progress, desc=f"coldstart {teacher.name}", unit="trace")
     with JsonlAppender(out) as f:
@@ -303,7 +332,14 @@ def generate(
                     stats.failed += 1
                     stats.last_error = c.error or "empty response"
                     with JsonlAppender(errors_path, fsync=False) as ef:
-                        ef.write(dict(problem_id=str(p.id), sample_index=k, error=c.error or "empty response", time=time.time()))
+                        ef.write(
+                            dict(
+                                problem_id=str(p.id),
+                                sample_index=k,
+                                error=c.error or "empty response",
+                                time=time.time(),
+                            )
+                        )
                     continue
                 score = score_row(c.text, p.answer)
                 f.write(
@@ -332,7 +368,9 @@ def read_prompt_file(path: str | os.PathLike) -> str:
     try:
         text.format(Problem="x")
     except (KeyError, IndexError, ValueError) as e:
-        raise ValueError(f"{path}: bad prompt template ({e}); use one {{Problem}} placeholder and double other braces") from None
+        raise ValueError(
+            f"{path}: bad prompt template ({e}); use one {{Problem}} placeholder and double other braces"
+        ) from None
     if "{Problem}" not in text:
         raise ValueError(f"{path}: the prompt has no {{Problem}} placeholder")
     return text
@@ -344,4 +382,3 @@ def summary_line(stats: GenerateStats, out: Path) -> str:
     if stats.failed:
         s += f"; {stats.failed} requests failed after retries (see {out.name}.errors), re-run to retry them"
     return s
-

@@ -66,7 +66,9 @@ def _value_fits(value, tp) -> bool:
             return True
         return isinstance(value, (int, float) if tp is float else int) and not isinstance(value, bool)
     if tp is bool:
-        return isinstance(value, bool) or (isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"))
+        return isinstance(value, bool) or (
+            isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0")
+        )
     if tp is str:
         return isinstance(value, (str, int, float)) and not isinstance(value, bool)
     return True  # enums, TRL's own types: their parsers decide
@@ -106,7 +108,12 @@ def parse_config(prog: str, description: str, types: tuple[type, ...], argv: lis
     from trl.scripts.utils import TrlParser  # lazy: keeps `import parallel_r1.commands.X` light
 
     parser = TrlParser(types, prog=prog, description=description)
-    parser.add_argument("--config", metavar="YAML", default=None, help="recipe: a YAML mapping of any of these fields; flags given on the command line override it")
+    parser.add_argument(
+        "--config",
+        metavar="YAML",
+        default=None,
+        help="recipe: a YAML mapping of any of these fields; flags given on the command line override it",
+    )
     path, rest = _split_config_flag(argv)
     if path is not None and not any(a in ("-h", "--help") for a in rest):
         values = load_yaml(path)
@@ -116,12 +123,16 @@ def parse_config(prog: str, description: str, types: tuple[type, ...], argv: lis
         fields = {f.name for t in types for f in dataclasses.fields(t) if f.init}
         unknown = [k for k in values if k not in fields]
         if unknown:
-            raise ValueError(f"{path}: unknown key(s) {', '.join(map(repr, unknown))} for `{prog}`; known: {', '.join(sorted(fields))}")
+            raise ValueError(
+                f"{path}: unknown key(s) {', '.join(map(repr, unknown))} for `{prog}`; known: {', '.join(sorted(fields))}"
+            )
         check_types(path, values, types)
         for key, value in env.items():
             os.environ[str(key)] = str(value)
         parser.set_defaults_with_config(**values)
-    *parsed, remaining = parser.parse_args_into_dataclasses(args=rest, return_remaining_strings=True, look_for_args_file=False)
+    *parsed, remaining = parser.parse_args_into_dataclasses(
+        args=rest, return_remaining_strings=True, look_for_args_file=False
+    )
     if remaining:
         parser.error(f"unrecognized arguments: {' '.join(remaining)}")
     # the `--config` action leaves an extra namespace behind; only the dataclasses are returned

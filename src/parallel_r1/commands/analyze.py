@@ -10,9 +10,19 @@ ON_INTERRUPT = "interrupted; analysis.json is written only at the end, so nothin
 
 @dataclass
 class AnalyzeConfig:
-    run_dir: str = field(metadata={"help": "Run folder written by `parallel-r1 rl` (or one holding eval/<tag>/results.json)."})
-    clip_threshold: float = field(default=0.5, metadata={"help": "Flag the length pathology when more than this share of the last steps' completions hit the budget."})
-    last_steps: int | None = field(default=None, metadata={"help": "How many final steps the length check looks at (default: the last quarter, 1-10)."})
+    run_dir: str = field(
+        metadata={"help": "Run folder written by `parallel-r1 rl` (or one holding eval/<tag>/results.json)."}
+    )
+    clip_threshold: float = field(
+        default=0.5,
+        metadata={
+            "help": "Flag the length pathology when more than this share of the last steps' completions hit the budget."
+        },
+    )
+    last_steps: int | None = field(
+        default=None,
+        metadata={"help": "How many final steps the length check looks at (default: the last quarter, 1-10)."},
+    )
 
     def __post_init__(self):
         from ..validate import fraction, positive

@@ -19,13 +19,25 @@ class TracesConfig:
 
     output: str = field(metadata={"help": "Output jsonl; an existing file is resumed, never duplicated."})
     teacher: str = field(default="openai", metadata={"help": "openai | local | synthetic."})
-    problems: str | None = field(default=None, metadata={"help": "Problem set name or file (default: gsm8k; synthetic_easy for the synthetic teacher)."})
+    problems: str | None = field(
+        default=None,
+        metadata={"help": "Problem set name or file (default: gsm8k; synthetic_easy for the synthetic teacher)."},
+    )
     split: str = field(default="train", metadata={"help": "Split of the problem set."})
     limit: int | None = field(default=None, metadata={"help": "First N problems only."})
     n: int = field(default=1, metadata={"help": "Samples per problem."})
-    prompt_file: str | None = field(default=None, metadata={"help": "Teacher prompt with one {Problem} placeholder (default: the built-in one)."})
-    base_url: str | None = field(default=None, metadata={"help": "OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1 for a local vLLM server (required by the openai teacher)."})
-    model: str | None = field(default=None, metadata={"help": "Served model name (openai) or local model path/alias (local)."})
+    prompt_file: str | None = field(
+        default=None, metadata={"help": "Teacher prompt with one {Problem} placeholder (default: the built-in one)."}
+    )
+    base_url: str | None = field(
+        default=None,
+        metadata={
+            "help": "OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1 for a local vLLM server (required by the openai teacher)."
+        },
+    )
+    model: str | None = field(
+        default=None, metadata={"help": "Served model name (openai) or local model path/alias (local)."}
+    )
     api_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "Environment variable holding the API key."})
     concurrency: int = field(default=8, metadata={"help": "Requests in flight at once."})
     max_retries: int = field(default=6, metadata={"help": "Retries of a failed request."})
@@ -46,7 +58,9 @@ class TracesConfig:
             what = "the served model name" if self.teacher == "openai" else "a model path or alias"
             raise ValueError(f"--model is required for the {self.teacher} teacher ({what})")
         if self.teacher == "openai" and not self.base_url:
-            raise ValueError("--base_url is required for the openai teacher (e.g. http://127.0.0.1:8000/v1 for a local vLLM server)")
+            raise ValueError(
+                "--base_url is required for the openai teacher (e.g. http://127.0.0.1:8000/v1 for a local vLLM server)"
+            )
         from ..validate import fraction, non_negative, positive
 
         positive(self, "n", "limit", "concurrency", "timeout", "max_new_tokens", "batch_size")
@@ -61,12 +75,18 @@ class FilterConfig:
     input: str = field(metadata={"help": "generate jsonl, SFT jsonl, or a verl parquet such as the pilot."})
     output: str = field(metadata={"help": "SFT jsonl (id, source, problem, prompt, response, answer)."})
     report: str | None = field(default=None, metadata={"help": "Report json (default: OUTPUT.report.json)."})
-    tokenizer: str = field(default="smollm2", metadata={"help": "Tokenizer for the length budget (path, hub id or alias)."})
-    max_length: int = field(default=4096, metadata={"help": "Token budget of chat-templated prompt + trace + EOS (the SFT's max_length)."})
+    tokenizer: str = field(
+        default="smollm2", metadata={"help": "Tokenizer for the length budget (path, hub id or alias)."}
+    )
+    max_length: int = field(
+        default=4096, metadata={"help": "Token budget of chat-templated prompt + trace + EOS (the SFT's max_length)."}
+    )
     template: str = field(default="parallel_v3", metadata={"help": "Prompt template the SFT will use."})
     require_parallel: bool = field(default=False, metadata={"help": "Also drop traces without any parallel block."})
     grader: str = field(default="math_verify", metadata={"help": "math_verify | minerva_exact."})
-    gsm8k_join: bool = field(default=True, metadata={"help": "Grade against GSM8K gold joined by question (--no_gsm8k_join skips it)."})
+    gsm8k_join: bool = field(
+        default=True, metadata={"help": "Grade against GSM8K gold joined by question (--no_gsm8k_join skips it)."}
+    )
     data_dir: str | None = field(default=None, metadata={"help": "Folder of the shipped data sets."})
 
     def __post_init__(self):
@@ -136,7 +156,10 @@ def run(cfg: TracesConfig | FilterConfig) -> int:
         )
         print(summary_line(stats, Path(cfg.output)))
         if stats.failed and not stats.written:  # nothing came back: a dead endpoint, a wrong model, ...
-            print(f"parallel-r1 coldstart generate: error: every request failed; last: {stats.last_error}", file=sys.stderr)
+            print(
+                f"parallel-r1 coldstart generate: error: every request failed; last: {stats.last_error}",
+                file=sys.stderr,
+            )
             return 1
         return 0
     from ..coldstart.filter import run_filter

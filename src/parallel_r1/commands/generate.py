@@ -29,31 +29,72 @@ class GenerateConfig:
     module imports torch and ``--help`` must not."""
 
     model: str = field(metadata={"help": "Checkpoint folder, hub id or alias (smollm2)."})
-    problem: list[str] | None = field(default=None, metadata={"help": "Problem texts: --problem A B or --problem A --problem B (or use --problems).", "action": "extend"})
-    problems: str | None = field(default=None, metadata={"help": "A problem set name (gsm8k, synthetic_hard, ...) or a jsonl/parquet file."})
+    problem: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Problem texts: --problem A B or --problem A --problem B (or use --problems).",
+            "action": "extend",
+        },
+    )
+    problems: str | None = field(
+        default=None, metadata={"help": "A problem set name (gsm8k, synthetic_hard, ...) or a jsonl/parquet file."}
+    )
     split: str | None = field(default=None, metadata={"help": "Split of --problems (default: the set's test split)."})
     limit: int | None = field(default=None, metadata={"help": "First N problems of --problems."})
     template: str = field(default="parallel_v3", metadata={"help": "Prompt template (parallel_r1.prompts.TEMPLATES)."})
     n: int = field(default=1, metadata={"help": "Samples per problem."})
-    output: str | None = field(default=None, metadata={"help": "Append samples to this jsonl instead of printing them."})
-    data_dir: str | None = field(default=None, metadata={"help": "Folder of the local data sets (default: ../shared/data)."})
-    device: str = field(default="auto", metadata={"help": "auto (the first GPU when there is one, else the CPU), cpu, cuda, cuda:N."})
-    dtype: str = field(default="auto", metadata={"help": "Compute dtype: auto (bfloat16 on a GPU, float32 on the CPU), float32, bfloat16, float16. The engine keeps float32 weights and autocasts; vLLM loads the weights in it (auto: the model's own)."})
-    backend: str = field(default="transformers", metadata={"help": "transformers: the exact engine (CPU/GPU); vllm: the paper's separate-request loop on vLLM (GPU, fast, not exact: decoding/vllm_backend.py)."})
+    output: str | None = field(
+        default=None, metadata={"help": "Append samples to this jsonl instead of printing them."}
+    )
+    data_dir: str | None = field(
+        default=None, metadata={"help": "Folder of the local data sets (default: ../shared/data)."}
+    )
+    device: str = field(
+        default="auto", metadata={"help": "auto (the first GPU when there is one, else the CPU), cpu, cuda, cuda:N."}
+    )
+    dtype: str = field(
+        default="auto",
+        metadata={
+            "help": "Compute dtype: auto (bfloat16 on a GPU, float32 on the CPU), float32, bfloat16, float16. The engine keeps float32 weights and autocasts; vLLM loads the weights in it (auto: the model's own)."
+        },
+    )
+    backend: str = field(
+        default="transformers",
+        metadata={
+            "help": "transformers: the exact engine (CPU/GPU); vllm: the paper's separate-request loop on vLLM (GPU, fast, not exact: decoding/vllm_backend.py)."
+        },
+    )
     # the engine (decoding.DecodingConfig)
-    variant: str = field(default="unseen", metadata={"help": "unseen: orchestrated paths (exact layout); seen: plain causal sampling."})
+    variant: str = field(
+        default="unseen", metadata={"help": "unseen: orchestrated paths (exact layout); seen: plain causal sampling."}
+    )
     num_paths: int = field(default=2, metadata={"help": "k, paths forked per <Parallel> block (unseen)."})
-    max_blocks: int = field(default=4, metadata={"help": "M, blocks per completion; the sample ends after the M-th </Summary> (paper: 4)."})
-    max_new_tokens: int = field(default=512, metadata={"help": "Budget of completion tokens (trunk + all paths + summaries)."})
-    max_path_tokens: int | None = field(default=None, metadata={"help": "Budget of one path, tags included (default: max_new_tokens)."})
+    max_blocks: int = field(
+        default=4, metadata={"help": "M, blocks per completion; the sample ends after the M-th </Summary> (paper: 4)."}
+    )
+    max_new_tokens: int = field(
+        default=512, metadata={"help": "Budget of completion tokens (trunk + all paths + summaries)."}
+    )
+    max_path_tokens: int | None = field(
+        default=None, metadata={"help": "Budget of one path, tags included (default: max_new_tokens)."}
+    )
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature; 0 = greedy."})
     top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling threshold."})
     top_k: int | None = field(default=0, metadata={"help": "Top-k sampling (0 = off)."})
-    path_temperature: float | None = field(default=1.0, metadata={"help": "Temperature inside paths (paper forces 1.0)."})
-    constrain_tags: bool = field(default=True, metadata={"help": "Unseen: never sample a tag that would break the block structure."})
+    path_temperature: float | None = field(
+        default=1.0, metadata={"help": "Temperature inside paths (paper forces 1.0)."}
+    )
+    constrain_tags: bool = field(
+        default=True, metadata={"help": "Unseen: never sample a tag that would break the block structure."}
+    )
     batch_size: int = field(default=64, metadata={"help": "Samples decoded together (paths add rows)."})
     seed: int | None = field(default=None, metadata={"help": "Seed of the sampler (default: nondeterministic)."})
-    logprobs: bool = field(default=False, metadata={"help": "Also write each sample's completion tokens (`tokens`) and their log-probs (`logprobs`, the sampling distribution's, as the trainer computes them)."})
+    logprobs: bool = field(
+        default=False,
+        metadata={
+            "help": "Also write each sample's completion tokens (`tokens`) and their log-probs (`logprobs`, the sampling distribution's, as the trainer computes them)."
+        },
+    )
 
     def __post_init__(self):
         if (self.problem is None) == (self.problems is None):
@@ -109,11 +150,16 @@ def run(cfg: GenerateConfig) -> int:
         model, tok, added = load_with_tags(cfg.model)  # float32 weights; the engine autocasts to `dtype`
         model = model.to(device)
         if added:
-            print(f"generate: {cfg.model} has no tag tokens; added them in memory (as prepare-model does)", file=sys.stderr)
+            print(
+                f"generate: {cfg.model} has no tag tokens; added them in memory (as prepare-model does)",
+                file=sys.stderr,
+            )
         engine = ParallelEngine(model, tok, dcfg)
     done: set[tuple[str, int]] = set()
     if cfg.output and Path(cfg.output).exists():
-        done = {(str(r.get("problem_id")), int(r.get("sample_index", -1))) for r in read_jsonl(cfg.output, skip_bad=True)}
+        done = {
+            (str(r.get("problem_id")), int(r.get("sample_index", -1))) for r in read_jsonl(cfg.output, skip_bad=True)
+        }
         # a problem with every sample there is not decoded again; one with some gets the missing ones
         problems = [p for p in problems if any((p[0], k) not in done for k in range(cfg.n))]
     prompts = [build_prompt(text, tok, cfg.template) for _, text in problems]
@@ -137,7 +183,9 @@ def run(cfg: GenerateConfig) -> int:
                 exact=s.exact,
             )
             if cfg.logprobs:
-                row.update(tokens=tok.convert_ids_to_tokens(list(s.completion_ids)), logprobs=[float(x) for x in s.logprobs])
+                row.update(
+                    tokens=tok.convert_ids_to_tokens(list(s.completion_ids)), logprobs=[float(x) for x in s.logprobs]
+                )
             if log:
                 log.write(row)
                 written += 1

@@ -24,7 +24,9 @@ def parse(argv: list[str]) -> tuple:
 
     p = argparse.ArgumentParser(prog="parallel-r1 midtrain", description=HELP)
     p.add_argument("--config", required=True, metavar="YAML", help="recipe (recipes/midtrain_*.yaml)")
-    p.add_argument("--stages", nargs="+", default=None, metavar="NAME", help="run only these stages, e.g. `stable` or `long short`")
+    p.add_argument(
+        "--stages", nargs="+", default=None, metavar="NAME", help="run only these stages, e.g. `stable` or `long short`"
+    )
     for f in dataclasses.fields(MidtrainConfig):
         if f.name not in NESTED:
             dash = f.name.replace("_", "-")

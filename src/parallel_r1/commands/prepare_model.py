@@ -11,7 +11,9 @@ ON_INTERRUPT = "interrupted; the checkpoint is moved in place only once complete
 @dataclass
 class PrepareModelConfig:
     model: str = field(metadata={"help": "Local folder, hub id, or an alias such as `smollm2`."})
-    output_dir: str = field(metadata={"help": "Folder for the ready-to-train checkpoint: new, empty, or an earlier prepare-model output."})
+    output_dir: str = field(
+        metadata={"help": "Folder for the ready-to-train checkpoint: new, empty, or an earlier prepare-model output."}
+    )
     force: bool = field(default=False, metadata={"help": "Replace OUTPUT_DIR even when it holds something else."})
 
 

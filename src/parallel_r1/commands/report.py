@@ -10,9 +10,13 @@ ON_INTERRUPT = "interrupted; the report is written only at the end, so nothing c
 
 @dataclass
 class ReportConfig:
-    run_dir: str = field(metadata={"help": "Run folder written by `parallel-r1 rl` (or one holding eval/<tag>/results.json)."})
+    run_dir: str = field(
+        metadata={"help": "Run folder written by `parallel-r1 rl` (or one holding eval/<tag>/results.json)."}
+    )
     output: str | None = field(default=None, metadata={"help": "HTML file to write (default: RUN_DIR/report.html)."})
-    traces: int = field(default=6, metadata={"help": "Completions shown from the rollouts and from the last evaluation (each)."})
+    traces: int = field(
+        default=6, metadata={"help": "Completions shown from the rollouts and from the last evaluation (each)."}
+    )
 
     def __post_init__(self):
         from ..validate import non_negative

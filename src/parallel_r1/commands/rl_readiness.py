@@ -31,21 +31,49 @@ def parse(argv: list[str]) -> tuple:
     import argparse
 
     p = argparse.ArgumentParser(prog="parallel-r1 rl-readiness", description=HELP)
-    p.add_argument("--config", metavar="YAML", default=None, help="readiness recipe (recipes/readiness_*.yaml): output_dir, rl, eval, branches / midtrain_dir")
-    p.add_argument("--branches", nargs="+", default=None, metavar="NAME=CHECKPOINT", help="branch checkpoints, e.g. long=runs/mt/long/final short=runs/mt/short/final")
-    p.add_argument("--midtrain_dir", "--midtrain-dir", default=None, help="a midtrain run folder: every stage's final checkpoint is a branch")
+    p.add_argument(
+        "--config",
+        metavar="YAML",
+        default=None,
+        help="readiness recipe (recipes/readiness_*.yaml): output_dir, rl, eval, branches / midtrain_dir",
+    )
+    p.add_argument(
+        "--branches",
+        nargs="+",
+        default=None,
+        metavar="NAME=CHECKPOINT",
+        help="branch checkpoints, e.g. long=runs/mt/long/final short=runs/mt/short/final",
+    )
+    p.add_argument(
+        "--midtrain_dir",
+        "--midtrain-dir",
+        default=None,
+        help="a midtrain run folder: every stage's final checkpoint is a branch",
+    )
     p.add_argument("--output_dir", "--output-dir", default=None, help="override the recipe's output_dir")
     p.add_argument("--rl_steps", "--rl-steps", type=int, default=None, help="override the RL recipe's rl_steps")
-    p.add_argument("--data_dir", "--data-dir", default=None, help="folder of the shipped data sets, for both the RL and the eval")
-    p.add_argument("--device", default=None, help="device of the evaluations: auto (default: the first GPU when there is one), cpu, cuda, cuda:N (RL places its model itself, through accelerate)")
-    p.add_argument("--dtype", default=None, help="compute dtype of the evaluations: auto (bfloat16 on a GPU, float32 on the CPU), float32, bfloat16, float16")
+    p.add_argument(
+        "--data_dir", "--data-dir", default=None, help="folder of the shipped data sets, for both the RL and the eval"
+    )
+    p.add_argument(
+        "--device",
+        default=None,
+        help="device of the evaluations: auto (default: the first GPU when there is one), cpu, cuda, cuda:N (RL places its model itself, through accelerate)",
+    )
+    p.add_argument(
+        "--dtype",
+        default=None,
+        help="compute dtype of the evaluations: auto (bfloat16 on a GPU, float32 on the CPU), float32, bfloat16, float16",
+    )
     p.add_argument("--progress", action="store_true", help="show eval progress bars")
     args = p.parse_args(argv)
 
     from ..train.readiness import load_config
 
     both = {k: v for k, v in (("rl_steps", args.rl_steps), ("data_dir", args.data_dir)) if v is not None}
-    ev = {k: v for k, v in (("data_dir", args.data_dir), ("device", args.device), ("dtype", args.dtype)) if v is not None}
+    ev = {
+        k: v for k, v in (("data_dir", args.data_dir), ("device", args.device), ("dtype", args.dtype)) if v is not None
+    }
     cfg = load_config(
         args.config,
         output_dir=args.output_dir,

@@ -32,10 +32,18 @@ CHUNK = 256  # rows graded together; output is written chunk by chunk
 class ScoreConfig:
     input: str = field(metadata={"help": 'jsonl of rows {"completion": ..., "answer": ...}; other fields are kept.'})
     output: str | None = field(default=None, metadata={"help": "Output jsonl (default: stdout)."})
-    rewards: list[str] | None = field(default=None, metadata={"help": "Rewards or schedules to evaluate (default: every reward); see docs/rewards.md."})
+    rewards: list[str] | None = field(
+        default=None,
+        metadata={"help": "Rewards or schedules to evaluate (default: every reward); see docs/rewards.md."},
+    )
     step: int = field(default=1, metadata={"help": "Training step the rewards are evaluated at (starts at 1)."})
-    grader: str | None = field(default=None, metadata={"help": "math_verify | minerva_exact (default: math_verify for `correct`, the paper's per reward)."})
-    extractor: str = field(default="auto", metadata={"help": "Answer extraction for `correct`: final_answer | boxed | auto."})
+    grader: str | None = field(
+        default=None,
+        metadata={"help": "math_verify | minerva_exact (default: math_verify for `correct`, the paper's per reward)."},
+    )
+    extractor: str = field(
+        default="auto", metadata={"help": "Answer extraction for `correct`: final_answer | boxed | auto."}
+    )
     workers: int | None = field(default=None, metadata={"help": "Grading processes (default: all CPUs)."})
     timeout: float = field(default=5.0, metadata={"help": "Seconds per answer before it is graded wrong."})
 

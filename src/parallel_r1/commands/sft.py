@@ -29,6 +29,8 @@ def run(cfg) -> int:
     print(json.dumps(summary, indent=2, default=str))
     fc = summary.get("format_check")
     if fc:
-        print(f"format check: {LABELS['parallel_ratio']} {fc['parallel_ratio']:.1%} of {fc['n']} held-out completions "
-              f"({fc['valid_parallel_ratio']:.1%} also well formed throughout)")
+        print(
+            f"format check: {LABELS['parallel_ratio']} {fc['parallel_ratio']:.1%} of {fc['n']} held-out completions "
+            f"({fc['valid_parallel_ratio']:.1%} also well formed throughout)"
+        )
     return 0

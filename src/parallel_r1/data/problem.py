@@ -89,7 +89,9 @@ def require_columns(rows: list[dict], where: str, *keys: str) -> None:
             raise ValueError(f"{where}: no {key!r} column; columns are {', '.join(sorted(rows[0]))}")
 
 
-def rows_to_problems(rows: list[dict], where: str, source: str, problem_key: str | None = None, answer_key: str | None = None) -> list[Problem]:
+def rows_to_problems(
+    rows: list[dict], where: str, source: str, problem_key: str | None = None, answer_key: str | None = None
+) -> list[Problem]:
     """Detect (or use the given) problem and answer columns; a row without one is an error naming it."""
     if not rows:
         return []
@@ -102,7 +104,9 @@ def rows_to_problems(rows: list[dict], where: str, source: str, problem_key: str
         for c in candidates:
             if get_field(rows[0], c) is not None:
                 return c
-        raise ValueError(f"{where}: no {what} field; columns are {', '.join(columns)} (expected one of {', '.join(candidates)})")
+        raise ValueError(
+            f"{where}: no {what} field; columns are {', '.join(columns)} (expected one of {', '.join(candidates)})"
+        )
 
     pkey = pick(PROBLEM_FIELDS, problem_key, "problem")
     akey = pick(ANSWER_FIELDS, answer_key, "answer")
@@ -113,7 +117,9 @@ def rows_to_problems(rows: list[dict], where: str, source: str, problem_key: str
         problem, answer = cell_text(get_field(row, pkey)), cell_text(get_field(row, akey))
         for value, key, what in ((problem, pkey, "problem"), (answer, akey, "answer")):
             if value is None:
-                raise ValueError(f"{where} row {i}: no {what} field ({key!r} missing or empty); columns are {', '.join(sorted(row))}")
+                raise ValueError(
+                    f"{where} row {i}: no {what} field ({key!r} missing or empty); columns are {', '.join(sorted(row))}"
+                )
         rid = row.get("id", row.get("unique_id", i))
         out.append(Problem(id=f"{source}-{rid}", problem=problem, answer=gold_answer(answer), source=source, extra={}))
     return out

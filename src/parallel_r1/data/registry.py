@@ -66,7 +66,12 @@ FILES: dict[str, dict[str, str]] = {
 }
 # The benchmarks inside apo_eval, one name per data_source. Not the same problems as aime24 etc.
 # in every case (docs/data.md says how they differ), hence names of their own.
-APO_SOURCES = {"apo_aime24": "APO_AIME24", "apo_aime25": "APO_AIME25", "apo_amc23": "APO_AMC23", "math300": "APO_MATH300"}
+APO_SOURCES = {
+    "apo_aime24": "APO_AIME24",
+    "apo_aime25": "APO_AIME25",
+    "apo_amc23": "APO_AMC23",
+    "math300": "APO_MATH300",
+}
 FILES.update({name: FILES["apo_eval"] for name in APO_SOURCES})
 MATH8K_LEVELS = ("Level 3", "Level 4", "Level 5")
 SYNTHETIC_SIZES = {"train": 5000, "test": 500}
@@ -138,7 +143,11 @@ def _load_apo(name: str, rows: list[dict]) -> list[Problem]:
         copies[key] += 1
         rid = f"{name}-{i}" if wanted is None else f"{name}-{k}-{copy}"
         extra = {"data_source": source, "prompt": prompt, "problem_index": k, "copy": copy}
-        out.append(Problem(rid, _strip_template(prompt, "parallel_v3"), str(r["reward_model"]["ground_truth"]).strip(), name, extra))
+        out.append(
+            Problem(
+                rid, _strip_template(prompt, "parallel_v3"), str(r["reward_model"]["ground_truth"]).strip(), name, extra
+            )
+        )
     return out
 
 
@@ -148,20 +157,38 @@ def _load_known(name: str, split: str, path: Path) -> list[Problem]:
     rows = read_rows(path)
     require_columns(rows, str(path), *COLUMNS[name])
     if name == "gsm8k":
-        return [Problem(f"gsm8k-{split}-{i}", r["question"].strip(), gold_answer(r["answer"]), "gsm8k") for i, r in enumerate(rows)]
+        return [
+            Problem(f"gsm8k-{split}-{i}", r["question"].strip(), gold_answer(r["answer"]), "gsm8k")
+            for i, r in enumerate(rows)
+        ]
     if name == "math":
         return [
-            Problem(f"math-{split}-{i}", r["question"].strip(), str(r["reference"]).strip(), "math", {"level": r.get("level"), "type": r.get("type")})
+            Problem(
+                f"math-{split}-{i}",
+                r["question"].strip(),
+                str(r["reference"]).strip(),
+                "math",
+                {"level": r.get("level"), "type": r.get("type")},
+            )
             for i, r in enumerate(rows)
         ]
     if name == "math500":
         return [
-            Problem(f"math500-{r.get('unique_id', i)}", r["problem"].strip(), str(r["answer"]).strip(), "math500", {"level": r.get("level"), "subject": r.get("subject")})
+            Problem(
+                f"math500-{r.get('unique_id', i)}",
+                r["problem"].strip(),
+                str(r["answer"]).strip(),
+                "math500",
+                {"level": r.get("level"), "subject": r.get("subject")},
+            )
             for i, r in enumerate(rows)
         ]
     if name in ("aime24", "aime25", "amc23"):
         # amc23 answers are floats (27.0) in the file; str() keeps them as given.
-        return [Problem(f"{name}-{r.get('id', i)}", r["problem"].strip(), str(r["answer"]).strip(), name) for i, r in enumerate(rows)]
+        return [
+            Problem(f"{name}-{r.get('id', i)}", r["problem"].strip(), str(r["answer"]).strip(), name)
+            for i, r in enumerate(rows)
+        ]
     if name == "dapo_math_17k":
         return rows_to_problems(rows, str(path), name, "prompt", "reward_model.ground_truth")
     return _load_apo(name, rows)
@@ -192,7 +219,9 @@ def _to_problems(rows: list[dict], where: str, source: str) -> list[Problem]:
     return rows_to_problems(rows, where, source)
 
 
-def load_problems(name_or_path: str, split: str | None = None, data_dir: str | os.PathLike | None = None, limit: int | None = None) -> list[Problem]:
+def load_problems(
+    name_or_path: str, split: str | None = None, data_dir: str | os.PathLike | None = None, limit: int | None = None
+) -> list[Problem]:
     """Problems of a known set, a local file, or a hub dataset (see the module doc).
 
     Args:
@@ -238,7 +267,10 @@ def load_problems(name_or_path: str, split: str | None = None, data_dir: str | o
         if path is not None and path.exists():
             rows, where = read_rows(path), str(path)
         else:
-            rows, where = _hub_rows(olympiadbench.HUB_ID, olympiadbench.HUB_SPLIT, limit), f"{olympiadbench.HUB_ID} ({olympiadbench.HUB_SPLIT})"
+            rows, where = (
+                _hub_rows(olympiadbench.HUB_ID, olympiadbench.HUB_SPLIT, limit),
+                f"{olympiadbench.HUB_ID} ({olympiadbench.HUB_SPLIT})",
+            )
         return _limit(olympiadbench.to_problems(rows, where, name), limit)
     path = Path(name).expanduser()
     if path.suffix.lower() in FILE_SUFFIXES or path.exists():
@@ -246,7 +278,9 @@ def load_problems(name_or_path: str, split: str | None = None, data_dir: str | o
     if name.count("/") == 1 and not name.startswith((".", "/", "~")):
         split = split or "test"
         return _to_problems(_hub_rows(name, split, limit), f"{name} ({split})", name.partition(":")[0].split("/")[-1])
-    raise KeyError(f"unknown problem set {name!r}; known: {', '.join(KNOWN)} (or a .jsonl/.json/.parquet/.csv file, or a hub id owner/name)")
+    raise KeyError(
+        f"unknown problem set {name!r}; known: {', '.join(KNOWN)} (or a .jsonl/.json/.parquet/.csv file, or a hub id owner/name)"
+    )
 
 
 def _hub_rows(name: str, split: str, limit: int | None) -> list[dict]:

@@ -42,7 +42,20 @@ MAX_VALUE = 1000
 NAMES = [("Mia", "She", "her"), ("Tom", "He", "his"), ("Ava", "She", "her"), ("Sam", "He", "his"),
          ("Lily", "She", "her"), ("Ben", "He", "his"), ("Zoe", "She", "her"), ("Leo", "He", "his"),
          ("Emma", "She", "her"), ("Max", "He", "his"), ("Nora", "She", "her"), ("Jack", "He", "his")]  # fmt: skip
-ITEMS = ["apples", "pens", "stickers", "marbles", "cookies", "books", "coins", "shells", "cards", "stamps", "beads", "eggs"]
+ITEMS = [
+    "apples",
+    "pens",
+    "stickers",
+    "marbles",
+    "cookies",
+    "books",
+    "coins",
+    "shells",
+    "cards",
+    "stamps",
+    "beads",
+    "eggs",
+]
 GAIN = ["{P} buys {n} more.", "{P} finds {n} more.", "{P} gets {n} more."]
 LOSS = ["{P} gives away {n}.", "{P} loses {n}.", "{P} sells {n}."]
 GAIN_PACKS = ["{P} buys {k} packs of {n}.", "{P} gets {k} bags of {n}."]
@@ -108,7 +121,9 @@ def _render(rng: random.Random, terms: list[list[int]], difficulty: str) -> tupl
     if difficulty == "hard":
         other = rng.choice([x for x in NAMES if x[0] != name])[0]
         m = rng.randint(3, 60)
-        distractor = rng.choice(DISTRACTORS).format(N=name, Q=other, m=m, other=rng.choice([i for i in ITEMS if i != items]))
+        distractor = rng.choice(DISTRACTORS).format(
+            N=name, Q=other, m=m, other=rng.choice([i for i in ITEMS if i != items])
+        )
         sentences.insert(rng.randint(1, len(sentences)), distractor)
         extra["distractor"] = m
     sentences.append(QUESTION.format(items=items, N=name))
@@ -130,7 +145,9 @@ def make_problem(seed: int, difficulty: str = "easy", split: str = "train") -> P
         if split_of(text) == split:
             break
     extra.update(terms=terms, ops=count_ops(terms), difficulty=difficulty, seed=seed, split=split)
-    return Problem(f"synthetic_{difficulty}-{split}-{seed}", text, str(evaluate_terms(terms)), f"synthetic_{difficulty}", extra)
+    return Problem(
+        f"synthetic_{difficulty}-{split}-{seed}", text, str(evaluate_terms(terms)), f"synthetic_{difficulty}", extra
+    )
 
 
 def make_problems(n: int, difficulty: str = "easy", seed: int = 0, split: str = "train") -> list[Problem]:
@@ -183,11 +200,11 @@ def _other_way(terms: list[list[int]]) -> tuple[str, list[str]]:
     losses = [k * n for sign, k, n in terms[1:] if sign < 0]
     s, g = _sum_steps(gains) if gains else ([], 0)
     steps += s
-    s, l = _sum_steps(losses) if losses else ([], 0)
+    s, lost = _sum_steps(losses) if losses else ([], 0)
     steps += s
     if gains and losses:
-        steps.append(f"{g}-{l}={g - l}" if g >= l else f"{l}-{g}={l - g}")
-    net = g - l
+        steps.append(f"{g}-{lost}={g - lost}" if g >= lost else f"{lost}-{g}={lost - g}")
+    net = g - lost
     steps.append(f"{start}+{net}={start + net}" if net >= 0 else f"{start}-{-net}={start + net}")
     return "Net change", steps
 
@@ -196,7 +213,9 @@ def teacher_trace(problem: Problem) -> str:
     """A correct parallel-thinking trace for a synthetic problem (layout in the module doc)."""
     terms = problem.extra.get("terms") if problem.extra else None
     if not terms:
-        raise ValueError(f"problem {problem.id}: the synthetic teacher needs a problem from data.synthetic (extra['terms'])")
+        raise ValueError(
+            f"problem {problem.id}: the synthetic teacher needs a problem from data.synthetic (extra['terms'])"
+        )
     answer = evaluate_terms(terms)
     head, other = _other_way(terms)
     path1 = "In order: " + ", ".join(_in_order(terms)) + "."

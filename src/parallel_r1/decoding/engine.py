@@ -61,20 +61,55 @@ from .sampling import draw
 class DecodingConfig:
     """How the engine samples."""
 
-    variant: str = field(default="unseen", metadata={"help": "unseen: orchestrated paths (exact layout); seen: plain causal sampling."})
+    variant: str = field(
+        default="unseen", metadata={"help": "unseen: orchestrated paths (exact layout); seen: plain causal sampling."}
+    )
     num_paths: int = field(default=2, metadata={"help": "k, paths forked per <Parallel> block (unseen)."})
-    max_blocks: int = field(default=4, metadata={"help": "M, blocks per completion; the sample ends after the M-th </Summary> (paper: 4)."})
-    max_new_tokens: int = field(default=512, metadata={"help": "Budget of completion tokens (trunk + all paths + summaries)."})
-    max_path_tokens: int | None = field(default=None, metadata={"help": "Budget of one path, tags included (default: max_new_tokens)."})
-    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature; 0 = greedy. Also the temperature of the returned log-probs."})
+    max_blocks: int = field(
+        default=4, metadata={"help": "M, blocks per completion; the sample ends after the M-th </Summary> (paper: 4)."}
+    )
+    max_new_tokens: int = field(
+        default=512, metadata={"help": "Budget of completion tokens (trunk + all paths + summaries)."}
+    )
+    max_path_tokens: int | None = field(
+        default=None, metadata={"help": "Budget of one path, tags included (default: max_new_tokens)."}
+    )
+    temperature: float = field(
+        default=1.0,
+        metadata={"help": "Sampling temperature; 0 = greedy. Also the temperature of the returned log-probs."},
+    )
     top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling threshold."})
     top_k: int | None = field(default=0, metadata={"help": "Top-k sampling (0 or None = off)."})
-    path_temperature: float | None = field(default=1.0, metadata={"help": "Temperature inside paths (paper forces 1.0); None = temperature."})
-    constrain_tags: bool = field(default=True, metadata={"help": "Unseen: never sample a tag that would break the block structure."})
-    batch_size: int = field(default=64, metadata={"help": "Samples decoded together (one batch row each; a block's paths share their sample's row). RL: `rollout_batch_size`."})
-    max_cache_bytes: int | None = field(default=None, metadata={"help": "Memory budget of the key/value cache in bytes: a batch whose estimated cache exceeds it is decoded in smaller chunks (None = batch_size only)."})
-    dtype: str | None = field(default=None, metadata={"help": "Compute dtype of the forwards: None/auto = the model's parameters; bfloat16/float16 = autocast (use the trainer's precision: bf16 training -> bfloat16)."})
-    lockstep: bool | None = field(default=None, metadata={"help": "Every rank runs the same number of forwards (needed when parameters are sharded: FSDP, FSDP2, ZeRO-3). None = auto (sharded parameters and world size > 1)."})
+    path_temperature: float | None = field(
+        default=1.0, metadata={"help": "Temperature inside paths (paper forces 1.0); None = temperature."}
+    )
+    constrain_tags: bool = field(
+        default=True, metadata={"help": "Unseen: never sample a tag that would break the block structure."}
+    )
+    batch_size: int = field(
+        default=64,
+        metadata={
+            "help": "Samples decoded together (one batch row each; a block's paths share their sample's row). RL: `rollout_batch_size`."
+        },
+    )
+    max_cache_bytes: int | None = field(
+        default=None,
+        metadata={
+            "help": "Memory budget of the key/value cache in bytes: a batch whose estimated cache exceeds it is decoded in smaller chunks (None = batch_size only)."
+        },
+    )
+    dtype: str | None = field(
+        default=None,
+        metadata={
+            "help": "Compute dtype of the forwards: None/auto = the model's parameters; bfloat16/float16 = autocast (use the trainer's precision: bf16 training -> bfloat16)."
+        },
+    )
+    lockstep: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Every rank runs the same number of forwards (needed when parameters are sharded: FSDP, FSDP2, ZeRO-3). None = auto (sharded parameters and world size > 1)."
+        },
+    )
     seed: int | None = field(default=None, metadata={"help": "Seed of the sampler; None = nondeterministic."})
 
     def __post_init__(self):
@@ -286,7 +321,9 @@ class ParallelEngine:
         self.autocast = dtype if dtype is not None and dtype != param.dtype else None
         self.compute_dtype = dtype or param.dtype
         lockstep = self.cfg.lockstep
-        self.lockstep = _Lockstep() if (lockstep is None and params_sharded(model) and world_size() > 1) or lockstep else None
+        self.lockstep = (
+            _Lockstep() if (lockstep is None and params_sharded(model) and world_size() > 1) or lockstep else None
+        )
         self.tags = self._tags()
         eos = model.generation_config.eos_token_id if getattr(model, "generation_config", None) else None
         eos = [eos] if isinstance(eos, int) else list(eos or [])
@@ -332,7 +369,9 @@ class ParallelEngine:
             gen = torch.Generator(device=self.device).manual_seed(self.cfg.seed)
         jobs = [(i, ids) for i, ids in enumerate(encoded) for _ in range(n)]
         chunks = self._chunks(jobs)
-        self.stats = dict(forwards=0, step_syncs=0, chunk_syncs=0, forks=0, copy_bytes=0, chunks=len(chunks), dummy_forwards=0)
+        self.stats = dict(
+            forwards=0, step_syncs=0, chunk_syncs=0, forks=0, copy_bytes=0, chunks=len(chunks), dummy_forwards=0
+        )
         out: list[Sample] = []
         was_training = self.model.training
         self.model.eval()
@@ -395,7 +434,9 @@ class ParallelEngine:
         prompt_of = {i: ids for i, ids in jobs}
         samples = []
         for k, (i, ids) in enumerate(jobs):
-            samples.append(_Sample(first_index + k, i, ids, completion_budget(self.cfg.max_new_tokens, self.context, len(ids))))
+            samples.append(
+                _Sample(first_index + k, i, ids, completion_budget(self.cfg.max_new_tokens, self.context, len(ids)))
+            )
         cache, streams, logits = self._prefill([prompt_of[i] for i in uniq])
         row_of_prompt = {i: r for r, i in enumerate(uniq)}
         plan = [row_of_prompt[s.prompt_index] for s in samples]
@@ -517,7 +558,11 @@ class ParallelEngine:
     def _banned(self, row: _Row) -> list[int]:
         if self.cfg.variant == "seen" or not self.cfg.constrain_tags:
             return []
-        allowed = {Kind.TRUNK: self.tags.parallel_open, Kind.PATH: self.tags.path_close, Kind.SUMMARY: self.tags.summary_close}[row.kind]
+        allowed = {
+            Kind.TRUNK: self.tags.parallel_open,
+            Kind.PATH: self.tags.path_close,
+            Kind.SUMMARY: self.tags.summary_close,
+        }[row.kind]
         return [t for t in self.tags.as_tuple() if t != allowed]
 
     # ------------------------------------------------------------------ state machine
@@ -572,7 +617,10 @@ class ParallelEngine:
     def _close_path(self, row: _Row) -> None:
         """The stream just computed its </Path>: keep what the next tokens of the block need."""
         p = row.path
-        p.next_open_lp, p.next_close_lp = self._score(row, self.tags.path_open), self._score(row, self.tags.parallel_close)
+        p.next_open_lp, p.next_close_lp = (
+            self._score(row, self.tags.path_open),
+            self._score(row, self.tags.parallel_close),
+        )
         p.last_pos = row.pos - 1
         p.closing, p.waiting = False, True
 
@@ -632,7 +680,9 @@ class ParallelEngine:
         self.stats["forks"] += 1
         out = []
         for p in s.paths:
-            opener = Pending(self.tags.path_open, p if p.j == 0 else None, p.add(self.tags.path_open, None, True), p.j + 1)
+            opener = Pending(
+                self.tags.path_open, p if p.j == 0 else None, p.add(self.tags.path_open, None, True), p.j + 1
+            )
             pending = [Pending(tok, None, 0, 0), opener] if p.j == 0 else [opener]
             out.append(_Row(s, p, Kind.PATH, pending, r.pos if p.j == 0 else r.pos + 1, stream=p.j + 1))
         return out

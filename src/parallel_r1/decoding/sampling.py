@@ -5,8 +5,14 @@ from __future__ import annotations
 import torch
 
 
-def sample_tokens(logits: torch.Tensor, temperatures: list[float], top_p: float = 1.0, top_k: int = 0,
-                  banned: list[list[int]] | None = None, generator: torch.Generator | None = None) -> list[int]:
+def sample_tokens(
+    logits: torch.Tensor,
+    temperatures: list[float],
+    top_p: float = 1.0,
+    top_k: int = 0,
+    banned: list[list[int]] | None = None,
+    generator: torch.Generator | None = None,
+) -> list[int]:
     """:func:`draw` as a list of ints (one host sync)."""
     return draw(logits, temperatures, top_p, top_k, banned, generator).tolist()
 

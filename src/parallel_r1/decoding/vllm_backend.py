@@ -90,7 +90,9 @@ class VLLMEngine:
         self.eos, self.eos_ids = eos[0], eos
         self.newline = self.tokenizer.encode("\n", add_special_tokens=False)
         if max_model_len is None:
-            max_model_len = getattr(getattr(getattr(llm, "llm_engine", None), "model_config", None), "max_model_len", None)
+            max_model_len = getattr(
+                getattr(getattr(llm, "llm_engine", None), "model_config", None), "max_model_len", None
+            )
         self.context = max_model_len
         self.path_budget = self.cfg.max_path_tokens or self.cfg.max_new_tokens
 
@@ -100,7 +102,9 @@ class VLLMEngine:
         states = []
         for i, p in enumerate(prompts):
             ids = encode_prompt(self.tokenizer, p, i, self.context)
-            states += [_State(i, ids, completion_budget(self.cfg.max_new_tokens, self.context, len(ids))) for _ in range(n)]
+            states += [
+                _State(i, ids, completion_budget(self.cfg.max_new_tokens, self.context, len(ids))) for _ in range(n)
+            ]
         if self.cfg.variant == "seen":
             self._seen(states)
         else:
@@ -141,7 +145,9 @@ class VLLMEngine:
     def _block(self, active: list[_State]) -> list[_State]:
         """Trunk until <Parallel>, then the paths and the summary of one block; returns the samples that go on."""
         t, k = self.tags, self.cfg.num_paths
-        outs = self._request([s.prompt_ids + s.ids for s in active], [t.parallel_open, self.eos], [s.left() for s in active], None)
+        outs = self._request(
+            [s.prompt_ids + s.ids for s in active], [t.parallel_open, self.eos], [s.left() for s in active], None
+        )
         forking = []
         tail = 1 + len(self.newline) + 1  # </Parallel> \n <Summary>
         for s, (toks, lps) in zip(active, outs):
@@ -158,7 +164,9 @@ class VLLMEngine:
         # (at least one sampled token, as the engine: a 2-token path budget would ask vLLM for max_tokens=0)
         share = [max(1, min(self.path_budget, (s.left() - tail - 2) // k) - 2) for s in forking]
         contexts = [s.prompt_ids + s.ids + [t.path_open] for s in forking for _ in range(k)]
-        paths = self._request(contexts, [t.path_close, self.eos], [m for m in share for _ in range(k)], self.cfg.path_temperature)
+        paths = self._request(
+            contexts, [t.path_close, self.eos], [m for m in share for _ in range(k)], self.cfg.path_temperature
+        )
         summarising = []
         for n_s, s in enumerate(forking):
             for toks, lps in paths[n_s * k : (n_s + 1) * k]:
@@ -215,7 +223,9 @@ def check_sampling(temperature: float, path_temperature: float | None = None, *,
         if t is None or t == 0:
             continue
         if not math.isfinite(t) or t < VLLM_MIN_TEMPERATURE:
-            raise ValueError(f"{where}: {name} {t} is outside what vLLM samples at (0 = greedy, or a finite value >= {VLLM_MIN_TEMPERATURE})")
+            raise ValueError(
+                f"{where}: {name} {t} is outside what vLLM samples at (0 = greedy, or a finite value >= {VLLM_MIN_TEMPERATURE})"
+            )
 
 
 def generation_eos_ids(model: str) -> list[int]:
@@ -276,7 +286,9 @@ class ServerLLM:
     def generate(self, prompts: list[dict], sampling_params: list[dict], use_tqdm: bool = False) -> list:
         groups: dict[tuple, list[int]] = {}
         for i, p in enumerate(sampling_params):
-            groups.setdefault(tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in p.items())), []).append(i)
+            groups.setdefault(
+                tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in p.items())), []
+            ).append(i)
         outs: list = [None] * len(prompts)
         for idx in groups.values():
             p = dict(sampling_params[idx[0]])

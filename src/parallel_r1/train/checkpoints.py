@@ -32,8 +32,11 @@ def complete_checkpoints(run_dir: str | os.PathLike, needs: str = "trainer_state
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in run_dir.iterdir()
-             if (m := _CHECKPOINT.match(p.name)) and (p / needs).exists() and (p / COMPLETE).exists()]
+    found = [
+        (int(m.group(1)), p)
+        for p in run_dir.iterdir()
+        if (m := _CHECKPOINT.match(p.name)) and (p / needs).exists() and (p / COMPLETE).exists()
+    ]
     return [p for _, p in sorted(found)]
 
 
@@ -86,7 +89,9 @@ def completion_marker():
     class CheckpointComplete(TrainerCallback):
         def on_save(self, args, state, control, **kwargs):
             if state.is_world_process_zero:
-                atomic_write_text(Path(args.output_dir) / f"checkpoint-{state.global_step}" / COMPLETE, f"{state.global_step}\n")
+                atomic_write_text(
+                    Path(args.output_dir) / f"checkpoint-{state.global_step}" / COMPLETE, f"{state.global_step}\n"
+                )
 
     return CheckpointComplete()
 
@@ -101,7 +106,9 @@ def _load_record(path: Path, text: str | None = None) -> dict:
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as e:
-        raise ValueError(f"{path}: unreadable run record ({str(e).splitlines()[0]}); use another output_dir or --force") from None
+        raise ValueError(
+            f"{path}: unreadable run record ({str(e).splitlines()[0]}); use another output_dir or --force"
+        ) from None
     return data if isinstance(data, dict) else {}
 
 
@@ -116,8 +123,17 @@ def dump_record(path: Path, record: dict) -> str:
     return yaml.safe_dump(record, sort_keys=False)
 
 
-def open_run(run_dir: str | os.PathLike, record_name: str, record: dict, *, stage: str, force: bool = False,
-             finished: str | None = None, free: tuple[str, ...] = (), budget: tuple[str, ...] = ()) -> str:
+def open_run(
+    run_dir: str | os.PathLike,
+    record_name: str,
+    record: dict,
+    *,
+    stage: str,
+    force: bool = False,
+    finished: str | None = None,
+    free: tuple[str, ...] = (),
+    budget: tuple[str, ...] = (),
+) -> str:
     """What a stage does with its run folder: ``"new"``, ``"resume"`` or ``"finished"``.
 
     ``record`` is what the stage will write as ``run_dir/record_name``: fields in ``free`` may
@@ -134,8 +150,10 @@ def open_run(run_dir: str | os.PathLike, record_name: str, record: dict, *, stag
     if not path.exists():
         # dot-files are skipped: the record's own temporary file, written by another process of the run
         if run_dir.is_dir() and any(not p.name.startswith(".") for p in run_dir.iterdir()) and not force:
-            raise ValueError(f"{stage}: {run_dir} is not empty and has no {record_name}: it is not a run folder of `{stage}`; "
-                             "use another output_dir (or --force to write into it)")
+            raise ValueError(
+                f"{stage}: {run_dir} is not empty and has no {record_name}: it is not a run folder of `{stage}`; "
+                "use another output_dir (or --force to write into it)"
+            )
         return "new"
     old = _load_record(path) if not force else {}
     new = _load_record(path, dump_record(path, record))
@@ -146,14 +164,18 @@ def open_run(run_dir: str | os.PathLike, record_name: str, record: dict, *, stag
         return "resume" if trained else "new"
     if [k for k in changed if k not in budget] and trained:
         detail = "; ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in changed if k not in budget)
-        raise ValueError(f"{stage}: {run_dir} holds a run of another recipe ({detail}); use another output_dir, "
-                         "or --force to continue it with this recipe")
+        raise ValueError(
+            f"{stage}: {run_dir} holds a run of another recipe ({detail}); use another output_dir, "
+            "or --force to continue it with this recipe"
+        )
     if done and not changed:
         return "finished"
     return "resume" if trained else "new"
 
 
-def resume_checkpoint(run_dir: str | os.PathLike, value=None, auto: bool = False, needs: str = "trainer_state.json") -> str | None:
+def resume_checkpoint(
+    run_dir: str | os.PathLike, value=None, auto: bool = False, needs: str = "trainer_state.json"
+) -> str | None:
     """The checkpoint a stage resumes from.
 
     ``value`` is ``resume_from_checkpoint``: a checkpoint path (must exist), ``true``/``last``/``auto``

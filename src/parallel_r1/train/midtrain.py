@@ -68,11 +68,28 @@ class StageConfig:
     name: str = field(metadata={"help": "Stage name; the stage is saved under OUTPUT_DIR/<name>/final."})
     tokens: int = field(metadata={"help": "Token budget (e.g. `200B`, `300k`); rounded down to whole optimizer steps."})
     mixture: list[SourceConfig] = field(metadata={"help": "Sources with token weights (see SourceConfig)."})
-    decay: str = field(default="none", metadata={"help": "`none` = constant lr (stable stage); `cosine` (paper) or `linear` decay over the whole budget."})
-    min_lr_ratio: float = field(default=0.1, metadata={"help": "Final lr as a fraction of the stage's starting lr (paper: 10 %)."})
-    warmup_tokens: int = field(default=0, metadata={"help": "Linear warmup at the start of the stage, in tokens (paper: 0)."})
-    learning_rate: float | None = field(default=None, metadata={"help": "Starting lr of this stage; default the recipe's `learning_rate` (the stable lr)."})
-    init_from: str | None = field(default=None, metadata={"help": "Weights to start from. Default: the base model for the stable stage, the stable stage's final checkpoint for a decay stage."})
+    decay: str = field(
+        default="none",
+        metadata={
+            "help": "`none` = constant lr (stable stage); `cosine` (paper) or `linear` decay over the whole budget."
+        },
+    )
+    min_lr_ratio: float = field(
+        default=0.1, metadata={"help": "Final lr as a fraction of the stage's starting lr (paper: 10 %)."}
+    )
+    warmup_tokens: int = field(
+        default=0, metadata={"help": "Linear warmup at the start of the stage, in tokens (paper: 0)."}
+    )
+    learning_rate: float | None = field(
+        default=None,
+        metadata={"help": "Starting lr of this stage; default the recipe's `learning_rate` (the stable lr)."},
+    )
+    init_from: str | None = field(
+        default=None,
+        metadata={
+            "help": "Weights to start from. Default: the base model for the stable stage, the stable stage's final checkpoint for a decay stage."
+        },
+    )
 
     def __post_init__(self):
         self.tokens = parse_tokens(self.tokens, f"stage {self.name!r}: tokens")
@@ -81,7 +98,10 @@ class StageConfig:
             raise ValueError(f"stage {self.name!r}: decay must be one of {DECAY_TYPES}, got {self.decay!r}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"stage {self.name!r}: min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-        self.mixture = [s if isinstance(s, SourceConfig) else _build(SourceConfig, s, f"stage {self.name!r} source") for s in self.mixture]
+        self.mixture = [
+            s if isinstance(s, SourceConfig) else _build(SourceConfig, s, f"stage {self.name!r} source")
+            for s in self.mixture
+        ]
 
 
 @dataclass
@@ -90,27 +110,71 @@ class MidtrainConfig:
 
     model: str = field(metadata={"help": "Base model: hub id, local folder or alias (`smollm2`)."})
     output_dir: str = field(metadata={"help": "Run folder; stages go to OUTPUT_DIR/<stage name>/."})
-    stable: StageConfig | None = field(default=None, metadata={"help": "The constant-lr stage (omit to decay from an existing checkpoint given as each branch's `init_from`)."})
-    decay: list[StageConfig] = field(default_factory=list, metadata={"help": "Decay branches, each from the stable checkpoint (paper: long, short, hybrid)."})
+    stable: StageConfig | None = field(
+        default=None,
+        metadata={
+            "help": "The constant-lr stage (omit to decay from an existing checkpoint given as each branch's `init_from`)."
+        },
+    )
+    decay: list[StageConfig] = field(
+        default_factory=list,
+        metadata={"help": "Decay branches, each from the stable checkpoint (paper: long, short, hybrid)."},
+    )
     seq_len: int = field(default=2048, metadata={"help": "Packed row length in tokens (paper: 8192)."})
-    batch_size: int = field(default=8, metadata={"help": "Rows per optimizer step over all devices (paper: 512, i.e. 4.19M tokens)."})
-    micro_batch_size: int = field(default=8, metadata={"help": "Rows per device per forward pass; gradient accumulation makes up the rest."})
-    learning_rate: float = field(default=2e-5, metadata={"help": "Stable lr and the start of every decay (paper: 5e-5 / 2e-5 / 1e-5 for 1B / 3B / 8B)."})
+    batch_size: int = field(
+        default=8, metadata={"help": "Rows per optimizer step over all devices (paper: 512, i.e. 4.19M tokens)."}
+    )
+    micro_batch_size: int = field(
+        default=8, metadata={"help": "Rows per device per forward pass; gradient accumulation makes up the rest."}
+    )
+    learning_rate: float = field(
+        default=2e-5,
+        metadata={"help": "Stable lr and the start of every decay (paper: 5e-5 / 2e-5 / 1e-5 for 1B / 3B / 8B)."},
+    )
     weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay (paper: 0.1)."})
     adam_beta1: float = field(default=0.9, metadata={"help": "AdamW beta1."})
-    adam_beta2: float = field(default=0.95, metadata={"help": "AdamW beta2 (the paper gives none; 0.95 is the usual LLM pre-training value)."})
+    adam_beta2: float = field(
+        default=0.95, metadata={"help": "AdamW beta2 (the paper gives none; 0.95 is the usual LLM pre-training value)."}
+    )
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping."})
-    carry_optimizer: bool = field(default=True, metadata={"help": "Start each decay branch with the stable stage's AdamW state, as a continued run would."})
+    carry_optimizer: bool = field(
+        default=True,
+        metadata={"help": "Start each decay branch with the stable stage's AdamW state, as a continued run would."},
+    )
     bf16: bool = field(default=False, metadata={"help": "bfloat16 mixed precision (GPU recipes)."})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Trade compute for memory."})
-    attn_implementation: str = field(default="sdpa", metadata={"help": "`sdpa`, `eager`, `flash_attention_2` (needs the `flash-attn` extra and a CUDA GPU), ...; all honour packed position_ids."})
-    save_tokens: int | None = field(default=None, metadata={"help": "Checkpoint interval in tokens (default: about 10 checkpoints per stage)."})
-    save_total_limit: int = field(default=2, metadata={"help": "Checkpoints kept per stage (the last one carries the data position)."})
+    attn_implementation: str = field(
+        default="sdpa",
+        metadata={
+            "help": "`sdpa`, `eager`, `flash_attention_2` (needs the `flash-attn` extra and a CUDA GPU), ...; all honour packed position_ids."
+        },
+    )
+    save_tokens: int | None = field(
+        default=None, metadata={"help": "Checkpoint interval in tokens (default: about 10 checkpoints per stage)."}
+    )
+    save_total_limit: int = field(
+        default=2, metadata={"help": "Checkpoints kept per stage (the last one carries the data position)."}
+    )
     logging_steps: int = field(default=10, metadata={"help": "Log loss and lr every N optimizer steps."})
-    estimate_docs: int = field(default=64, metadata={"help": "Documents per source used to measure its mean length (token weights -> document probabilities)."})
+    estimate_docs: int = field(
+        default=64,
+        metadata={
+            "help": "Documents per source used to measure its mean length (token weights -> document probabilities)."
+        },
+    )
     seed: int = field(default=0, metadata={"help": "Seeds shuffling, mixture sampling and training."})
-    token_scale: float = field(default=1.0, metadata={"help": "Multiply every token budget (stage tokens, warmup, save interval) by this; e.g. 0.05 for a quick look at a recipe on a slow machine. Recorded in config.json."})
-    force: bool = field(default=False, metadata={"help": "Write into output_dir although it holds a run of another recipe (continue it with this one) or is not a midtrain run folder."})
+    token_scale: float = field(
+        default=1.0,
+        metadata={
+            "help": "Multiply every token budget (stage tokens, warmup, save interval) by this; e.g. 0.05 for a quick look at a recipe on a slow machine. Recorded in config.json."
+        },
+    )
+    force: bool = field(
+        default=False,
+        metadata={
+            "help": "Write into output_dir although it holds a run of another recipe (continue it with this one) or is not a midtrain run folder."
+        },
+    )
 
     def __post_init__(self):
         if isinstance(self.stable, dict):
@@ -134,9 +198,13 @@ class MidtrainConfig:
         if len(set(names)) != len(names):
             raise ValueError(f"stage names must be unique, got {names}")
         if self.stable is not None and self.stable.decay != "none":
-            raise ValueError(f"the stable stage must have decay: none (got {self.stable.decay!r}); put decays under `decay`")
+            raise ValueError(
+                f"the stable stage must have decay: none (got {self.stable.decay!r}); put decays under `decay`"
+            )
         if self.batch_size % self.micro_batch_size:
-            raise ValueError(f"batch_size {self.batch_size} is not a multiple of micro_batch_size {self.micro_batch_size}")
+            raise ValueError(
+                f"batch_size {self.batch_size} is not a multiple of micro_batch_size {self.micro_batch_size}"
+            )
 
     @property
     def stages(self) -> list[StageConfig]:
@@ -179,7 +247,9 @@ def stage_steps(cfg: MidtrainConfig, stage: StageConfig) -> tuple[int, int]:
         )
     warmup = stage.warmup_tokens // cfg.tokens_per_step
     if warmup > steps:
-        raise ValueError(f"stage {stage.name!r}: warmup_tokens {stage.warmup_tokens:,} exceed the budget {stage.tokens:,}")
+        raise ValueError(
+            f"stage {stage.name!r}: warmup_tokens {stage.warmup_tokens:,} exceed the budget {stage.tokens:,}"
+        )
     return steps, warmup
 
 
@@ -242,7 +312,9 @@ def _record_callback(path: Path, text: str):
     return WriteRecord()
 
 
-def run_stage(cfg: MidtrainConfig, stage: StageConfig, init: str, out: Path, optimizer_from: Path | None = None, callbacks=()) -> dict:
+def run_stage(
+    cfg: MidtrainConfig, stage: StageConfig, init: str, out: Path, optimizer_from: Path | None = None, callbacks=()
+) -> dict:
     """Train one stage to its token budget (resuming if it was interrupted); return its report."""
     import torch
     from transformers import Trainer, TrainingArguments, default_data_collator
@@ -258,14 +330,18 @@ def run_stage(cfg: MidtrainConfig, stage: StageConfig, init: str, out: Path, opt
     steps, warmup = stage_steps(cfg, stage)
     world = max(1, int(os.environ.get("WORLD_SIZE", 1)))
     if cfg.batch_size % (cfg.micro_batch_size * world):
-        raise ValueError(f"batch_size {cfg.batch_size} is not divisible by micro_batch_size x devices = {cfg.micro_batch_size * world}")
+        raise ValueError(
+            f"batch_size {cfg.batch_size} is not divisible by micro_batch_size x devices = {cfg.micro_batch_size * world}"
+        )
     accum = cfg.batch_size // (cfg.micro_batch_size * world)
     lr = stage.learning_rate if stage.learning_rate is not None else cfg.learning_rate
 
     tokenizer = load_tokenizer(init)
     model = load_model(init, attn_implementation=cfg.attn_implementation)
     prepare_for_packing(model)
-    mix = build_mixture(stage.mixture, tokenizer, seed=cfg.seed, estimate_docs=cfg.estimate_docs, stage=f"stage {stage.name!r}")
+    mix = build_mixture(
+        stage.mixture, tokenizer, seed=cfg.seed, estimate_docs=cfg.estimate_docs, stage=f"stage {stage.name!r}"
+    )
     stream = PackedStream(mix.docs, cfg.seq_len, len(mix.names), history=4 * cfg.batch_size + 64)
     resume = last_checkpoint(out, needs=DATA_STATE)
     if resume is not None:
@@ -303,7 +379,14 @@ def run_stage(cfg: MidtrainConfig, stage: StageConfig, init: str, out: Path, opt
     )
     cb_cls = _training_callback()
     cb = cb_cls(stream, cfg.batch_size, optimizer_from if resume is None else None)
-    trainer = Trainer(model=model, args=args, train_dataset=stream, data_collator=default_data_collator, processing_class=tokenizer, callbacks=[cb, *callbacks, completion_marker()])
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=stream,
+        data_collator=default_data_collator,
+        processing_class=tokenizer,
+        callbacks=[cb, *callbacks, completion_marker()],
+    )
     start_step = trainer.state.global_step if resume is None else int(resume.name.split("-")[1])
     t0 = time.time()
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
@@ -323,7 +406,19 @@ def run_stage(cfg: MidtrainConfig, stage: StageConfig, init: str, out: Path, opt
 
     if main:  # the main process reads the stream and dispatches the batches: it knows the position
         seen = stream.state_at(trainer.state.global_step * cfg.batch_size)["tokens_per_source"]
-        report = stage_report(cfg, stage, init, steps, lr, mix, seen, trainer.state.log_history, cb.lrs, (trainer.state.global_step - start_step) * cfg.tokens_per_step, runtime)
+        report = stage_report(
+            cfg,
+            stage,
+            init,
+            steps,
+            lr,
+            mix,
+            seen,
+            trainer.state.log_history,
+            cb.lrs,
+            (trainer.state.global_step - start_step) * cfg.tokens_per_step,
+            runtime,
+        )
         report["checkpoint"] = str(final)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
@@ -336,7 +431,9 @@ def run_stage(cfg: MidtrainConfig, stage: StageConfig, init: str, out: Path, opt
     return report
 
 
-def stage_report(cfg, stage, init, steps, lr, mix, tokens_per_source, log_history, lrs, tokens_this_run, runtime) -> dict:
+def stage_report(
+    cfg, stage, init, steps, lr, mix, tokens_per_source, log_history, lrs, tokens_this_run, runtime
+) -> dict:
     total = sum(tokens_per_source) or 1
     curve = [
         {"step": h["step"], "tokens": h["step"] * cfg.tokens_per_step, "loss": h["loss"], "lr": h.get("learning_rate")}
@@ -364,7 +461,9 @@ def stage_report(cfg, stage, init, steps, lr, mix, tokens_per_source, log_histor
                 "doc_probability": round(p, 6),
                 "mean_doc_tokens": round(m, 2),
             }
-            for name, src, w, n, p, m in zip(mix.names, stage.mixture, mix.weights, tokens_per_source, mix.probabilities, mix.mean_doc_tokens)
+            for name, src, w, n, p, m in zip(
+                mix.names, stage.mixture, mix.weights, tokens_per_source, mix.probabilities, mix.mean_doc_tokens
+            )
         ],
         "loss_curve": curve,
         "final_loss": curve[-1]["loss"] if curve else None,
@@ -404,7 +503,9 @@ def train(cfg: MidtrainConfig, only: list[str] | None = None) -> dict[str, dict]
     reports = {}
     stable_dir = out / cfg.stable.name if cfg.stable else None
     if cfg.stable and (not only or cfg.stable.name in only):
-        reports[cfg.stable.name] = run_stage(cfg, cfg.stable, cfg.stable.init_from or cfg.model, stable_dir, callbacks=[write_record])
+        reports[cfg.stable.name] = run_stage(
+            cfg, cfg.stable, cfg.stable.init_from or cfg.model, stable_dir, callbacks=[write_record]
+        )
     for stage in cfg.decay:
         if only and stage.name not in only:
             continue
@@ -413,10 +514,13 @@ def train(cfg: MidtrainConfig, only: list[str] | None = None) -> dict[str, dict]
         elif stable_dir is not None:
             init = stable_dir / "final"
             if not (init / "config.json").exists():
-                raise FileNotFoundError(f"decay stage {stage.name!r} needs the stable checkpoint {init}; run the stable stage first")
+                raise FileNotFoundError(
+                    f"decay stage {stage.name!r} needs the stable checkpoint {init}; run the stable stage first"
+                )
             opt = last_checkpoint(stable_dir, needs=DATA_STATE) if cfg.carry_optimizer else None
         else:
             raise ValueError(f"decay stage {stage.name!r}: no stable stage in the recipe, so give it `init_from`")
-        reports[stage.name] = run_stage(cfg, stage, str(init), out / stage.name, optimizer_from=opt, callbacks=[write_record])
+        reports[stage.name] = run_stage(
+            cfg, stage, str(init), out / stage.name, optimizer_from=opt, callbacks=[write_record]
+        )
     return reports
-

@@ -22,7 +22,15 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-LOCAL_BUILDERS = {".jsonl": "json", ".json": "json", ".gz": "json", ".parquet": "parquet", ".csv": "csv", ".txt": "text", ".md": "text"}
+LOCAL_BUILDERS = {
+    ".jsonl": "json",
+    ".json": "json",
+    ".gz": "json",
+    ".parquet": "parquet",
+    ".csv": "csv",
+    ".txt": "text",
+    ".md": "text",
+}
 
 
 @dataclass
@@ -31,14 +39,42 @@ class SourceConfig:
 
     name: str = field(metadata={"help": "Short name used in reports and errors (e.g. `megamath_web_pro_max`)."})
     path: str = field(metadata={"help": "Hub dataset id, or a local file / glob (jsonl, json, parquet, csv, txt)."})
-    weight: float = field(metadata={"help": "Share of the stage's *tokens* drawn from this source. Weights are normalised to sum to 1 (with a warning when they do not)."})
-    text_field: str | None = field(default="text", metadata={"help": "Column holding the document text; ignored when `template` is set."})
-    template: str | None = field(default=None, metadata={"help": "`str.format` template over a row, e.g. `{question}\\n{answer}`; nested fields as `{prompt[0][content]}`."})
-    subset: str | None = field(default=None, metadata={"help": "Hub dataset configuration name (`load_dataset(path, name=subset)`)."})
-    data_dir: str | None = field(default=None, metadata={"help": "Sub-folder of a hub dataset (`load_dataset(path, data_dir=...)`), e.g. one MegaMath subset."})
+    weight: float = field(
+        metadata={
+            "help": "Share of the stage's *tokens* drawn from this source. Weights are normalised to sum to 1 (with a warning when they do not)."
+        }
+    )
+    text_field: str | None = field(
+        default="text", metadata={"help": "Column holding the document text; ignored when `template` is set."}
+    )
+    template: str | None = field(
+        default=None,
+        metadata={
+            "help": "`str.format` template over a row, e.g. `{question}\\n{answer}`; nested fields as `{prompt[0][content]}`."
+        },
+    )
+    subset: str | None = field(
+        default=None, metadata={"help": "Hub dataset configuration name (`load_dataset(path, name=subset)`)."}
+    )
+    data_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Sub-folder of a hub dataset (`load_dataset(path, data_dir=...)`), e.g. one MegaMath subset."
+        },
+    )
     split: str = field(default="train", metadata={"help": "Split to read."})
-    streaming: bool | None = field(default=None, metadata={"help": "Stream instead of loading into an Arrow cache. Default: streaming for hub ids, in-memory for local files."})
-    shuffle: bool = field(default=True, metadata={"help": "Shuffle the documents of an in-memory source once (seeded). Streamed sources are read in order, which keeps the stream position exactly restorable."})
+    streaming: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Stream instead of loading into an Arrow cache. Default: streaming for hub ids, in-memory for local files."
+        },
+    )
+    shuffle: bool = field(
+        default=True,
+        metadata={
+            "help": "Shuffle the documents of an in-memory source once (seeded). Streamed sources are read in order, which keeps the stream position exactly restorable."
+        },
+    )
 
     def __post_init__(self):
         if not self.name:
@@ -73,9 +109,13 @@ def render(src: SourceConfig, row: dict) -> str:
     try:
         text = src.template.format_map(row) if src.template else row[src.text_field]
     except (KeyError, IndexError) as e:
-        raise KeyError(f"source {src.name!r} ({src.path}): row has no field {e}; its fields are {sorted(row)}") from None
+        raise KeyError(
+            f"source {src.name!r} ({src.path}): row has no field {e}; its fields are {sorted(row)}"
+        ) from None
     if not isinstance(text, str):
-        raise ValueError(f"source {src.name!r} ({src.path}): field {src.text_field!r} is {type(text).__name__}, not text")
+        raise ValueError(
+            f"source {src.name!r} ({src.path}): field {src.text_field!r} is {type(text).__name__}, not text"
+        )
     return text
 
 
@@ -89,7 +129,9 @@ def load_source(src: SourceConfig, seed: int = 0):
             raise FileNotFoundError(f"source {src.name!r}: no file matches {src.path}")
         suffix = Path(files[0]).suffix
         if suffix not in LOCAL_BUILDERS:
-            raise ValueError(f"source {src.name!r}: cannot read {files[0]} (known suffixes: {', '.join(LOCAL_BUILDERS)})")
+            raise ValueError(
+                f"source {src.name!r}: cannot read {files[0]} (known suffixes: {', '.join(LOCAL_BUILDERS)})"
+            )
         if all(_blank_file(f) for f in files):
             # datasets fails on empty files with a bare StopIteration / "At least one data file"
             raise ValueError(f"source {src.name!r} ({src.path}) is empty: {', '.join(files[:3])} hold no rows")
@@ -99,9 +141,13 @@ def load_source(src: SourceConfig, seed: int = 0):
                 return load_dataset(LOCAL_BUILDERS[suffix], streaming=True, **kwargs)
             ds = load_dataset(LOCAL_BUILDERS[suffix], **kwargs)
         except (StopIteration, ValueError, TypeError) as e:  # datasets' parse errors name neither source nor file
-            raise ValueError(f"source {src.name!r} ({src.path}): cannot read it as {LOCAL_BUILDERS[suffix]}: {type(e).__name__}: {e}") from None
+            raise ValueError(
+                f"source {src.name!r} ({src.path}): cannot read it as {LOCAL_BUILDERS[suffix]}: {type(e).__name__}: {e}"
+            ) from None
     else:
-        ds = load_dataset(src.path, name=src.subset, data_dir=src.data_dir, split=src.split, streaming=src.streaming is not False)
+        ds = load_dataset(
+            src.path, name=src.subset, data_dir=src.data_dir, split=src.split, streaming=src.streaming is not False
+        )
         if src.streaming is not False:
             return ds
     if src.shuffle:
@@ -157,7 +203,9 @@ class Mixture:
     docs: object  # datasets.IterableDataset of {"input_ids": [...], "source": int}
 
 
-def build_mixture(sources: list[SourceConfig], tokenizer, seed: int = 0, estimate_docs: int = 64, stage: str = "stage") -> Mixture:
+def build_mixture(
+    sources: list[SourceConfig], tokenizer, seed: int = 0, estimate_docs: int = 64, stage: str = "stage"
+) -> Mixture:
     """Tokenize each source, repeat it endlessly and interleave by token weight."""
     from datasets import Features, List, Value, interleave_datasets
 
@@ -172,7 +220,9 @@ def build_mixture(sources: list[SourceConfig], tokenizer, seed: int = 0, estimat
         lengths = peek(src, raw, tokenizer, estimate_docs)
         means.append(sum(lengths) / len(lengths))
         columns = list(next(iter(raw.take(1))).keys())
-        tok = raw.map(_tokenize_fn(src, i, tokenizer, eos), batched=True, batch_size=64, remove_columns=columns, features=features)
+        tok = raw.map(
+            _tokenize_fn(src, i, tokenizer, eos), batched=True, batch_size=64, remove_columns=columns, features=features
+        )
         streams.append(tok.repeat(None))
     raw_p = [w / m for w, m in zip(weights, means)]
     probs = [p / sum(raw_p) for p in raw_p]

@@ -64,7 +64,9 @@ class PackedStream(torch.utils.data.IterableDataset):
     def load_state_dict(self, state: dict) -> None:
         """Continue from a state returned by ``state_at`` (a fresh iteration starts there)."""
         if len(state["tokens_per_source"]) != self.num_sources:
-            raise ValueError(f"saved data position has {len(state['tokens_per_source'])} sources, the mixture has {self.num_sources}")
+            raise ValueError(
+                f"saved data position has {len(state['tokens_per_source'])} sources, the mixture has {self.num_sources}"
+            )
         self._start = copy.deepcopy(state)
         self._states = OrderedDict([(state["rows"], self._start)])
 
@@ -116,12 +118,14 @@ class PackedStream(torch.utils.data.IterableDataset):
                         "position_ids": torch.from_numpy(np.concatenate(pos)),
                     }
                     nxt = i if i < len(toks) else 0  # tokens of this document already used
-                    self._record({
-                        "docs": doc_state if nxt else self.docs.state_dict(),
-                        "skip": nxt,
-                        "rows": rows,
-                        "tokens_per_source": counts.tolist(),
-                    })
+                    self._record(
+                        {
+                            "docs": doc_state if nxt else self.docs.state_dict(),
+                            "skip": nxt,
+                            "rows": rows,
+                            "tokens_per_source": counts.tolist(),
+                        }
+                    )
                     ids, labels, pos, src, filled = [], [], [], [], 0
                     yield row
             doc_state = self.docs.state_dict()

@@ -57,13 +57,25 @@ _EVAL_OWNED = ("model", "output_dir")
 class ReadinessConfig:
     """One readiness comparison: the branches, the shared RL recipe and the shared evaluation."""
 
-    output_dir: str = field(metadata={"help": "Results folder: one sub-folder per branch plus readiness.json / readiness.md."})
-    rl: dict | str = field(metadata={"help": "RLConfig fields (mapping) or the path of an RL recipe YAML; the same for every branch."})
-    eval: dict | str = field(metadata={"help": "EvalConfig fields (mapping) or the path of an eval YAML; run before and after RL."})
-    rl_overrides: dict = field(default_factory=dict, metadata={"help": "RLConfig fields applied on top of `rl` (e.g. rl_steps)."})
+    output_dir: str = field(
+        metadata={"help": "Results folder: one sub-folder per branch plus readiness.json / readiness.md."}
+    )
+    rl: dict | str = field(
+        metadata={"help": "RLConfig fields (mapping) or the path of an RL recipe YAML; the same for every branch."}
+    )
+    eval: dict | str = field(
+        metadata={"help": "EvalConfig fields (mapping) or the path of an eval YAML; run before and after RL."}
+    )
+    rl_overrides: dict = field(
+        default_factory=dict, metadata={"help": "RLConfig fields applied on top of `rl` (e.g. rl_steps)."}
+    )
     eval_overrides: dict = field(default_factory=dict, metadata={"help": "EvalConfig fields applied on top of `eval`."})
-    branches: dict[str, str] = field(default_factory=dict, metadata={"help": "Branch name -> checkpoint (folder, alias or hub id)."})
-    midtrain_dir: str | None = field(default=None, metadata={"help": "A `parallel-r1 midtrain` run folder: every stage's `final` becomes a branch."})
+    branches: dict[str, str] = field(
+        default_factory=dict, metadata={"help": "Branch name -> checkpoint (folder, alias or hub id)."}
+    )
+    midtrain_dir: str | None = field(
+        default=None, metadata={"help": "A `parallel-r1 midtrain` run folder: every stage's `final` becomes a branch."}
+    )
 
     def __post_init__(self):
         self.rl = {**_fields_of(self.rl, "rl"), **(self.rl_overrides or {})}
@@ -162,7 +174,11 @@ def eval_config(cfg: ReadinessConfig, model: str, out: Path, model_kind: str | N
     if unknown:
         raise KeyError(f"rl-readiness: eval recipe: unknown EvalConfig field(s) {unknown}")
     try:
-        kind = {"model_kind": model_kind} if model_kind and get_protocol(cfg.eval.get("protocol", "custom")).by_kind else {}
+        kind = (
+            {"model_kind": model_kind}
+            if model_kind and get_protocol(cfg.eval.get("protocol", "custom")).by_kind
+            else {}
+        )
         return EvalConfig(**{**kind, **cfg.eval, "model": model, "output_dir": str(out)})
     except (TypeError, ValueError) as e:  # e.g. a device this machine lacks: before any model loads
         raise ValueError(f"rl-readiness: eval recipe: {e}") from None
@@ -241,7 +257,9 @@ def run_rl(cfg: ReadinessConfig, model: str, branch_dir: Path) -> float:
         old = json.loads(marker.read_text(encoding="utf-8"))
         if old.get("rl") != ident:
             diff = sorted(k for k in set(ident) | set(old.get("rl", {})) if ident.get(k) != old.get("rl", {}).get(k))
-            raise ValueError(f"rl-readiness: {branch_dir} holds an RL run of another recipe (fields {diff} differ); use another --output-dir")
+            raise ValueError(
+                f"rl-readiness: {branch_dir} holds an RL run of another recipe (fields {diff} differ); use another --output-dir"
+            )
         return 0.0
     from .rl import train
 
@@ -269,7 +287,9 @@ def eval_summary(ecfg) -> dict:
             for s in range(ecfg.n_of(b)):
                 key = (b, str(p.id), s)
                 if key not in done:
-                    raise ValueError(f"rl-readiness: {ecfg.output_dir}: sample {key} missing from completions.jsonl; re-run to finish it")
+                    raise ValueError(
+                        f"rl-readiness: {ecfg.output_dir}: sample {key} missing from completions.jsonl; re-run to finish it"
+                    )
                 rows.append(done[key])
     n = len(rows)
     return {
@@ -285,7 +305,11 @@ def _rl_metrics(run_dir: Path) -> dict:
     path = run_dir / "metrics.jsonl"
     rows = [r for r in read_jsonl(path, skip_bad=True)] if path.exists() else []
     rewards = [r.get("reward") for r in rows if r.get("reward") is not None]
-    return {"rl_steps": len(rows), "reward_first": rewards[0] if rewards else None, "reward_last": rewards[-1] if rewards else None}
+    return {
+        "rl_steps": len(rows),
+        "reward_first": rewards[0] if rewards else None,
+        "reward_last": rewards[-1] if rewards else None,
+    }
 
 
 HEADER = [
@@ -340,7 +364,9 @@ def write_table(cfg: ReadinessConfig, rows: list[dict]) -> str:
     budget = cfg.eval.get("max_new_tokens")
     table = format_table(rows, budget)
     atomic_write_json(out / "readiness.json", {"branches": rows, "rl": cfg.rl, "eval": cfg.eval})
-    atomic_write_text(out / "readiness.md", f"# RL readiness\n\nRL recipe and eval settings: readiness.json\n\n{table}\n")
+    atomic_write_text(
+        out / "readiness.md", f"# RL readiness\n\nRL recipe and eval settings: readiness.json\n\n{table}\n"
+    )
     return table
 
 
@@ -371,4 +397,3 @@ def run_readiness(cfg: ReadinessConfig, progress: bool = False) -> list[dict]:
         rows.append(row)
         write_table(cfg, rows)  # a partial table survives an interruption
     return rows
-

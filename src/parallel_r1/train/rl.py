@@ -41,35 +41,139 @@ class RLConfig(GRPOConfig):
     check in :meth:`_check`.
     """
 
-    model: str = field(default="smollm2", metadata={"help": "Policy: local folder, hub id, or alias (`smollm2`). Must have the six tag tokens for the parallel variants."})
-    dataset: str = field(default="synthetic_easy", metadata={"help": "Training problems: a name known to parallel_r1.data.registry (gsm8k, dapo_math_17k, synthetic_easy, ...) or a file path."})
-    dataset_split: str | None = field(default=None, metadata={"help": "Split of `dataset` (registry default when unset)."})
+    model: str = field(
+        default="smollm2",
+        metadata={
+            "help": "Policy: local folder, hub id, or alias (`smollm2`). Must have the six tag tokens for the parallel variants."
+        },
+    )
+    dataset: str = field(
+        default="synthetic_easy",
+        metadata={
+            "help": "Training problems: a name known to parallel_r1.data.registry (gsm8k, dapo_math_17k, synthetic_easy, ...) or a file path."
+        },
+    )
+    dataset_split: str | None = field(
+        default=None, metadata={"help": "Split of `dataset` (registry default when unset)."}
+    )
     dataset_limit: int | None = field(default=None, metadata={"help": "Use only the first N problems."})
-    template: str = field(default="parallel_v3", metadata={"help": "Prompt template (parallel_r1.prompts.TEMPLATES): parallel_v3, baseline, orz, ..."})
-    reward: str = field(default="accuracy", metadata={"help": "Reward schedule (rewards.SCHEDULES: accuracy = S1, alternating = S2, scaffold, ...) or any single reward name in rewards.REWARDS (e.g. boxed_pm1)."})
-    grader: str | None = field(default=None, metadata={"help": "Correctness judge (parallel_r1.grading.GRADERS); None = the reward's own (the paper's minerva_exact; math_verify for boxed_pm1)."})
-    alternating_window: int = field(default=10, metadata={"help": "Alternating schedule: window length in RL steps (paper 10)."})
-    accuracy_steps: int = field(default=8, metadata={"help": "Alternating schedule: accuracy-only steps at the start of each window (paper 8); the rest use the parallel-aware reward."})
-    scaffold_steps: int = field(default=200, metadata={"help": "Scaffold schedule: RL steps of alternating reward before accuracy-only (paper 200)."})
-    step_offset: int = field(default=0, metadata={"help": "RL steps already done before this run's model (when continuing from another run's checkpoint, e.g. the scaffold's second stage); schedules see step_offset + local step."})
-    rl_steps: int = field(default=30, metadata={"help": "RL steps (generations) to run in this run; max_steps = rl_steps × optimiser steps per RL step."})
+    template: str = field(
+        default="parallel_v3",
+        metadata={"help": "Prompt template (parallel_r1.prompts.TEMPLATES): parallel_v3, baseline, orz, ..."},
+    )
+    reward: str = field(
+        default="accuracy",
+        metadata={
+            "help": "Reward schedule (rewards.SCHEDULES: accuracy = S1, alternating = S2, scaffold, ...) or any single reward name in rewards.REWARDS (e.g. boxed_pm1)."
+        },
+    )
+    grader: str | None = field(
+        default=None,
+        metadata={
+            "help": "Correctness judge (parallel_r1.grading.GRADERS); None = the reward's own (the paper's minerva_exact; math_verify for boxed_pm1)."
+        },
+    )
+    alternating_window: int = field(
+        default=10, metadata={"help": "Alternating schedule: window length in RL steps (paper 10)."}
+    )
+    accuracy_steps: int = field(
+        default=8,
+        metadata={
+            "help": "Alternating schedule: accuracy-only steps at the start of each window (paper 8); the rest use the parallel-aware reward."
+        },
+    )
+    scaffold_steps: int = field(
+        default=200,
+        metadata={"help": "Scaffold schedule: RL steps of alternating reward before accuracy-only (paper 200)."},
+    )
+    step_offset: int = field(
+        default=0,
+        metadata={
+            "help": "RL steps already done before this run's model (when continuing from another run's checkpoint, e.g. the scaffold's second stage); schedules see step_offset + local step."
+        },
+    )
+    rl_steps: int = field(
+        default=30,
+        metadata={
+            "help": "RL steps (generations) to run in this run; max_steps = rl_steps × optimiser steps per RL step."
+        },
+    )
     save_every: int = field(default=10, metadata={"help": "Checkpoint every N RL steps (paper save_freq 10)."})
-    auto_resume: bool = field(default=True, metadata={"help": "Resume from the last checkpoint-N in output_dir when there is one."})
-    force: bool = field(default=False, metadata={"help": "Write into output_dir although it holds a run of another recipe (continue it with this one) or is not an rl run folder."})
-    variant: str = field(default="unseen", metadata={"help": "`unseen`: orchestrated rollouts, path-isolating mask and shared-start positions in the loss. `seen`: free generation, causal."})
-    rollout_backend: str = field(default="engine", metadata={"help": "`engine`: parallel_r1.decoding.ParallelEngine through TRL's rollout_func (exact log-probs, both variants). `vllm`: the paper's separate-request loop (Unseen) or plain sampling (Seen) on TRL's vLLM (vllm_mode colocate or server; GPU, needs the [vllm] extra; rollout log-probs are vLLM's, see vllm_importance_sampling_*). `trl`: TRL's own generation (transformers or vLLM with use_vllm), seen variant only."})
-    vllm_importance_sampling_mode: str = field(default="token_truncate", metadata={"help": "TRL's correction of the rollout/trainer mismatch with rollout_backend: vllm (on unless vllm_importance_sampling_correction: false): token_truncate (truncated IS, per token, ratios capped at vllm_importance_sampling_clip_max) | token_mask | sequence_truncate | sequence_mask. TRL's default is sequence_mask; token_truncate here because the Unseen loop's tokens after a block are off-policy by construction, and a sequence-level mask would drop most sequences that use a block."})
+    auto_resume: bool = field(
+        default=True, metadata={"help": "Resume from the last checkpoint-N in output_dir when there is one."}
+    )
+    force: bool = field(
+        default=False,
+        metadata={
+            "help": "Write into output_dir although it holds a run of another recipe (continue it with this one) or is not an rl run folder."
+        },
+    )
+    variant: str = field(
+        default="unseen",
+        metadata={
+            "help": "`unseen`: orchestrated rollouts, path-isolating mask and shared-start positions in the loss. `seen`: free generation, causal."
+        },
+    )
+    rollout_backend: str = field(
+        default="engine",
+        metadata={
+            "help": "`engine`: parallel_r1.decoding.ParallelEngine through TRL's rollout_func (exact log-probs, both variants). `vllm`: the paper's separate-request loop (Unseen) or plain sampling (Seen) on TRL's vLLM (vllm_mode colocate or server; GPU, needs the [vllm] extra; rollout log-probs are vLLM's, see vllm_importance_sampling_*). `trl`: TRL's own generation (transformers or vLLM with use_vllm), seen variant only."
+        },
+    )
+    vllm_importance_sampling_mode: str = field(
+        default="token_truncate",
+        metadata={
+            "help": "TRL's correction of the rollout/trainer mismatch with rollout_backend: vllm (on unless vllm_importance_sampling_correction: false): token_truncate (truncated IS, per token, ratios capped at vllm_importance_sampling_clip_max) | token_mask | sequence_truncate | sequence_mask. TRL's default is sequence_mask; token_truncate here because the Unseen loop's tokens after a block are off-policy by construction, and a sequence-level mask would drop most sequences that use a block."
+        },
+    )
     num_paths: int = field(default=2, metadata={"help": "Paths per parallel block (Unseen rollouts)."})
-    max_blocks: int = field(default=4, metadata={"help": "Max parallel blocks per completion; generation stops after the last block's summary (paper 4)."})
-    max_path_tokens: int = field(default=4096, metadata={"help": "Max tokens per path (paper max_path_response_length 4096)."})
-    path_temperature: float | None = field(default=1.0, metadata={"help": "Temperature forced on paths (paper 1.0); None = use `temperature`."})
-    max_response_schedule: dict | str | None = field(default=None, metadata={"help": "Staged max response length, RL step -> tokens, e.g. {0: 2048, 100: 4096, 160: 8192} (OctoThinker). Unset = max_completion_length throughout."})
-    clip_ratio_high_schedule: dict | str | None = field(default=None, metadata={"help": "epsilon_high (clip-higher) by RL step, e.g. {0: 0.28, 201: 0.2} for the scaffold run that keeps going after its alternating stage (paper: 0.28 in S2, back to 0.2 for the accuracy stage). Unset = epsilon_high throughout."})
-    train_injected: bool = field(default=True, metadata={"help": "Train on the tags the Unseen engine injects (<Path>, </Parallel>, <Summary>, ...), as the paper does (response_mask all 1)."})
-    rollout_batch_size: int = field(default=64, metadata={"help": "Completions the rollout engine decodes together per process (one batch row each; a block's paths share their row). Larger is faster on accelerators until the key/value cache runs out of memory."})
-    rollout_seed: int | None = field(default=None, metadata={"help": "Seed of the rollout sampler (per RL step and rank); None = not seeded, as the paper."})
+    max_blocks: int = field(
+        default=4,
+        metadata={
+            "help": "Max parallel blocks per completion; generation stops after the last block's summary (paper 4)."
+        },
+    )
+    max_path_tokens: int = field(
+        default=4096, metadata={"help": "Max tokens per path (paper max_path_response_length 4096)."}
+    )
+    path_temperature: float | None = field(
+        default=1.0, metadata={"help": "Temperature forced on paths (paper 1.0); None = use `temperature`."}
+    )
+    max_response_schedule: dict | str | None = field(
+        default=None,
+        metadata={
+            "help": "Staged max response length, RL step -> tokens, e.g. {0: 2048, 100: 4096, 160: 8192} (OctoThinker). Unset = max_completion_length throughout."
+        },
+    )
+    clip_ratio_high_schedule: dict | str | None = field(
+        default=None,
+        metadata={
+            "help": "epsilon_high (clip-higher) by RL step, e.g. {0: 0.28, 201: 0.2} for the scaffold run that keeps going after its alternating stage (paper: 0.28 in S2, back to 0.2 for the accuracy stage). Unset = epsilon_high throughout."
+        },
+    )
+    train_injected: bool = field(
+        default=True,
+        metadata={
+            "help": "Train on the tags the Unseen engine injects (<Path>, </Parallel>, <Summary>, ...), as the paper does (response_mask all 1)."
+        },
+    )
+    rollout_batch_size: int = field(
+        default=64,
+        metadata={
+            "help": "Completions the rollout engine decodes together per process (one batch row each; a block's paths share their row). Larger is faster on accelerators until the key/value cache runs out of memory."
+        },
+    )
+    rollout_seed: int | None = field(
+        default=None,
+        metadata={"help": "Seed of the rollout sampler (per RL step and rank); None = not seeded, as the paper."},
+    )
 
-    data_dir: str | None = field(default=None, metadata={"help": "Folder of the shipped data sets for a known `dataset` name (default: the registry's, ../shared/data)."})
+    data_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Folder of the shipped data sets for a known `dataset` name (default: the registry's, ../shared/data)."
+        },
+    )
     # Derived in __post_init__ (not settable): optimiser steps per RL step.
     opt_steps_per_rl: int = field(default=0, init=False, metadata={"help": "Optimiser steps per RL step (derived)."})
 
@@ -112,13 +216,17 @@ class RLConfig(GRPOConfig):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
         if self.accuracy_steps > self.alternating_window:
-            raise ValueError(f"accuracy_steps: {self.accuracy_steps} is more than alternating_window {self.alternating_window}")
+            raise ValueError(
+                f"accuracy_steps: {self.accuracy_steps} is more than alternating_window {self.alternating_window}"
+            )
         if self.variant not in VARIANTS:
             raise ValueError(f"variant: {self.variant!r} is not one of {', '.join(VARIANTS)}")
         if self.rollout_backend not in BACKENDS:
             raise ValueError(f"rollout_backend: {self.rollout_backend!r} is not one of {', '.join(BACKENDS)}")
         if self.rollout_backend == "trl" and self.variant == "unseen":
-            raise ValueError("rollout_backend: `trl` generates freely; the unseen variant needs the orchestrated engine (rollout_backend: engine)")
+            raise ValueError(
+                "rollout_backend: `trl` generates freely; the unseen variant needs the orchestrated engine (rollout_backend: engine)"
+            )
         if self.rollout_backend == "trl" and self.max_response_schedule:
             raise ValueError("max_response_schedule: needs rollout_backend: engine")
         if self.rollout_backend == "vllm":
@@ -133,8 +241,10 @@ class RLConfig(GRPOConfig):
             self.max_response_schedule = _int_keys(self.max_response_schedule, int)
             self.clip_ratio_high_schedule = _int_keys(self.clip_ratio_high_schedule, float)
         except (TypeError, ValueError, AttributeError):
-            raise ValueError("max_response_schedule / clip_ratio_high_schedule: expected a mapping RL step -> value, "
-                             f"got {self.max_response_schedule!r} / {self.clip_ratio_high_schedule!r}") from None
+            raise ValueError(
+                "max_response_schedule / clip_ratio_high_schedule: expected a mapping RL step -> value, "
+                f"got {self.max_response_schedule!r} / {self.clip_ratio_high_schedule!r}"
+            ) from None
         for k, v in length_schedule(self).items():
             if k < 0 or v <= 0:
                 raise ValueError(f"max_response_schedule: step {k} -> {v}: steps must be >= 0 and lengths > 0")
@@ -201,7 +311,9 @@ def load_checked_problems(cfg: RLConfig) -> list:
         raise ValueError(f"dataset {cfg.dataset!r}: no problems")
     for i, p in enumerate(problems):
         if p.answer is None or str(p.answer).strip() == "":
-            raise ValueError(f"dataset {cfg.dataset!r}: row {i} (id {p.id}) has no 'answer' field; RL needs a gold answer per problem")
+            raise ValueError(
+                f"dataset {cfg.dataset!r}: row {i} (id {p.id}) has no 'answer' field; RL needs a gold answer per problem"
+            )
     return problems
 
 
@@ -209,22 +321,44 @@ def dataset_rows(cfg: RLConfig, problems: list, tokenizer) -> list[dict]:
     """Problems -> TRL rows {prompt (template + chat template applied), answer, prompt_id}."""
     from ..prompts import build_prompt
 
-    return [{"prompt": build_prompt(p.problem, tokenizer, cfg.template), "answer": str(p.answer), "prompt_id": str(p.id)}
-            for p in problems]
+    return [
+        {"prompt": build_prompt(p.problem, tokenizer, cfg.template), "answer": str(p.answer), "prompt_id": str(p.id)}
+        for p in problems
+    ]
 
 
 def make_schedule(cfg: RLConfig):
     """The reward schedule for ``cfg.reward`` (a schedule name, or a single reward held constant)."""
     from ..rewards import get_schedule
 
-    return get_schedule(cfg.reward, window=cfg.alternating_window, accuracy_steps=cfg.accuracy_steps,
-                        switch_step=cfg.scaffold_steps if cfg.reward == "scaffold" else None)
+    return get_schedule(
+        cfg.reward,
+        window=cfg.alternating_window,
+        accuracy_steps=cfg.accuracy_steps,
+        switch_step=cfg.scaffold_steps if cfg.reward == "scaffold" else None,
+    )
 
 
 # config.yaml fields that may differ when a run is re-run: where it is and how it logs / saves.
-FREE_FIELDS = ("output_dir", "logging_dir", "resume_from_checkpoint", "auto_resume", "force", "report_to", "run_name",
-               "disable_tqdm", "save_every", "save_steps", "save_total_limit", "data_dir", "rollout_batch_size",
-               "dataloader_num_workers", "dataloader_pin_memory", "log_level", "log_level_replica")
+FREE_FIELDS = (
+    "output_dir",
+    "logging_dir",
+    "resume_from_checkpoint",
+    "auto_resume",
+    "force",
+    "report_to",
+    "run_name",
+    "disable_tqdm",
+    "save_every",
+    "save_steps",
+    "save_total_limit",
+    "data_dir",
+    "rollout_batch_size",
+    "dataloader_num_workers",
+    "dataloader_pin_memory",
+    "log_level",
+    "log_level_replica",
+)
 SUMMARY = "rl_summary.json"  # written last, once the final model is saved: the run is finished
 
 
@@ -233,8 +367,16 @@ def run_state(cfg: RLConfig) -> str:
     a changed recipe is refused unless ``force``; more ``rl_steps`` train a run further."""
     from .checkpoints import open_run
 
-    return open_run(cfg.output_dir, "config.yaml", config_dict(cfg), stage="rl", force=cfg.force, finished=SUMMARY,
-                    free=FREE_FIELDS, budget=("rl_steps", "max_steps"))
+    return open_run(
+        cfg.output_dir,
+        "config.yaml",
+        config_dict(cfg),
+        stage="rl",
+        force=cfg.force,
+        finished=SUMMARY,
+        free=FREE_FIELDS,
+        budget=("rl_steps", "max_steps"),
+    )
 
 
 def resume_point(cfg: RLConfig) -> tuple[str | None, int]:
@@ -324,16 +466,31 @@ def build_trainer(cfg: RLConfig):
         from ..decoding import DecodingConfig
 
         engine_cfg = DecodingConfig(
-            variant=cfg.variant, num_paths=cfg.num_paths, max_blocks=cfg.max_blocks,
-            max_new_tokens=cfg.max_completion_length, max_path_tokens=cfg.max_path_tokens,
-            temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k or 0,
-            path_temperature=cfg.path_temperature, seed=cfg.rollout_seed,
+            variant=cfg.variant,
+            num_paths=cfg.num_paths,
+            max_blocks=cfg.max_blocks,
+            max_new_tokens=cfg.max_completion_length,
+            max_path_tokens=cfg.max_path_tokens,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            top_k=cfg.top_k or 0,
+            path_temperature=cfg.path_temperature,
+            seed=cfg.rollout_seed,
         )
-        rollout = T.make_rollout_func(engine_cfg, tags, length_schedule(cfg), cfg.rl_step, cfg.train_injected, backend=cfg.rollout_backend)
+        rollout = T.make_rollout_func(
+            engine_cfg, tags, length_schedule(cfg), cfg.rl_step, cfg.train_injected, backend=cfg.rollout_backend
+        )
     trainer = T.ParallelGRPOTrainer(
-        model=model, reward_funcs=[reward], args=cfg, train_dataset=Dataset.from_list(rows), processing_class=tok,
-        rollout_func=rollout, callbacks=[T.MetricsWriter(run_dir / "metrics.jsonl"), completion_marker()],
-        tag_ids=tags, scheduled_reward=reward, run_dir=run_dir,
+        model=model,
+        reward_funcs=[reward],
+        args=cfg,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tok,
+        rollout_func=rollout,
+        callbacks=[T.MetricsWriter(run_dir / "metrics.jsonl"), completion_marker()],
+        tag_ids=tags,
+        scheduled_reward=reward,
+        run_dir=run_dir,
     )
     return trainer, ckpt
 

@@ -78,7 +78,7 @@ class UnseenForward:
         from ..structure import build_unseen_layout
 
         structure = torch.zeros_like(attention_mask, dtype=torch.bool)
-        structure[:, -self.logits_to_keep:] = attention_mask[:, -self.logits_to_keep:].bool()
+        structure[:, -self.logits_to_keep :] = attention_mask[:, -self.logits_to_keep :].bool()
         layout = build_unseen_layout(input_ids, self.tags, attention_mask=attention_mask, structure_mask=structure)
         return self.model(
             input_ids=input_ids, attention_mask=layout.attention_mask, position_ids=layout.position_ids, **kwargs
@@ -105,8 +105,15 @@ class ScheduledReward:
     ``.last`` holds the last call's per-completion details for the rollout log.
     """
 
-    def __init__(self, schedule, step_fn: Callable[[int], int], tokenizer, keep_ids: set[int],
-                 answer_key: str = "answer", grader: str | None = None):
+    def __init__(
+        self,
+        schedule,
+        step_fn: Callable[[int], int],
+        tokenizer,
+        keep_ids: set[int],
+        answer_key: str = "answer",
+        grader: str | None = None,
+    ):
         self.schedule, self.step_fn, self.tokenizer, self.keep_ids = schedule, step_fn, tokenizer, keep_ids
         self.answer_key, self.grader = answer_key, grader
         self.__name__ = schedule.name
@@ -114,12 +121,21 @@ class ScheduledReward:
 
     def __call__(self, prompts, completions, completion_ids=None, **kwargs) -> list[float]:
         step = self.step_fn(kwargs["trainer_state"].global_step)
-        texts = kwargs.get("completion_text") or [decode_keep_tags(self.tokenizer, ids, self.keep_ids) for ids in completion_ids]
+        texts = kwargs.get("completion_text") or [
+            decode_keep_tags(self.tokenizer, ids, self.keep_ids) for ids in completion_ids
+        ]
         golds = [str(g) for g in kwargs[self.answer_key]]
         details = self.schedule.details(texts, golds, step, self.grader)
         self.last = [
-            dict(step=step, reward_mode=d["mode"], completion=t, answer=g, reward=float(d["reward"]),
-                 correct=bool(d["correct"]), ids=list(ids))
+            dict(
+                step=step,
+                reward_mode=d["mode"],
+                completion=t,
+                answer=g,
+                reward=float(d["reward"]),
+                correct=bool(d["correct"]),
+                ids=list(ids),
+            )
             for d, t, g, ids in zip(details, texts, golds, completion_ids, strict=True)
         ]
         return [x["reward"] for x in self.last]
@@ -147,8 +163,14 @@ def make_rollout_func(engine_config, tag_ids, length_schedule: dict[int, int], s
     def rollout(prompts: list[str], trainer) -> dict:
         step = step_fn(trainer.state.global_step)
         budget = budget_at(length_schedule, step)
-        cfg = replace(engine_config, max_new_tokens=budget, seed=None if engine_config.seed is None else engine_config.seed + step * 1000 + trainer.accelerator.process_index,
-                      **engine_settings(trainer.args))
+        cfg = replace(
+            engine_config,
+            max_new_tokens=budget,
+            seed=None
+            if engine_config.seed is None
+            else engine_config.seed + step * 1000 + trainer.accelerator.process_index,
+            **engine_settings(trainer.args),
+        )
         tok = trainer.processing_class
         if backend == "vllm":
             samples = vllm_samples(trainer, cfg, list(prompts))
@@ -228,8 +250,9 @@ def _model_for_generation(trainer):
     from trl.models.utils import unwrap_model_for_generation
 
     with (
-        unwrap_model_for_generation(trainer.model_wrapped, trainer.accelerator,
-                                    gather_deepspeed3_params=trainer.args.ds3_gather_for_generation) as model,
+        unwrap_model_for_generation(
+            trainer.model_wrapped, trainer.accelerator, gather_deepspeed3_params=trainer.args.ds3_gather_for_generation
+        ) as model,
         torch.no_grad(),
         trainer._dist.summon_full_params(trainer.model_wrapped, recurse=False),
     ):
@@ -262,7 +285,9 @@ class ParallelGRPOTrainer(GRPOTrainer):
     # -- Unseen layout in the policy forward -------------------------------------------------
     def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs):
         fwd = UnseenForward(model, self.tag_ids, logits_to_keep) if self.args.variant == "unseen" else model
-        out = super()._get_per_token_logps_and_entropies(fwd, input_ids, attention_mask, logits_to_keep, *args, **kwargs)
+        out = super()._get_per_token_logps_and_entropies(
+            fwd, input_ids, attention_mask, logits_to_keep, *args, **kwargs
+        )
         if self._gap_ref is not None:
             self._note_gap(out[0].detach(), *self._gap_ref)
             self._gap_ref = None
@@ -290,9 +315,20 @@ class ParallelGRPOTrainer(GRPOTrainer):
         if not self.model.training:
             return output
         if output.get("old_per_token_logps") is not None and "sampling_per_token_logps" in output:
-            self._note_gap(output["old_per_token_logps"], output["sampling_per_token_logps"], _loss_mask(output), output["completion_ids"])
+            self._note_gap(
+                output["old_per_token_logps"],
+                output["sampling_per_token_logps"],
+                _loss_mask(output),
+                output["completion_ids"],
+            )
         rows = [
-            dict(d, prompt=x["prompt"], prompt_id=x.get("prompt_id"), length=len(d["ids"]), clipped=_clipped(x, len(d["ids"]), self.args.max_completion_length))
+            dict(
+                d,
+                prompt=x["prompt"],
+                prompt_id=x.get("prompt_id"),
+                length=len(d["ids"]),
+                clipped=_clipped(x, len(d["ids"]), self.args.max_completion_length),
+            )
             for x, d in zip(inputs, self.scheduled_reward.last, strict=True)
         ]
         rows = gather_object(rows)
@@ -308,19 +344,34 @@ class ParallelGRPOTrainer(GRPOTrainer):
             rep = analyze(r["completion"], *((r["ids"], self.tag_ids.parallel_open) if self.tag_ids else ()))
             k = seen[r["prompt_id"]] = seen.get(r["prompt_id"], -1) + 1
             positions_all += rep.positions
-            out.append({
-                "step": r["step"], "prompt_id": r["prompt_id"], "sample_index": k, "prompt": r["prompt"],
-                "completion": r["completion"], "answer": r["answer"], "reward": r["reward"], "correct": r["correct"],
-                "reward_mode": r["reward_mode"], "uses_parallel": rep.uses_parallel, "format_ok": rep.format_ok,
-                "num_blocks": rep.num_blocks, "paths_per_block": rep.paths_per_block, "positions": rep.positions,
-                "length": r["length"], "clipped": r["clipped"],
-            })
+            out.append(
+                {
+                    "step": r["step"],
+                    "prompt_id": r["prompt_id"],
+                    "sample_index": k,
+                    "prompt": r["prompt"],
+                    "completion": r["completion"],
+                    "answer": r["answer"],
+                    "reward": r["reward"],
+                    "correct": r["correct"],
+                    "reward_mode": r["reward_mode"],
+                    "uses_parallel": rep.uses_parallel,
+                    "format_ok": rep.format_ok,
+                    "num_blocks": rep.num_blocks,
+                    "paths_per_block": rep.paths_per_block,
+                    "positions": rep.positions,
+                    "length": r["length"],
+                    "clipped": r["clipped"],
+                }
+            )
         if self._rollouts is not None:
             self._rollouts.write_many(out)
         n = max(len(out), 1)
         mode = out[0]["reward_mode"] if out else "accuracy"
         self._rl_metrics = {
-            **{k: v or 0.0 for k, v in M.behaviour([o["completion"] for o in out]).items()},  # the one definition (metrics.py)
+            **{
+                k: v or 0.0 for k, v in M.behaviour([o["completion"] for o in out]).items()
+            },  # the one definition (metrics.py)
             "mean_blocks": sum(o["num_blocks"] for o in out) / n,
             "mean_parallel_position": sum(positions_all) / len(positions_all) if positions_all else math.nan,
             "format_error_rate": sum(not o["format_ok"] for o in out) / n,
@@ -428,4 +479,3 @@ class MetricsWriter(TrainerCallback):
             row[k] = None if isinstance(v, float) and math.isnan(v) else v
         with JsonlAppender(self.path) as f:
             f.write(row)
-

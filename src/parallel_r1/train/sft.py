@@ -101,25 +101,36 @@ class ParallelSFTConfig(SFTConfig):
             "(format_check.json). 0 = skip."
         },
     )
-    format_check_max_new_tokens: int = field(default=384, metadata={"help": "Token budget of each format-check sample."})
+    format_check_max_new_tokens: int = field(
+        default=384, metadata={"help": "Token budget of each format-check sample."}
+    )
     format_check_temperature: float = field(default=0.7, metadata={"help": "Sampling temperature of the format check."})
     format_check_batch_size: int = field(default=16, metadata={"help": "Samples decoded together in the format check."})
     format_check_variant: str = field(
         default="seen",
-        metadata={"help": "Decoding of the format check: `seen` (plain causal sampling, the model writes every tag) or `unseen`."},
+        metadata={
+            "help": "Decoding of the format check: `seen` (plain causal sampling, the model writes every tag) or `unseen`."
+        },
     )
     data_dir: str | None = field(
-        default=None, metadata={"help": "Folder of the shipped data sets (the format check's GSM8K); default: the registry's."}
+        default=None,
+        metadata={"help": "Folder of the shipped data sets (the format check's GSM8K); default: the registry's."},
     )
-    activation_checkpointing: bool | None = field(default=False, metadata={"help": "Recompute activations in backward."})
-    gradient_checkpointing: bool | None = field(default=None, metadata={"help": "Deprecated alias of activation_checkpointing."})
+    activation_checkpointing: bool | None = field(
+        default=False, metadata={"help": "Recompute activations in backward."}
+    )
+    gradient_checkpointing: bool | None = field(
+        default=None, metadata={"help": "Deprecated alias of activation_checkpointing."}
+    )
     bf16: bool | None = field(default=None, metadata={"help": "bf16 autocast; None = on when CUDA supports bf16."})
     report_to: str | list[str] = field(
         default="none", metadata={"help": "Where to log: `none`, `tensorboard`, `wandb`, ... (transformers)."}
     )
     force: bool = field(
         default=False,
-        metadata={"help": "Write into output_dir although it holds a run of another recipe (continue it with this one) or is not an sft run folder."},
+        metadata={
+            "help": "Write into output_dir although it holds a run of another recipe (continue it with this one) or is not an sft run folder."
+        },
     )
 
     def __post_init__(self):
@@ -139,7 +150,9 @@ class ParallelSFTConfig(SFTConfig):
         check_attention_available(self.attn_implementation)
         if self.variant == "unseen":
             if self.packing or self.padding_free:
-                raise ValueError("unseen SFT needs padded batches with a 4-D mask: set packing and padding_free to false")
+                raise ValueError(
+                    "unseen SFT needs padded batches with a 4-D mask: set packing and padding_free to false"
+                )
             check_unseen_attention(self.attn_implementation)
 
 
@@ -160,11 +173,20 @@ def load_traces(source: str, size: int | None = None, data_dir: str | None = Non
         rows = []
         for n, r in enumerate(read_jsonl(path), 1):
             if "status" in r or "problem_id" in r:  # a `coldstart generate` file: filter it first
-                raise ValueError(f"{path}:{n}: looks like `coldstart generate` output; run `coldstart filter` on it first")
+                raise ValueError(
+                    f"{path}:{n}: looks like `coldstart generate` output; run `coldstart filter` on it first"
+                )
             for key in ("problem", "response"):
                 if not isinstance(r.get(key), str) or not r[key].strip():
                     raise ValueError(f"{path}:{n}: missing or empty field {key!r}")
-            rows.append(dict(id=r.get("id", f"{path.stem}-{n}"), source=r.get("source", path.stem), problem=r["problem"], response=r["response"]))
+            rows.append(
+                dict(
+                    id=r.get("id", f"{path.stem}-{n}"),
+                    source=r.get("source", path.stem),
+                    problem=r["problem"],
+                    response=r["response"],
+                )
+            )
             if size is not None and len(rows) >= size:
                 break
         return rows
@@ -194,7 +216,11 @@ def build_dataset(rows: list[dict], tokenizer, cfg: ParallelSFTConfig):
     if not keep:
         raise ValueError("no training row fits max_length (or the training data is empty)")
     return Dataset.from_dict(
-        {"prompt": [prompts[i] for i in keep], "completion": [completions[i] for i in keep], "id": [str(rows[i]["id"]) for i in keep]}
+        {
+            "prompt": [prompts[i] for i in keep],
+            "completion": [completions[i] for i in keep],
+            "id": [str(rows[i]["id"]) for i in keep],
+        }
     )
 
 
@@ -245,7 +271,9 @@ def prepare_model_and_tokenizer(cfg: ParallelSFTConfig):
     return model, tok
 
 
-def build_trainer(cfg: ParallelSFTConfig, model=None, tokenizer=None, train_rows=None, eval_rows=None) -> ParallelSFTTrainer:
+def build_trainer(
+    cfg: ParallelSFTConfig, model=None, tokenizer=None, train_rows=None, eval_rows=None
+) -> ParallelSFTTrainer:
     """Everything ready to ``.train()``; pass ``model``/``tokenizer``/rows to skip loading them."""
     # Data first: a bad file should fail before minutes of model loading.
     if train_rows is None:
@@ -373,9 +401,22 @@ def save_loss_curve(trainer, out_dir: Path) -> None:
 
 
 # config.yaml fields that may differ when a run is re-run (where it is, how it logs and saves)
-FREE_FIELDS = ("output_dir", "logging_dir", "resume_from_checkpoint", "force", "report_to", "run_name", "disable_tqdm",
-               "save_steps", "save_total_limit", "data_dir", "dataloader_num_workers", "dataloader_pin_memory",
-               "log_level", "log_level_replica")
+FREE_FIELDS = (
+    "output_dir",
+    "logging_dir",
+    "resume_from_checkpoint",
+    "force",
+    "report_to",
+    "run_name",
+    "disable_tqdm",
+    "save_steps",
+    "save_total_limit",
+    "data_dir",
+    "dataloader_num_workers",
+    "dataloader_pin_memory",
+    "log_level",
+    "log_level_replica",
+)
 
 
 def train(cfg: ParallelSFTConfig) -> dict:
@@ -397,8 +438,16 @@ def train(cfg: ParallelSFTConfig) -> dict:
     )
 
     out_dir = Path(cfg.output_dir)
-    state = open_run(out_dir, "config.yaml", config_dict(cfg), stage="sft", force=cfg.force, finished="sft_summary.json",
-                     free=FREE_FIELDS, budget=("max_steps", "num_train_epochs"))
+    state = open_run(
+        out_dir,
+        "config.yaml",
+        config_dict(cfg),
+        stage="sft",
+        force=cfg.force,
+        finished="sft_summary.json",
+        free=FREE_FIELDS,
+        budget=("max_steps", "num_train_epochs"),
+    )
     if state == "finished":
         print(f"sft: {out_dir} is finished; nothing to do", file=sys.stderr)
         return json.loads((out_dir / "sft_summary.json").read_text())
