@@ -327,7 +327,7 @@ def test_devices_and_attention_are_checked_before_any_model_loads(tmp_path):
     from types import SimpleNamespace
 
     from parallel_r1.devices import check_unseen_attention, resolve_device, resolve_dtype
-    from parallel_r1.train.rl import RLConfig, _check
+    from parallel_r1.train.rl import RLConfig
 
     n = torch.cuda.device_count() if torch.cuda.is_available() else 0
     with pytest.raises(ValueError, match=rf"device 'cuda:{n}': this machine has"):
@@ -349,4 +349,4 @@ def test_devices_and_attention_are_checked_before_any_model_loads(tmp_path):
         ParallelEngine(model, tok, DecodingConfig())
     ParallelEngine(model, tok, DecodingConfig(variant="seen"))  # causal: any implementation will do
     with pytest.raises(ValueError, match="rollout_batch_size: must be > 0"):
-        _check(RLConfig(output_dir=str(tmp_path), rollout_batch_size=0, use_cpu=True, report_to="none"))
+        RLConfig(output_dir=str(tmp_path), rollout_batch_size=0, use_cpu=True, report_to="none")

@@ -203,11 +203,11 @@ def rl_worker(out: Path, recipe: str) -> None:
     rank = int(os.environ["RANK"])
     make_rollout_func, build_trainer, engine = rl_trainer.make_rollout_func, rl.build_trainer, decoding.ParallelEngine
 
-    def uneven(engine_cfg, tags, schedule, *args):
+    def uneven(engine_cfg, tags, schedule, *args, **kwargs):
         if rank == 0:
             engine_cfg = dataclasses.replace(engine_cfg, max_path_tokens=engine_cfg.max_path_tokens // 10)
             schedule = {k: v // 10 for k, v in schedule.items()}
-        return make_rollout_func(engine_cfg, tags, schedule, *args)
+        return make_rollout_func(engine_cfg, tags, schedule, *args, **kwargs)
 
     stats, built = [], []
 
