@@ -201,11 +201,9 @@ class Stages:
 
 
 def vllm_paths(stages: Stages) -> None:
-    """vLLM rollouts and eval when vLLM is importable and the config fields exist; a printed skip otherwise."""
+    """RL with vLLM rollouts (``rollout_backend: vllm``) and ``eval --backend vllm`` when vLLM is
+    importable on a GPU; a printed skip otherwise."""
     import importlib.util
-
-    from parallel_r1.evaluate import EvalConfig
-    from parallel_r1.train.rl import RLConfig
 
     if importlib.util.find_spec("vllm") is None:
         print("stage vllm: skipped (vLLM is not importable)")
@@ -213,15 +211,8 @@ def vllm_paths(stages: Stages) -> None:
     if stages.s.device != "cuda":
         print("stage vllm: skipped (vLLM needs a GPU)")
         return
-    rl_fields = {f.name for f in dataclasses.fields(RLConfig)}
-    if "rollout_backend" in rl_fields:
-        stages.run("rl-vllm", lambda: stages.rl("--rollout_backend", "vllm", name="rl_vllm"))
-    else:
-        print("stage rl-vllm: skipped (RLConfig has no rollout_backend field in this version)")
-    if "backend" in {f.name for f in dataclasses.fields(EvalConfig)}:
-        stages.run("eval-vllm", lambda: stages.eval("--backend", "vllm", name="eval_vllm"))
-    else:
-        print("stage eval-vllm: skipped (EvalConfig has no backend field in this version)")
+    stages.run("rl-vllm", lambda: stages.rl("--rollout_backend", "vllm", name="rl_vllm"))
+    stages.run("eval-vllm", lambda: stages.eval("--backend", "vllm", name="eval_vllm"))
 
 
 def main() -> int:
