@@ -65,8 +65,10 @@ def run_rl(rl: dict, model: Path, out: Path) -> Path:
 
     if (out / "DONE.json").exists():
         return out
-    out.mkdir(parents=True, exist_ok=True)
-    recipe = out / "rl_recipe.yaml"
+    # next to the run folder, not in it: `rl` refuses a non-empty folder that is not its own run
+    # (its config.yaml, written by `rl`, is the complete record of the run)
+    recipe = out.parent / f"{out.name}.rl.yaml"
+    recipe.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(recipe, yaml.safe_dump(dict(rl, model=str(model), output_dir=str(out)), sort_keys=False))
     (cfg,) = parse_command("rl", ["--config", str(recipe)])
     trainer, ckpt = build_trainer(cfg)

@@ -223,7 +223,13 @@ def test_interrupt_then_resume(fake_server, tmp_path):
         generate(ps, t, {str(out)!r}, n=1, concurrency=2, progress=False)
         """
     )
-    proc = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE)
+    # A shell starts background jobs with SIGINT ignored and children inherit that (Python then
+    # installs no KeyboardInterrupt handler): give the run the default disposition, as a terminal would.
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     rows_written = lambda: out.read_text().count("\n") if out.exists() else 0  # noqa: E731
     while rows_written() < 4:  # the 4 answers are graded and written; the run then waits on the server
         assert proc.poll() is None, "the run ended before its 4th row"
