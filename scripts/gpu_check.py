@@ -200,15 +200,16 @@ class Stages:
         return f"{arch}: {tokens} tokens in {secs:.2f} s = {tokens / secs:.0f} decode tokens/s (batch {len(prompts)})"
 
 
-def vllm_paths(stages: Stages) -> None:
+def vllm_paths(stages: Stages, needs_gpu: bool = True) -> None:
     """RL with vLLM rollouts (``rollout_backend: vllm``) and ``eval --backend vllm`` when vLLM is
-    importable on a GPU; a printed skip otherwise."""
+    importable on a GPU; a printed skip otherwise. ``needs_gpu=False`` is for the tests' CPU
+    stand-in of vLLM (tests/test_vllm_rl.py); a real vLLM needs a GPU."""
     import importlib.util
 
     if importlib.util.find_spec("vllm") is None:
         print("stage vllm: skipped (vLLM is not importable)")
         return
-    if stages.s.device != "cuda":
+    if needs_gpu and stages.s.device != "cuda":
         print("stage vllm: skipped (vLLM needs a GPU)")
         return
     stages.run("rl-vllm", lambda: stages.rl("--rollout_backend", "vllm", name="rl_vllm"))

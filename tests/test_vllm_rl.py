@@ -365,3 +365,36 @@ def test_gpu_vllm_recipes_are_the_engine_recipes_on_vllm(stem, monkeypatch):
 def test_baseline_recipe_turns_the_correction_off():
     text = (Path(__file__).parents[1] / "recipes" / "rl_grpo_baseline.yaml").read_text()
     assert yaml.safe_load(text)["vllm_importance_sampling_correction"] is False and "verl 0.4.1" in text
+
+
+def test_gpu_check_runs_the_vllm_rl_and_eval_stages(tmp_path, taught_model, fake_vllm, monkeypatch, capsys):
+    """``make gpu-check``'s vLLM stages, driven here through the stand-ins (TRL's colocate LLM for
+    RL, the ``vllm`` module for eval): what the script runs on a GPU machine where vLLM imports."""
+    import importlib.machinery
+    import json
+    import sys
+
+    from test_vllm_backend import NamedLLM, params
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import gpu_check
+
+    fake = types.ModuleType("vllm")
+    fake.__spec__ = importlib.machinery.ModuleSpec("vllm", None)  # importable, as find_spec sees it
+    fake.LLM, fake.SamplingParams = NamedLLM, params
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+    monkeypatch.setenv("GPU_CHECK_CPU", "1")
+    stages = gpu_check.Stages(torch, gpu_check.Setting.detect(torch), tmp_path)
+    for name in ("sft", "rl"):  # the earlier stages' models: the eval stage reads `rl`
+        (tmp_path / name).symlink_to(taught_model)
+
+    gpu_check.vllm_paths(stages, needs_gpu=False)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("stage ")]
+    assert [line.split(":")[0] for line in lines] == ["stage rl-vllm", "stage eval-vllm"]
+    assert all(": ok " in line for line in lines)
+    config = yaml.safe_load((tmp_path / "rl_vllm" / "config.yaml").read_text())
+    assert config["rollout_backend"] == "vllm" and ColocatedLLM.made  # TRL built its (stand-in) vLLM
+    rows = [json.loads(line) for line in (tmp_path / "rl_vllm" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2] and all("logprob_gap_max" in r for r in rows)
+    run = json.loads((tmp_path / "eval_vllm" / "run.json").read_text())
+    assert run["identity"]["backend"] == "vllm" and NamedLLM.made  # eval went through `vllm.LLM`
