@@ -119,7 +119,7 @@ def run_eval(ev: dict, rl: dict, tag: str, model: Path, out: Path) -> dict:
 
     n = int(ev.get("samples", 1))
     cfg = EvalConfig(
-        model=str(model), out=str(out / "eval" / tag), benchmarks=[ev["benchmark"]], k={ev["benchmark"]: 1},
+        model=str(model), output_dir=str(out / "eval" / tag), benchmarks=[ev["benchmark"]], k={ev["benchmark"]: 1},
         samples={ev["benchmark"]: n}, template=rl.get("template", "no_prompt"), variant=rl.get("variant", "unseen"),
         max_new_tokens=rl["max_completion_length"], num_paths=rl.get("num_paths", 2), max_blocks=rl.get("max_blocks", 2),
         max_path_tokens=rl.get("max_path_tokens"), temperature=float(ev.get("temperature", 1.0)),

@@ -4,15 +4,18 @@ import importlib.util
 import json
 import math
 import random
+import shutil
 
 import pytest
 import yaml
 
+import test_rl
 from conftest import REPO
 
 spec = importlib.util.spec_from_file_location("experiment", REPO / "scripts" / "experiment.py")
 experiment = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(experiment)
+taught_model, additions = test_rl.taught_model, test_rl.additions  # test_rl's fixtures
 
 
 def test_recipes_load_and_share_everything_but_the_reward():
@@ -65,3 +68,24 @@ def test_paired_bootstrap_degenerate_and_against_the_normal_approximation():
     assert r["hi"] == pytest.approx(mean + half, abs=0.25 * half)
     with pytest.raises(ValueError):
         experiment.paired_bootstrap([1.0], [])
+
+
+def test_an_experiment_runs_end_to_end_and_resumes(tmp_path, taught_model, additions):
+    """The whole script on test_rl's taught tiny model: RL, both evaluations, the bootstrap, the
+    report; a second run finds everything done and returns the same summary."""
+    shutil.copytree(taught_model, tmp_path / "exp" / "sft")
+    (tmp_path / "exp" / "sft" / "DONE.json").write_text("{}\n")  # the cold start exists: no demo stages
+    rl = yaml.safe_load(test_rl._recipe(tmp_path, taught_model, additions, rl_steps=2, save_every=2).read_text())
+    for key in ("model", "output_dir"):  # the script fills them in
+        rl.pop(key)
+    recipe = tmp_path / "e.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "out": str(tmp_path / "exp" / "e"), "sft": {"output_dir": str(tmp_path / "exp")}, "rl": rl,
+        "eval": {"benchmark": str(additions), "problems": 6, "temperature": 1.0, "seed": 0, "resamples": 200},
+    }))  # fmt: skip
+    first = experiment.run_experiment(str(recipe))
+    out = tmp_path / "exp" / "e"
+    assert (out / "DONE.json").exists() and (out / "report.html").exists()
+    assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    assert first["difference"]["n_problems"] == 6 and set(first["accuracy"]) == {"sft", "rl"}
+    assert first == experiment.run_experiment(str(recipe))  # resumed: nothing re-run, same figures

@@ -323,5 +323,8 @@ def test_vllm_fixes_path_budget_eos_and_dtype(tmp_path, fake_vllm_module):
     small, small_tok = build_tiny_model("llama")
     small.save_pretrained(tmp_path / "tiny")
     small_tok.save_pretrained(tmp_path / "tiny")
-    run(GenerateConfig(model=str(tmp_path / "tiny"), problem=["1+1?"], backend="vllm", max_new_tokens=4, temperature=0))
+    run(
+        GenerateConfig(model=str(tmp_path / "tiny"), problem=["1+1?"], backend="vllm"),
+        DecodingConfig(max_new_tokens=4, temperature=0),
+    )
     assert fake_vllm_module.made[-1].kwargs["dtype"] == "auto"

@@ -19,14 +19,16 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..decoding.config import DecodingConfig
+
 HELP = "sample completions with the parallel decoding engine"
 
 
 @dataclass
 class GenerateConfig:
-    """What to sample from which model. The engine settings below are those of
-    ``decoding.DecodingConfig`` (same names, same defaults), repeated here because the engine
-    module imports torch and ``--help`` must not."""
+    """What to sample from which model; how the engine samples is ``decoding.DecodingConfig``
+    (its flags follow these). ``--dtype auto``: bfloat16 on a GPU, float32 on the CPU for the
+    engine; the model's own dtype for vLLM."""
 
     model: str = field(metadata={"help": "Checkpoint folder, hub id or alias (smollm2)."})
     problem: list[str] | None = field(
@@ -52,43 +54,12 @@ class GenerateConfig:
     device: str = field(
         default="auto", metadata={"help": "auto (the first GPU when there is one, else the CPU), cpu, cuda, cuda:N."}
     )
-    dtype: str = field(
-        default="auto",
-        metadata={
-            "help": "Compute dtype: auto (bfloat16 on a GPU, float32 on the CPU), float32, bfloat16, float16. The engine keeps float32 weights and autocasts; vLLM loads the weights in it (auto: the model's own)."
-        },
-    )
     backend: str = field(
         default="transformers",
         metadata={
             "help": "transformers: the exact engine (CPU/GPU); vllm: the paper's separate-request loop on vLLM (GPU, fast, not exact: decoding/vllm_backend.py)."
         },
     )
-    # the engine (decoding.DecodingConfig)
-    variant: str = field(
-        default="unseen", metadata={"help": "unseen: orchestrated paths (exact layout); seen: plain causal sampling."}
-    )
-    num_paths: int = field(default=2, metadata={"help": "k, paths forked per <Parallel> block (unseen)."})
-    max_blocks: int = field(
-        default=4, metadata={"help": "M, blocks per completion; the sample ends after the M-th </Summary> (paper: 4)."}
-    )
-    max_new_tokens: int = field(
-        default=512, metadata={"help": "Budget of completion tokens (trunk + all paths + summaries)."}
-    )
-    max_path_tokens: int | None = field(
-        default=None, metadata={"help": "Budget of one path, tags included (default: max_new_tokens)."}
-    )
-    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature; 0 = greedy."})
-    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling threshold."})
-    top_k: int | None = field(default=0, metadata={"help": "Top-k sampling (0 = off)."})
-    path_temperature: float | None = field(
-        default=1.0, metadata={"help": "Temperature inside paths (paper forces 1.0)."}
-    )
-    constrain_tags: bool = field(
-        default=True, metadata={"help": "Unseen: never sample a tag that would break the block structure."}
-    )
-    batch_size: int = field(default=64, metadata={"help": "Samples decoded together (paths add rows)."})
-    seed: int | None = field(default=None, metadata={"help": "Seed of the sampler (default: nondeterministic)."})
     logprobs: bool = field(
         default=False,
         metadata={
@@ -99,41 +70,35 @@ class GenerateConfig:
     def __post_init__(self):
         if (self.problem is None) == (self.problems is None):
             raise ValueError("give exactly one of --problem (texts) and --problems (a set name or file)")
-        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
-            raise ValueError(f"unknown dtype {self.dtype!r}; known: auto, float32, bfloat16, float16")
         from ..devices import resolve_device
+        from ..prompts import TEMPLATES
+        from ..validate import one_of, positive
 
         resolve_device(self.device)  # a device this machine lacks fails here, before any model loads
-        if self.backend not in ("transformers", "vllm"):
-            raise ValueError(f"unknown backend {self.backend!r}; known: transformers, vllm")
-        from ..prompts import TEMPLATES
-        from ..validate import fraction, non_negative, one_of, positive
-
+        one_of(self, "backend", ("transformers", "vllm"))
         one_of(self, "template", TEMPLATES)
-        one_of(self, "variant", ("unseen", "seen"))
-        positive(self, "n", "limit", "num_paths", "max_new_tokens", "max_path_tokens", "batch_size")
-        non_negative(self, "max_blocks", "temperature", "path_temperature", "top_k")
-        fraction(self, "top_p")
-        if self.backend == "vllm":
-            from ..decoding.vllm_backend import check_sampling
-
-            check_sampling(self.temperature, self.path_temperature, where="generate")
+        positive(self, "n", "limit")
 
 
-CONFIG = (GenerateConfig,)
+CONFIG = (GenerateConfig, DecodingConfig)
 
 
-def run(cfg: GenerateConfig) -> int:
-    from ..decoding import DecodingConfig, ParallelEngine
+def run(cfg: GenerateConfig, dcfg: DecodingConfig | None = None) -> int:
+    from ..decoding import ParallelEngine
     from ..devices import resolve_device
     from ..io import JsonlAppender, read_jsonl
     from ..models import load_with_tags
     from ..prompts import build_prompt
 
+    dcfg = dcfg or DecodingConfig()
     device = resolve_device(cfg.device)
-    dtype = cfg.dtype if cfg.dtype != "auto" else "bfloat16" if device.type == "cuda" else "float32"
-    shared = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(DecodingConfig) if hasattr(cfg, f.name)}
-    dcfg = DecodingConfig(**{**shared, "dtype": dtype})
+    asked = dcfg.dtype if dcfg.dtype not in (None, "auto") else None
+    if cfg.backend == "vllm":
+        from ..decoding.vllm_backend import check_sampling
+
+        check_sampling(dcfg.temperature, dcfg.path_temperature, where="generate")  # before the model loads
+    else:
+        dcfg = dataclasses.replace(dcfg, dtype=asked or ("bfloat16" if device.type == "cuda" else "float32"))
     if cfg.problem:
         problems = [(f"problem-{i}", text) for i, text in enumerate(cfg.problem)]
     else:
@@ -144,7 +109,7 @@ def run(cfg: GenerateConfig) -> int:
     if cfg.backend == "vllm":
         from ..decoding.vllm_backend import VLLMEngine
 
-        engine = VLLMEngine(cfg.model, dcfg, llm_kwargs=dict(dtype=cfg.dtype))  # auto: the model's own dtype
+        engine = VLLMEngine(cfg.model, dcfg, llm_kwargs=dict(dtype=asked or "auto"))  # auto: the model's own dtype
         tok = engine.tokenizer
     else:
         model, tok, added = load_with_tags(cfg.model)  # float32 weights; the engine autocasts to `dtype`

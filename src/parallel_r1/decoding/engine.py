@@ -54,79 +54,8 @@ from ..devices import check_unseen_attention, kv_bytes_per_token, params_sharded
 from ..format import parse
 from ..structure import TagIds
 from .cache import GROW, new_cache, regather, visible
+from .config import DecodingConfig
 from .sampling import draw
-
-
-@dataclass
-class DecodingConfig:
-    """How the engine samples."""
-
-    variant: str = field(
-        default="unseen", metadata={"help": "unseen: orchestrated paths (exact layout); seen: plain causal sampling."}
-    )
-    num_paths: int = field(default=2, metadata={"help": "k, paths forked per <Parallel> block (unseen)."})
-    max_blocks: int = field(
-        default=4, metadata={"help": "M, blocks per completion; the sample ends after the M-th </Summary> (paper: 4)."}
-    )
-    max_new_tokens: int = field(
-        default=512, metadata={"help": "Budget of completion tokens (trunk + all paths + summaries)."}
-    )
-    max_path_tokens: int | None = field(
-        default=None, metadata={"help": "Budget of one path, tags included (default: max_new_tokens)."}
-    )
-    temperature: float = field(
-        default=1.0,
-        metadata={"help": "Sampling temperature; 0 = greedy. Also the temperature of the returned log-probs."},
-    )
-    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling threshold."})
-    top_k: int | None = field(default=0, metadata={"help": "Top-k sampling (0 or None = off)."})
-    path_temperature: float | None = field(
-        default=1.0, metadata={"help": "Temperature inside paths (paper forces 1.0); None = temperature."}
-    )
-    constrain_tags: bool = field(
-        default=True, metadata={"help": "Unseen: never sample a tag that would break the block structure."}
-    )
-    batch_size: int = field(
-        default=64,
-        metadata={
-            "help": "Samples decoded together (one batch row each; a block's paths share their sample's row). RL: `rollout_batch_size`."
-        },
-    )
-    max_cache_bytes: int | None = field(
-        default=None,
-        metadata={
-            "help": "Memory budget of the key/value cache in bytes: a batch whose estimated cache exceeds it is decoded in smaller chunks (None = batch_size only)."
-        },
-    )
-    dtype: str | None = field(
-        default=None,
-        metadata={
-            "help": "Compute dtype of the forwards: None/auto = the model's parameters; bfloat16/float16 = autocast (use the trainer's precision: bf16 training -> bfloat16)."
-        },
-    )
-    lockstep: bool | None = field(
-        default=None,
-        metadata={
-            "help": "Every rank runs the same number of forwards (needed when parameters are sharded: FSDP, FSDP2, ZeRO-3). None = auto (sharded parameters and world size > 1)."
-        },
-    )
-    seed: int | None = field(default=None, metadata={"help": "Seed of the sampler; None = nondeterministic."})
-
-    def __post_init__(self):
-        self.top_k = self.top_k or 0
-        if self.variant not in ("unseen", "seen"):
-            raise ValueError(f"decoding: variant must be 'unseen' or 'seen', got {self.variant!r}")
-        if self.num_paths < 2:
-            raise ValueError(f"decoding: num_paths must be >= 2 (a block has at least two paths), got {self.num_paths}")
-        if self.max_blocks < 1 or self.max_new_tokens < 1 or self.batch_size < 1:
-            raise ValueError("decoding: max_blocks, max_new_tokens and batch_size must be >= 1")
-        if self.max_cache_bytes is not None and self.max_cache_bytes <= 0:
-            raise ValueError(f"decoding: max_cache_bytes must be > 0, got {self.max_cache_bytes}")
-        resolve_dtype(self.dtype)
-        if self.max_path_tokens is not None and self.max_path_tokens < 2:
-            raise ValueError("decoding: max_path_tokens must be >= 2 (the two path tags)")
-        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
-            raise ValueError("decoding: need temperature >= 0, 0 < top_p <= 1, top_k >= 0")
 
 
 def encode_prompt(tokenizer, prompt, index: int, context: int | None) -> list[int]:
