@@ -38,6 +38,12 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
 def load_recipe(path: str) -> dict:
     recipe = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    if recipe.get("kind") == "readiness":
+        need = ("out", "branches", "worked_data", "midtrain", "readiness")
+        for key in need:
+            if key not in recipe:
+                raise ValueError(f"{path}: missing top-level field {key!r} ({', '.join(need)})")
+        return recipe
     for key in ("out", "sft", "rl", "eval"):
         if key not in recipe:
             raise ValueError(f"{path}: missing top-level field {key!r} (out, sft, rl, eval)")
@@ -152,11 +158,41 @@ def paired_bootstrap(before: list[float], after: list[float], resamples: int = 1
             "n_problems": n, "resamples": resamples, "seed": seed}  # fmt: skip
 
 
+def run_readiness_experiment(recipe: dict) -> dict:
+    """E4: worked-solution data -> ``parallel-r1 midtrain`` (stable + decay branches) ->
+    ``parallel-r1 rl-readiness`` on the named branches. Each step resumes or reuses its outputs."""
+    from parallel_r1.cli import main as cli
+    from parallel_r1.data.synthetic import make_problems, worked_solution
+    from parallel_r1.io import atomic_write_text, write_jsonl
+
+    out, spec = Path(recipe["out"]), recipe["worked_data"]
+    data = Path(spec["path"])
+    if not data.exists():
+        problems = make_problems(int(spec["problems"]), "easy", seed=int(spec.get("seed", 0)), split="train")
+        data.parent.mkdir(parents=True, exist_ok=True)
+        write_jsonl(data, [{"problem": p.problem, "solution": worked_solution(p)} for p in problems])
+    steps = {
+        "midtrain": (dict(recipe["midtrain"], output_dir=str(out / "mt")), []),
+        "rl-readiness": (
+            dict(recipe["readiness"], output_dir=str(out / "readiness")),
+            ["--branches", *(f"{b}={out / 'mt' / b / 'final'}" for b in recipe["branches"])],
+        ),
+    }
+    for command, (config, extra) in steps.items():
+        config_path = out / f"{command}.yaml"
+        atomic_write_text(config_path, yaml.safe_dump(config, sort_keys=False))
+        if cli([command, "--config", str(config_path), *extra]) != 0:
+            raise RuntimeError(f"parallel-r1 {command} failed (config {config_path})")
+    return json.loads((out / "readiness" / "readiness.json").read_text())
+
+
 def run_experiment(path: str) -> dict:
     from parallel_r1.io import atomic_write_json, atomic_write_text
     from parallel_r1.report import build_report
 
     recipe = load_recipe(path)
+    if recipe.get("kind") == "readiness":
+        return run_readiness_experiment(recipe)
     out = Path(recipe["out"])
     ev, rl = recipe["eval"], recipe["rl"]
     sft_model = ensure_sft(recipe["sft"])

@@ -14,7 +14,7 @@ import yaml
 
 from parallel_r1.data.fewshot import fewshot_prompt, fewshot_stop
 from parallel_r1.data.registry import APO_SOURCES, KNOWN, load_pilot_traces, load_problems, resolve_data_dir
-from parallel_r1.data.synthetic import make_problem, make_problems, teacher_trace
+from parallel_r1.data.synthetic import make_problem, make_problems, teacher_trace, worked_solution
 from parallel_r1.format import parse
 from parallel_r1.grading_pool import grade_answers, is_correct
 
@@ -400,6 +400,22 @@ def test_synthetic_problems_and_teacher_traces(difficulty, n, ops):
     from parallel_r1.grading import extract_final_answer
 
     assert grade_answers([extract_final_answer(teacher_trace(p)) for p in problems], golds) == [True] * n
+
+
+@pytest.mark.parametrize("difficulty", ["easy", "hard"])
+def test_worked_solutions_are_true_sequential_and_in_the_answer_form(difficulty):
+    from parallel_r1.data.problem import Problem
+    from parallel_r1.grading import extract_final_answer
+
+    for p in make_problems(200, difficulty, seed=7):
+        text = worked_solution(p)
+        body, last = text.split("\n")
+        equations = re.findall(r"([\d+\-*]+)=(\d+)", body)
+        assert body.startswith("In order: ") and all(eval(lhs) == int(rhs) for lhs, rhs in equations)
+        assert int(equations[-1][1]) == int(p.answer) and last == f"Final Answer: {p.answer}"
+        assert extract_final_answer(text) == p.answer and parse(text).num_blocks == 0  # no block
+    with pytest.raises(ValueError, match="worked solution needs a problem from data.synthetic"):
+        worked_solution(Problem(id="x", problem="1+1?", answer="2", source="toy"))
 
 
 def test_teacher_refuses_foreign_problems(data_dir):

@@ -89,3 +89,17 @@ def test_an_experiment_runs_end_to_end_and_resumes(tmp_path, taught_model, addit
     assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
     assert first["difference"]["n_problems"] == 6 and set(first["accuracy"]) == {"sft", "rl"}
     assert first == experiment.run_experiment(str(recipe))  # resumed: nothing re-run, same figures
+
+
+def test_readiness_recipe_loads_and_its_branches_are_midtrain_stages(tmp_path):
+    e4 = experiment.load_recipe(str(REPO / "recipes/experiments/e4_readiness.yaml"))
+    stages = [d["name"] for d in e4["midtrain"]["decay"]]
+    assert e4["branches"] == stages == ["worked", "short"]
+    worked = {s["name"]: s for s in e4["midtrain"]["decay"][0]["mixture"]}["synthetic_qa"]
+    assert worked["path"] == e4["worked_data"]["path"]  # the branch reads the file the script writes
+    weights = [[s["weight"] for s in d["mixture"] if s["name"].endswith("_qa")] for d in e4["midtrain"]["decay"]]
+    assert [sum(w) for w in weights] == [0.30, 0.30]  # the branches differ only in their QA share's data
+    p = tmp_path / "bad.yaml"
+    p.write_text(yaml.safe_dump({"kind": "readiness", "out": "x", "branches": []}))
+    with pytest.raises(ValueError, match="'worked_data'"):
+        experiment.load_recipe(str(p))

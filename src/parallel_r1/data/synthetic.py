@@ -226,3 +226,15 @@ def teacher_trace(problem: Problem) -> str:
         f"<Summary>Both ways give {answer}.</Summary>\n"
         f"Final Answer: {answer}"
     )
+
+
+def worked_solution(problem: Problem) -> str:
+    """A sequential worked solution (path 1 of the teacher, no block) in the RL answer form:
+    ``In order: 24+13=37, 37-9=28.\\nFinal Answer: 28``. Mid-training data for the readiness
+    experiment (docs/experiments.md, E4): a decay branch that has seen the task's solutions."""
+    terms = problem.extra.get("terms") if problem.extra else None
+    if not terms:
+        raise ValueError(
+            f"problem {problem.id}: a worked solution needs a problem from data.synthetic (extra['terms'])"
+        )
+    return "In order: " + ", ".join(_in_order(terms)) + f".\nFinal Answer: {evaluate_terms(terms)}"
