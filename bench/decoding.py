@@ -6,7 +6,7 @@ Every contender produces the *same* tokens: the model's next token is forced by 
 (trunk of 8 tokens, ``<Parallel>``, k paths of ``--path-tokens`` tokens, a 16-token summary,
 EOS) while the real model runs every forward, so only the decoding scheme differs:
 
-(a) engine (the paper's v3 prompt), k paths decoded as k rows sharing the prefix cache  vs  the same number of
+(a) engine (the paper's v3 prompt), k paths decoded as k streams of one row (4-D mask, shared prefix)  vs  the same number of
     tokens generated sequentially in one row (``model.generate``);
 (b) engine  vs  the paper's re-prefill scheme with plain ``generate`` calls (trunk; the k paths
     as k rows re-reading the context; the summary re-reading context + paths causally).

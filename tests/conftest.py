@@ -12,6 +12,21 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("PARALLEL_R1_DATA", REPO.parent / "shared" / "data"))
+# The fields every tiny-model GRPO recipe of the tests shares: DAPO loss without KL, a constant lr,
+# plain sampling at T 1, fp32 on the CPU, no activation recomputation, seeded; tests add the sizes.
+TINY_GRPO = dict(
+    lr_scheduler_type="constant",
+    beta=0.0,
+    loss_type="dapo",
+    temperature=1.0,
+    top_k=0,
+    bf16=False,
+    use_cpu=True,
+    activation_checkpointing=False,
+    report_to="none",
+    seed=0,
+    rollout_seed=0,
+)
 
 
 @pytest.fixture(scope="session")

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import yaml
 
+from conftest import TINY_GRPO
 from parallel_r1.cli import main
 from parallel_r1.io import read_jsonl
 
@@ -85,6 +86,7 @@ def rl_recipe(tmp_path: Path, model: Path, **over) -> Path:
         )
     )
     cfg = dict(
+        TINY_GRPO,
         model=str(model),
         dataset=str(data),
         template="baseline",
@@ -100,17 +102,6 @@ def rl_recipe(tmp_path: Path, model: Path, **over) -> Path:
         max_path_tokens=8,
         max_blocks=1,
         learning_rate=1e-3,
-        lr_scheduler_type="constant",
-        beta=0.0,
-        loss_type="dapo",
-        temperature=1.0,
-        top_k=0,
-        bf16=False,
-        use_cpu=True,
-        activation_checkpointing=False,
-        report_to="none",
-        seed=0,
-        rollout_seed=0,
     )
     cfg.update(over)
     path = tmp_path / "recipe.yaml"

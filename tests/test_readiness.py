@@ -17,6 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import TINY_GRPO
 from parallel_r1.cli import main as cli_main
 from parallel_r1.io import read_jsonl
 from parallel_r1.train import readiness as R
@@ -69,6 +70,7 @@ def midtrain_run(tmp_path_factory) -> Path:
 
 def _recipe(tmp_path: Path, additions: Path, **over) -> dict:
     rl = dict(
+        TINY_GRPO,
         dataset=str(additions),
         template="baseline",
         variant="seen",
@@ -81,16 +83,6 @@ def _recipe(tmp_path: Path, additions: Path, **over) -> dict:
         gradient_accumulation_steps=1,
         max_completion_length=16,
         learning_rate=5e-3,
-        lr_scheduler_type="constant",
-        beta=0.0,
-        loss_type="dapo",
-        temperature=1.0,
-        top_k=0,
-        bf16=False,
-        use_cpu=True,
-        report_to="none",
-        seed=0,
-        rollout_seed=0,
     )
     ev = dict(
         benchmarks=[str(additions)],

@@ -21,6 +21,7 @@ import pytest
 import torch
 import yaml
 
+from conftest import TINY_GRPO
 from parallel_r1.cli import main as cli_main
 from parallel_r1.cli import parse_command
 from parallel_r1.rewards import alternating_mode
@@ -76,6 +77,7 @@ def additions(tmp_path_factory) -> Path:
 
 def _recipe(tmp_path: Path, model: Path, data: Path, **over) -> Path:
     cfg = dict(
+        TINY_GRPO,
         model=str(model),
         dataset=str(data),
         template="baseline",
@@ -92,19 +94,8 @@ def _recipe(tmp_path: Path, model: Path, data: Path, **over) -> Path:
         max_path_tokens=16,
         max_blocks=2,
         learning_rate=2e-3,
-        lr_scheduler_type="constant",
-        beta=0.0,
         epsilon=0.2,
         epsilon_high=0.28,
-        loss_type="dapo",
-        temperature=1.0,
-        top_k=0,
-        bf16=False,
-        use_cpu=True,
-        activation_checkpointing=False,
-        report_to="none",
-        seed=0,
-        rollout_seed=0,
     )
     cfg.update(over)
     path = tmp_path / "recipe.yaml"
