@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from conftest import TINY_GRPO
+import test_rl
 from parallel_r1.cli import main
 from parallel_r1.io import read_jsonl
 
@@ -72,11 +72,11 @@ def kill_mid_checkpoint(tmp_path: Path, at: int, argv: list[str]) -> Path:
     return Path(ready.read_text()).parent
 
 
-GEN_BATCH = 8  # completions per RL step (2 prompts x 4)
+GEN_BATCH = test_rl.GEN_BATCH  # completions per RL step
 
 
 def rl_recipe(tmp_path: Path, model: Path, **over) -> Path:
-    """A tiny-model GRPO recipe on additions (2 optimiser steps per RL step)."""
+    """test_rl's tiny-model GRPO recipe on additions (2 optimiser steps per RL step), shorter."""
     data = tmp_path / "additions.jsonl"
     data.write_text(
         "".join(
@@ -85,28 +85,8 @@ def rl_recipe(tmp_path: Path, model: Path, **over) -> Path:
             for b in range(4)
         )
     )
-    cfg = dict(
-        TINY_GRPO,
-        model=str(model),
-        dataset=str(data),
-        template="baseline",
-        output_dir=str(tmp_path / "run"),
-        dataset_limit=4,
-        variant="unseen",
-        reward="accuracy",
-        num_generations=4,
-        generation_batch_size=GEN_BATCH,
-        per_device_train_batch_size=4,
-        gradient_accumulation_steps=1,
-        max_completion_length=16,
-        max_path_tokens=8,
-        max_blocks=1,
-        learning_rate=1e-3,
-    )
-    cfg.update(over)
-    path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    short = dict(dataset_limit=4, max_completion_length=16, max_path_tokens=8, max_blocks=1, learning_rate=1e-3)
+    return test_rl._recipe(tmp_path, model, data, **{"epsilon_high": None, **short, **over})
 
 
 def test_sft_killed_mid_checkpoint_resumes_from_the_last_complete_one(tiny_checkpoint, tmp_path, capsys):
