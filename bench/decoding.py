@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import statistics
 import time
 
@@ -119,7 +120,8 @@ def main() -> None:
     )
     filler = tok.encode(" the", add_special_tokens=False)[0]
     print(
-        f"model {args.model}, prompt {len(prompt)} tokens, paths of {args.path_tokens} tokens, {torch.get_num_threads()} threads"
+        f"model {args.model}, prompt {len(prompt)} tokens, paths of {args.path_tokens} tokens, {torch.get_num_threads()} threads, "
+        f"MKL_CBWR={os.environ.get('MKL_CBWR')!r} (parallel_r1's default AUTO; run with MKL_CBWR= for MKL's own kernel choice)"
     )
     for k in (2, 4):
         forced = ScriptedLM(model, make_script(tags, filler, tok.eos_token_id, len(prompt), args.path_tokens))

@@ -1,5 +1,9 @@
 """The decoding engine: exact log-probs under the training layout, forced-token layout, budgets, bad input."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -350,3 +354,36 @@ def test_devices_and_attention_are_checked_before_any_model_loads(tmp_path):
     ParallelEngine(model, tok, DecodingConfig(variant="seen"))  # causal: any implementation will do
     with pytest.raises(ValueError, match="rollout_batch_size: must be > 0"):
         RLConfig(output_dir=str(tmp_path), rollout_batch_size=0, use_cpu=True, report_to="none")
+
+
+def test_cpu_decoding_hands_grouped_heads_to_sdpa_without_copying_them(monkeypatch):
+    # docs/decoding.md, "Speed": with its 4-D mask the engine would otherwise copy every layer's
+    # keys/values once per query-head group at every step; exactness is the tests above
+    from transformers.integrations import sdpa_attention
+
+    copies = []
+    real = sdpa_attention.repeat_kv
+    monkeypatch.setattr(sdpa_attention, "repeat_kv", lambda *a: copies.append(1) or real(*a))
+    monkeypatch.delenv("TRANSFORMERS_SDPA_FORCE_GQA", raising=False)
+    model, tok = build_tiny_model("llama")
+    assert model.config.num_key_value_heads < model.config.num_attention_heads
+    ParallelEngine(
+        with_tag_bias(model, TagIds.from_tokenizer(tok)), tok, DecodingConfig(max_new_tokens=30, seed=0)
+    ).generate(["hello"], n=2)
+    assert copies == []
+    assert "TRANSFORMERS_SDPA_FORCE_GQA" not in os.environ  # only while the engine decodes
+    with torch.no_grad():
+        model(input_ids=torch.tensor([[5, 6, 7]]), attention_mask=torch.ones(1, 1, 3, 3, dtype=torch.bool).tril())
+    assert copies, "a masked forward outside the engine keeps transformers' own choice"
+
+
+@pytest.mark.parametrize("given, expected", [(None, "AUTO"), ("", ""), ("AVX2", "AVX2")])
+def test_importing_the_package_chooses_mkl_kernels_unless_the_user_did(given, expected):
+    # docs/decoding.md, "Speed": MKL's default kernels for 2-3-row products are slow on AMD CPUs
+    env = {k: v for k, v in os.environ.items() if k != "MKL_CBWR"}
+    if given is not None:
+        env["MKL_CBWR"] = given
+    probe = "import os, parallel_r1; print(repr(os.environ.get('MKL_CBWR')))"
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == repr(expected)

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import os
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -210,6 +211,26 @@ def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     return t.to(device)
 
 
+@contextlib.contextmanager
+def cpu_sdpa_gqa(device: torch.device):
+    """On CPU, let transformers' sdpa attention hand grouped-query heads to torch as they are.
+
+    With a 4-D mask (the engine always passes one) transformers copies each layer's keys and
+    values once per query-head group (``repeat_kv``), because CUDA's masked kernels lack GQA; on
+    CPU torch's flash kernel takes the mask and the groups together, with the same result, at half
+    the attention time for SmolLM2's 3 groups (docs/decoding.md, "Speed"). transformers reads
+    ``TRANSFORMERS_SDPA_FORCE_GQA`` at every call, so it is set only while the engine decodes.
+    """
+    if device.type != "cpu" or "TRANSFORMERS_SDPA_FORCE_GQA" in os.environ:
+        yield
+        return
+    os.environ["TRANSFORMERS_SDPA_FORCE_GQA"] = "1"
+    try:
+        yield
+    finally:
+        del os.environ["TRANSFORMERS_SDPA_FORCE_GQA"]
+
+
 class _Lockstep:
     """Every rank runs the same number of forwards (each is a collective of the sharded model).
 
@@ -305,7 +326,7 @@ class ParallelEngine:
         was_training = self.model.training
         self.model.eval()
         try:
-            with torch.no_grad():
+            with torch.no_grad(), cpu_sdpa_gqa(self.device):
                 for start, chunk in chunks:
                     out += self._run(chunk, start, gen)
                 if self.lockstep is not None:
