@@ -164,6 +164,7 @@ def run_readiness_experiment(recipe: dict) -> dict:
     from parallel_r1.cli import main as cli
     from parallel_r1.data.synthetic import make_problems, worked_solution
     from parallel_r1.io import atomic_write_text, write_jsonl
+    from parallel_r1.report import build_report
 
     out, spec = Path(recipe["out"]), recipe["worked_data"]
     data = Path(spec["path"])
@@ -183,6 +184,9 @@ def run_readiness_experiment(recipe: dict) -> dict:
         atomic_write_text(config_path, yaml.safe_dump(config, sort_keys=False))
         if cli([command, "--config", str(config_path), *extra]) != 0:
             raise RuntimeError(f"parallel-r1 {command} failed (config {config_path})")
+    for branch in recipe["branches"]:  # each branch's RL run gets the report page the other experiments get
+        branch_dir = out / "readiness" / branch
+        atomic_write_text(branch_dir / "report.html", build_report(branch_dir / "rl"))
     return json.loads((out / "readiness" / "readiness.json").read_text())
 
 

@@ -11,6 +11,7 @@ import yaml
 
 import test_rl
 from conftest import REPO
+from test_analysis_report import make_run
 
 spec = importlib.util.spec_from_file_location("experiment", REPO / "scripts" / "experiment.py")
 experiment = importlib.util.module_from_spec(spec)
@@ -103,3 +104,30 @@ def test_readiness_recipe_loads_and_its_branches_are_midtrain_stages(tmp_path):
     p.write_text(yaml.safe_dump({"kind": "readiness", "out": "x", "branches": []}))
     with pytest.raises(ValueError, match="'worked_data'"):
         experiment.load_recipe(str(p))
+
+
+def test_readiness_experiment_writes_a_report_per_branch(tmp_path, monkeypatch):
+    import parallel_r1.cli
+
+    e4 = experiment.load_recipe(str(REPO / "recipes/experiments/e4_readiness.yaml"))
+    out = tmp_path / "e4"
+    recipe = dict(
+        e4, out=str(out), worked_data=dict(e4["worked_data"], path=str(tmp_path / "worked.jsonl"), problems=3)
+    )
+    ran = []
+
+    def fake_cli(argv):  # midtrain and rl-readiness themselves are test_midtrain's and test_readiness's
+        ran.append(argv[0])
+        if argv[0] == "rl-readiness":
+            for branch in recipe["branches"]:
+                make_run(out / "readiness" / branch, n_steps=4).rename(out / "readiness" / branch / "rl")
+            (out / "readiness" / "readiness.json").write_text(json.dumps({"branches": recipe["branches"]}))
+        return 0
+
+    monkeypatch.setattr(parallel_r1.cli, "main", fake_cli)
+    assert experiment.run_readiness_experiment(recipe) == {"branches": ["worked", "short"]}
+    assert ran == ["midtrain", "rl-readiness"]
+    assert len((tmp_path / "worked.jsonl").read_text().splitlines()) == 3
+    for branch in recipe["branches"]:
+        page = (out / "readiness" / branch / "report.html").read_text()
+        assert "Parallel-R1 run report" in page and "4 RL steps" in page

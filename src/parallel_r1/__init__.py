@@ -7,7 +7,7 @@ import os
 
 __version__ = "0.1.0"
 
-# MKL (torch's CPU BLAS) picks, by default, a kernel for matrices of 2-3 rows that costs 2-2.5x
+# MKL (torch's CPU BLAS) picks, by default, a kernel for matrices of 2-4 rows that costs 2-2.5x
 # the one-row kernel on AMD CPUs; decoding k paths side by side is exactly that shape. Its
 # conditional-reproducibility mode picks better ones there and is neutral for training-sized
 # matrices (measured in docs/decoding.md, "Speed"). MKL reads the variable at its first call, so
