@@ -379,7 +379,7 @@ def test_cpu_decoding_hands_grouped_heads_to_sdpa_without_copying_them(monkeypat
 
 @pytest.mark.parametrize("given, expected", [(None, "AUTO"), ("", ""), ("AVX2", "AVX2")])
 def test_importing_the_package_chooses_mkl_kernels_unless_the_user_did(given, expected):
-    # docs/decoding.md, "Speed": MKL's default kernels for 2-3-row products are slow on AMD CPUs
+    # docs/decoding.md, "Speed": MKL's default kernels for 2-4-row products are slow on AMD CPUs
     env = {k: v for k, v in os.environ.items() if k != "MKL_CBWR"}
     if given is not None:
         env["MKL_CBWR"] = given
