@@ -11,7 +11,10 @@ A recipe (``recipes/experiments/*.yaml``) has four parts:
   experiment that names the same ``sft.output_dir`` starts from the same SFT model;
 * ``rl``: ``parallel-r1 rl`` fields (``model`` and ``output_dir`` are filled in);
 * ``eval``: held-out ``benchmark`` (test split), ``problems``, ``samples`` per problem,
-  sampler ``seed``, and the paired bootstrap's ``resamples`` / ``seed``.
+  sampler ``seed``, ``temperature`` or ``temperatures`` (0 = greedy; each gets its own SFT and
+  RL evaluation and interval), and the paired bootstrap's ``resamples`` / ``seed``;
+* ``headroom`` (optional): ``problems`` and ``k``: the starting model's mean@k / pass@k on
+  held-out problems of the RL distribution, measured before RL and kept in ``summary.json``.
 
 Every stage is resumable: the RL run continues from its last checkpoint, an evaluation from its
 completions file. ``summary.json`` holds accuracy before / after with the 95 % paired bootstrap
@@ -65,25 +68,19 @@ def ensure_sft(sft: dict) -> Path:
 
 
 def run_rl(rl: dict, model: Path, out: Path) -> Path:
+    """``parallel-r1 rl`` (``rl.train``: resumes, and a run killed after its last checkpoint only
+    saves its final model) with every RL step timed into ``timing.jsonl``."""
     from parallel_r1.cli import parse_command
     from parallel_r1.io import atomic_write_text
-    from parallel_r1.train.rl import build_trainer
+    from parallel_r1.train.rl import train
 
-    if (out / "DONE.json").exists():
-        return out
     # next to the run folder, not in it: `rl` refuses a non-empty folder that is not its own run
     # (its config.yaml, written by `rl`, is the complete record of the run)
     recipe = out.parent / f"{out.name}.rl.yaml"
     recipe.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(recipe, yaml.safe_dump(dict(rl, model=str(model), output_dir=str(out)), sort_keys=False))
     (cfg,) = parse_command("rl", ["--config", str(recipe)])
-    trainer, ckpt = build_trainer(cfg)
-    time_steps(trainer, out / "timing.jsonl")
-    trainer.train(resume_from_checkpoint=ckpt)
-    from parallel_r1.train.checkpoints import save_final_model
-
-    save_final_model(trainer, out)
-    (out / "DONE.json").write_text("{}\n")
+    train(cfg, setup=lambda trainer: time_steps(trainer, out / "timing.jsonl"))
     return out
 
 
@@ -120,19 +117,47 @@ def time_steps(trainer, path: Path) -> None:
     trainer.add_callback(LastStep())
 
 
-def run_eval(ev: dict, rl: dict, tag: str, model: Path, out: Path) -> dict:
+def run_eval(ev: dict, rl: dict, tag: str, model: Path, out: Path, temperature: float | None = None,
+             benchmark: str | None = None, problems: int | None = None, k: int = 1) -> dict:  # fmt: skip
+    """``model`` on the held-out problems into ``out/eval/<tag>``: ``k`` samples per problem at
+    ``temperature`` (0 = greedy, paths too)."""
     from parallel_r1.evaluate import EvalConfig, evaluate
 
-    n = int(ev.get("samples", 1))
+    name = benchmark or ev["benchmark"]
+    t = float(ev.get("temperature", 1.0) if temperature is None else temperature)
     cfg = EvalConfig(
-        model=str(model), output_dir=str(out / "eval" / tag), benchmarks=[ev["benchmark"]], k={ev["benchmark"]: 1},
-        samples={ev["benchmark"]: n}, template=rl.get("template", "no_prompt"), variant=rl.get("variant", "unseen"),
-        max_new_tokens=rl["max_completion_length"], num_paths=rl.get("num_paths", 2), max_blocks=rl.get("max_blocks", 2),
-        max_path_tokens=rl.get("max_path_tokens"), temperature=float(ev.get("temperature", 1.0)),
-        limit=int(ev["problems"]), batch_size=int(ev.get("batch_size", 16)), seed=int(ev.get("seed", 0)),
+        model=str(model), output_dir=str(out / "eval" / tag), benchmarks=[name], k={name: k},
+        samples={name: max(k, int(ev.get("samples", 1)))}, template=rl.get("template", "no_prompt"),
+        variant=rl.get("variant", "unseen"), max_new_tokens=rl["max_completion_length"],
+        num_paths=rl.get("num_paths", 2), max_blocks=rl.get("max_blocks", 2), max_path_tokens=rl.get("max_path_tokens"),
+        temperature=t, path_temperature=t if t == 0 else 1.0, limit=int(problems or ev["problems"]),
+        batch_size=int(ev.get("batch_size", 16)), seed=int(ev.get("seed", 0)),
     )  # fmt: skip
-    print(f"\n== eval {tag}: {model}", flush=True)
+    print(f"\n== eval {tag}: {model} (T {t}, {cfg.limit} problems x {k})", flush=True)
     return evaluate(cfg)
+
+
+def temperatures(ev: dict) -> list[float]:
+    """The evaluation temperatures: ``temperatures: [1.0, 0.0]`` or the single ``temperature``."""
+    return [float(t) for t in ev.get("temperatures", [ev.get("temperature", 1.0)])]
+
+
+def eval_tag(model: str, t: float, ev: dict) -> str:
+    """``sft`` / ``rl`` for the first temperature (as before), ``sft-T0`` ... for the others."""
+    return model if t == temperatures(ev)[0] else f"{model}-T{t:g}"
+
+
+def headroom(recipe: dict, sft_model: Path, out: Path) -> dict | None:
+    """The starting model's mean@k / pass@k on held-out problems of the RL distribution (the
+    recipe's ``headroom: {problems, k}``): how much a GRPO group of k has to reinforce."""
+    spec = recipe.get("headroom")
+    if not spec:
+        return None
+    rl = recipe["rl"]
+    name, k = spec.get("benchmark", rl["dataset"]), int(spec.get("k", 8))
+    res = run_eval(recipe["eval"], rl, "start", sft_model, out / "headroom", 1.0, name, int(spec["problems"]), k)
+    r = res["benchmarks"][name] if "benchmarks" in res else res[name]
+    return {"benchmark": name, "problems": int(spec["problems"]), "k": k, "mean@k": r["mean@k"], "pass@k": r["pass@k"]}
 
 
 def per_problem(path: Path, benchmark: str) -> dict[str, float]:
@@ -200,45 +225,54 @@ def run_experiment(path: str) -> dict:
     out = Path(recipe["out"])
     ev, rl = recipe["eval"], recipe["rl"]
     sft_model = ensure_sft(recipe["sft"])
+    room = headroom(recipe, sft_model, out)
+    if room:
+        print(
+            f"starting model on {room['benchmark']}: mean@{room['k']} {room['mean@k']:.3f}, pass@{room['k']} {room['pass@k']:.3f}"
+        )
     run_rl(rl, sft_model, out)
-    # The SFT model's evaluation is shared by every experiment with the same SFT model and eval
-    # settings; a lock lets experiments run side by side (the second one waits, then reuses it).
-    shared = (
-        sft_model.parent
-        / "sft_eval"
-        / f"{ev['benchmark']}-{ev['problems']}x{ev.get('samples', 1)}-seed{ev.get('seed', 0)}-T{ev.get('temperature', 1.0)}"
-    )
-    shared.mkdir(parents=True, exist_ok=True)
-    with open(shared / "lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        run_eval(ev, rl, "sft", sft_model, shared)
-    if not (out / "eval" / "sft").exists():
-        shutil.copytree(shared / "eval" / "sft", out / "eval" / "sft")
-    run_eval(ev, rl, "rl", out, out)
     name = ev["benchmark"]
-    before, after = (per_problem(out / "eval" / t / "completions.jsonl", name) for t in ("sft", "rl"))
-    ids = sorted(before.keys() & after.keys())
-    boot = paired_bootstrap(
-        [before[i] for i in ids],
-        [after[i] for i in ids],
-        int(ev.get("resamples", 10_000)),
-        int(ev.get("bootstrap_seed", 0)),
-    )
-    results = {
-        t: json.loads((out / "eval" / t / "results.json").read_text())["benchmarks"][name] for t in ("sft", "rl")
-    }
-    summary = {
-        "recipe": path, "benchmark": name,
-        "accuracy": {t: results[t]["mean@k"] for t in results},
-        "parallel_ratio": {t: results[t]["parallel_ratio"] for t in results},
-        "mean_length": {t: results[t]["mean_length"] for t in results},
-        "difference": boot,
-    }  # fmt: skip
+    summary = {"recipe": path, "benchmark": name, "headroom": room, "evaluations": {}}
+    for t in temperatures(ev):
+        sft_tag, rl_tag = eval_tag("sft", t, ev), eval_tag("rl", t, ev)
+        # The SFT model's evaluation is shared by every experiment with the same SFT model and eval
+        # settings; a lock lets experiments run side by side (the second one waits, then reuses it).
+        shared = (
+            sft_model.parent
+            / "sft_eval"
+            / f"{name}-{ev['problems']}x{ev.get('samples', 1)}-seed{ev.get('seed', 0)}-T{t}-L{rl['max_completion_length']}"
+        )
+        shared.mkdir(parents=True, exist_ok=True)
+        with open(shared / "lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            run_eval(ev, rl, "sft", sft_model, shared, t)
+        if not (out / "eval" / sft_tag).exists():
+            shutil.copytree(shared / "eval" / "sft", out / "eval" / sft_tag)
+        run_eval(ev, rl, rl_tag, out, out, t)
+        before, after = (per_problem(out / "eval" / tag / "completions.jsonl", name) for tag in (sft_tag, rl_tag))
+        ids = sorted(before.keys() & after.keys())
+        boot = paired_bootstrap(
+            [before[i] for i in ids], [after[i] for i in ids], int(ev.get("resamples", 10_000)), int(ev.get("bootstrap_seed", 0))
+        )  # fmt: skip
+        results = {
+            tag: json.loads((out / "eval" / tag / "results.json").read_text())["benchmarks"][name]
+            for tag in (sft_tag, rl_tag)
+        }
+        summary["evaluations"][f"T{t:g}"] = {
+            "temperature": t,
+            "accuracy": {m: results[tag]["mean@k"] for m, tag in (("sft", sft_tag), ("rl", rl_tag))},
+            "parallel_ratio": {m: results[tag]["parallel_ratio"] for m, tag in (("sft", sft_tag), ("rl", rl_tag))},
+            "mean_length": {m: results[tag]["mean_length"] for m, tag in (("sft", sft_tag), ("rl", rl_tag))},
+            "difference": boot,
+        }
+    first = summary["evaluations"][f"T{temperatures(ev)[0]:g}"]
+    summary.update({k: first[k] for k in ("accuracy", "parallel_ratio", "mean_length")}, difference=first["difference"])
     atomic_write_json(out / "summary.json", summary)
     atomic_write_text(out / "report.html", build_report(out))
-    b = boot
-    print(f"\n{name} held-out accuracy ({b['n_problems']} problems): sft {summary['accuracy']['sft']:.3f} -> rl {summary['accuracy']['rl']:.3f}; "
-          f"difference {b['diff']:+.3f}, 95 % paired bootstrap interval [{b['lo']:+.3f}, {b['hi']:+.3f}]")  # fmt: skip
+    for key, e in summary["evaluations"].items():
+        b = e["difference"]
+        print(f"\n{name} held-out accuracy at {key} ({b['n_problems']} problems): sft {e['accuracy']['sft']:.3f} -> rl {e['accuracy']['rl']:.3f}; "
+              f"difference {b['diff']:+.3f}, 95 % paired bootstrap interval [{b['lo']:+.3f}, {b['hi']:+.3f}]")  # fmt: skip
     return summary
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
+import random
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
@@ -27,6 +30,7 @@ TINY_GRPO = dict(
     seed=0,
     rollout_seed=0,
 )
+GEN_BATCH = 8  # completions per RL step of rl_recipe (2 prompts x 4)
 
 
 @pytest.fixture(scope="session")
@@ -91,3 +95,82 @@ def smollm2_path() -> Path:
     from parallel_r1.models import smollm2_checkpoint
 
     return smollm2_checkpoint()
+
+
+# ----------------------------------------------------------------- tiny RL runs (test_rl, test_curation)
+
+
+def addition_trace(a: int, b: int, eos: str) -> str:
+    """A correct parallel trace for `What is a + b?` (the taught model's training text)."""
+    c = a + b
+    return (
+        f"We add.<Parallel><Path>{a} + {b} = {c}</Path><Path>{b} + {a} = {c}</Path></Parallel>\n"
+        f"<Summary>{c}</Summary>\nFinal Answer: {c}{eos}"
+    )
+
+
+@pytest.fixture(scope="session")
+def taught_model(tmp_path_factory) -> Path:
+    """A tiny Llama with tags that writes (imperfect) parallel traces for `What is a + b?`."""
+    from parallel_r1.models import build_tiny_model
+    from parallel_r1.prompts import build_prompt
+
+    torch.manual_seed(0)
+    rng = random.Random(0)
+    model, tok = build_tiny_model("llama")
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(120):
+        pairs = [(rng.randrange(4), rng.randrange(4)) for _ in range(16)]
+        text = [
+            build_prompt(f"What is {a} + {b}?", tok, "baseline") + addition_trace(a, b, tok.eos_token) for a, b in pairs
+        ]
+        enc = tok(text, return_tensors="pt", padding=True)
+        loss = model(**enc, labels=enc.input_ids.masked_fill(enc.attention_mask == 0, -100)).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    out = tmp_path_factory.mktemp("taught")
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def additions(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "additions.jsonl"
+    rows = [
+        {"id": f"add-{a}-{b}", "problem": f"What is {a} + {b}?", "answer": str(a + b)}
+        for a in range(4)
+        for b in range(4)
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def rl_recipe(tmp_path: Path, model: Path, data: Path, **over) -> Path:
+    """A tiny GRPO recipe on `additions` (2 prompts x 4 rollouts per RL step), fields `over` replaced."""
+    cfg = dict(
+        TINY_GRPO,
+        model=str(model),
+        dataset=str(data),
+        template="baseline",
+        output_dir=str(tmp_path / "run"),
+        variant="unseen",
+        reward="accuracy",
+        rl_steps=3,
+        save_every=2,
+        num_generations=4,
+        generation_batch_size=GEN_BATCH,
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=1,
+        max_completion_length=48,
+        max_path_tokens=16,
+        max_blocks=2,
+        learning_rate=2e-3,
+        epsilon=0.2,
+        epsilon_high=0.28,
+    )
+    cfg.update(over)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path

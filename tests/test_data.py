@@ -356,7 +356,7 @@ def test_synthetic_is_deterministic_and_split_disjoint():
     assert make_problem(7, "easy") == make_problem(7, "easy")
     assert make_problems(3, "hard", seed=10)[1] == make_problem(11, "hard")
     assert make_problem(7, "easy").problem != make_problem(8, "easy").problem
-    for difficulty in ("easy", "hard"):
+    for difficulty in ("easy", "medium", "hard"):
         train = {p.problem for p in load_problems(f"synthetic_{difficulty}", split="train", limit=2000)}
         test = load_problems(f"synthetic_{difficulty}", split="test", limit=300)
         assert len(test) == 300 and not train & {p.problem for p in test}
@@ -364,7 +364,7 @@ def test_synthetic_is_deterministic_and_split_disjoint():
     assert len(load_problems("synthetic_easy")) == 500
 
 
-@pytest.mark.parametrize("difficulty,n,ops", [("easy", 500, {1, 2}), ("hard", 200, {4, 5, 6})])
+@pytest.mark.parametrize("difficulty,n,ops", [("easy", 500, {1, 2}), ("medium", 200, {3}), ("hard", 200, {4, 5, 6})])
 def test_synthetic_problems_and_teacher_traces(difficulty, n, ops):
     problems = make_problems(n, difficulty, seed=1000)
     counts = Counter()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 import subprocess
 import sys
@@ -21,86 +20,16 @@ import pytest
 import torch
 import yaml
 
-from conftest import TINY_GRPO
+from conftest import GEN_BATCH, addition_trace, rl_recipe
 from parallel_r1.cli import main as cli_main
 from parallel_r1.cli import parse_command
 from parallel_r1.rewards import alternating_mode
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
-GEN_BATCH = 8  # completions per RL step (2 prompts x 4)
-
-
-def _trace(a: int, b: int, eos: str) -> str:
-    c = a + b
-    return (
-        f"We add.<Parallel><Path>{a} + {b} = {c}</Path><Path>{b} + {a} = {c}</Path></Parallel>\n"
-        f"<Summary>{c}</Summary>\nFinal Answer: {c}{eos}"
-    )
-
-
-@pytest.fixture(scope="module")
-def taught_model(tmp_path_factory) -> Path:
-    """A tiny Llama with tags that writes (imperfect) parallel traces for `What is a + b?`."""
-    from parallel_r1.models import build_tiny_model
-    from parallel_r1.prompts import build_prompt
-
-    torch.manual_seed(0)
-    rng = random.Random(0)
-    model, tok = build_tiny_model("llama")
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    for _ in range(120):
-        pairs = [(rng.randrange(4), rng.randrange(4)) for _ in range(16)]
-        text = [build_prompt(f"What is {a} + {b}?", tok, "baseline") + _trace(a, b, tok.eos_token) for a, b in pairs]
-        enc = tok(text, return_tensors="pt", padding=True)
-        loss = model(**enc, labels=enc.input_ids.masked_fill(enc.attention_mask == 0, -100)).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-    out = tmp_path_factory.mktemp("taught")
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
-
-
-@pytest.fixture(scope="module")
-def additions(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "additions.jsonl"
-    rows = [
-        {"id": f"add-{a}-{b}", "problem": f"What is {a} + {b}?", "answer": str(a + b)}
-        for a in range(4)
-        for b in range(4)
-    ]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
 
 def _recipe(tmp_path: Path, model: Path, data: Path, **over) -> Path:
-    cfg = dict(
-        TINY_GRPO,
-        model=str(model),
-        dataset=str(data),
-        template="baseline",
-        output_dir=str(tmp_path / "run"),
-        variant="unseen",
-        reward="accuracy",
-        rl_steps=3,
-        save_every=2,
-        num_generations=4,
-        generation_batch_size=GEN_BATCH,
-        per_device_train_batch_size=4,
-        gradient_accumulation_steps=1,
-        max_completion_length=48,
-        max_path_tokens=16,
-        max_blocks=2,
-        learning_rate=2e-3,
-        epsilon=0.2,
-        epsilon_high=0.28,
-    )
-    cfg.update(over)
-    path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    return rl_recipe(tmp_path, model, data, **over)
 
 
 def parse_config(argv: list[str]):
@@ -218,7 +147,7 @@ def test_unseen_logps_use_the_layout(tmp_path, taught_model, additions):
     tags = TagIds.from_tokenizer(tok)
     prompt = tok("Use <Path> tags. What is 2 + 3?", add_special_tokens=False).input_ids
     comps = [
-        tok(_trace(2, 3, tok.eos_token), add_special_tokens=False).input_ids,
+        tok(addition_trace(2, 3, tok.eos_token), add_special_tokens=False).input_ids,
         tok("Final Answer: 5", add_special_tokens=False).input_ids,
     ]
     c_len = max(map(len, comps))

@@ -21,6 +21,7 @@ PROMPTS_FILE = "fewshot/octothinker_prompts.json"
 PROMPT_SET: dict[str, str] = {
     "gsm8k": "gsm8k_8shot",
     "synthetic_easy": "gsm8k_8shot",
+    "synthetic_medium": "gsm8k_8shot",
     "synthetic_hard": "gsm8k_8shot",
     "math": "minerva_math_4shot",
     "math500": "minerva_math_4shot",

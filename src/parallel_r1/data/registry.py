@@ -31,7 +31,8 @@ math8k             train          OctoThinker's RL set rebuilt as SimpleRL descr
 olympiadbench      test           ``<data>/olympiadbench/test.jsonl`` when present, else the hub
                                   (:mod:`parallel_r1.data.olympiadbench`)
 synthetic_easy     train, test    :mod:`parallel_r1.data.synthetic`, generated; the two splits are
-synthetic_hard     train, test    disjoint by problem text (5,000 train / 500 test problems)
+synthetic_medium   train, test    disjoint by problem text (5,000 train / 500 test problems;
+synthetic_hard     train, test    more with ``limit``)
 =================  =============  ====================================================================
 
 ``split=None`` means the set's test split (its only split when it has one); training code passes
@@ -75,7 +76,7 @@ APO_SOURCES = {
 FILES.update({name: FILES["apo_eval"] for name in APO_SOURCES})
 MATH8K_LEVELS = ("Level 3", "Level 4", "Level 5")
 SYNTHETIC_SIZES = {"train": 5000, "test": 500}
-KNOWN: tuple[str, ...] = (*FILES, "math8k", "olympiadbench", "synthetic_easy", "synthetic_hard")
+KNOWN: tuple[str, ...] = (*FILES, "math8k", "olympiadbench", "synthetic_easy", "synthetic_medium", "synthetic_hard")
 PILOT_FILE = "parallel_gsm8k_pilot/train.parquet"
 
 # Columns each shipped file must have (problem, answer); checked before any row is read.
@@ -235,7 +236,9 @@ def load_problems(
         raise ValueError(f"limit must be >= 0, got {limit}")
     if name.startswith("synthetic_"):
         difficulty = name.removeprefix("synthetic_")
-        if difficulty not in ("easy", "hard"):
+        from .synthetic import DIFFICULTIES
+
+        if difficulty not in DIFFICULTIES:
             raise KeyError(f"unknown problem set {name!r}; known: {', '.join(KNOWN)}")
         split = split or "test"
         if split not in SYNTHETIC_SIZES:

@@ -7,8 +7,9 @@ A problem is a count of one kind of item that changes over a few sentences::
 Structure (``Problem.extra``): a list of signed *terms* ``[sign, k, n]`` meaning ``sign * k * n``
 (``k == 1`` for a plain number; ``k > 1`` is "k packs of n", one multiplication); the first term
 is the start. The answer is their sum. Operations = additions/subtractions between terms plus
-multiplications inside them: *easy* has 1-2, *hard* 4-6 plus a distractor sentence whose number
-does not matter. Every running total is a whole number in [0, 1000).
+multiplications inside them: *easy* has 1-2, *medium* 3 (easy's numbers; the RL stage's
+difficulty with headroom, docs/experiments.md), *hard* 4-6 plus a distractor sentence whose
+number does not matter. Every running total is a whole number in [0, 1000).
 
 The teacher (:func:`teacher_trace`) writes one parallel block with two different computations
 and a summary that checks they agree::
@@ -35,8 +36,8 @@ import random
 
 from .problem import Problem
 
-DIFFICULTIES = ("easy", "hard")
-OPS = {"easy": (1, 2), "hard": (4, 6)}  # inclusive range of operations
+DIFFICULTIES = ("easy", "medium", "hard")
+OPS = {"easy": (1, 2), "medium": (3, 3), "hard": (4, 6)}  # inclusive range of operations
 MAX_VALUE = 1000
 
 NAMES = [("Mia", "She", "her"), ("Tom", "He", "his"), ("Ava", "She", "her"), ("Sam", "He", "his"),

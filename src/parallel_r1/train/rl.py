@@ -168,6 +168,36 @@ class RLConfig(GRPOConfig):
         metadata={"help": "Seed of the rollout sampler (per RL step and rank); None = not seeded, as the paper."},
     )
 
+    drop_zero_advantage_groups: bool = field(
+        default=False,
+        metadata={
+            "help": "Leave the groups whose rewards are all equal (zero advantage, zero policy gradient) out of the loss forward/backward; the token-mean normaliser then counts the trained tokens only (DAPO's; docs/rl.md). On in the CPU recipes."
+        },
+    )
+    num_informative_groups: int | None = field(
+        default=None,
+        metadata={
+            "help": "Dynamic sampling (DAPO's filter_groups, OctoThinker's dynamic_remove_easy_sample): keep generating rounds of fresh prompt groups until an RL step holds this many groups with unequal rewards (at most max_generation_rounds rounds), then train on exactly those. Implies drop_zero_advantage_groups. None = one round."
+        },
+    )
+    max_generation_rounds: int = field(
+        default=4,
+        metadata={
+            "help": "Dynamic sampling: generation rounds per RL step at most (each of generation_batch_size completions); a step that still lacks informative groups trains on those it has."
+        },
+    )
+    rollout_logprobs_as_old: bool = field(
+        default=True,
+        metadata={
+            "help": "Engine rollouts: use the rollout's log-probs as the old policy's instead of TRL's separate no-grad forward over the batch (verl's rollout-log-prob mode), while the measured rollout/trainer gap stays within rollout_logprob_tolerance; the first step and any step after a larger gap run the forward. Logged as old_logprobs (rollout | forward | loss)."
+        },
+    )
+    rollout_logprob_tolerance: float = field(
+        default=1e-3,
+        metadata={
+            "help": "Largest |rollout - trainer| log-prob gap (max over the step's measured tokens) at which rollout_logprobs_as_old trusts the rollout's log-probs (fp32 engine: ~1e-5; bf16 and vLLM are above it and fall back to the forward)."
+        },
+    )
     data_dir: str | None = field(
         default=None,
         metadata={
@@ -183,8 +213,11 @@ class RLConfig(GRPOConfig):
                 setattr(self, name, yaml.safe_load(getattr(self, name)))
         if self.rollout_backend == "vllm":
             self.use_vllm = True  # TRL then builds its vLLM (colocate or server) and syncs weights into it each step
+        if self.num_informative_groups is not None:
+            self.drop_zero_advantage_groups = True  # dynamic sampling trains on informative groups only
         self._check()
         super().__post_init__()  # TRL derives steps_per_generation from the batch sizes
+        self._check_dynamic_sampling()
         # The trainer counts optimiser steps; the recipe counts RL steps (generations). Deriving
         # the optimiser-step fields here (not when the trainer is built) makes the config.yaml
         # written to the run folder the exact config the run used.
@@ -252,6 +285,29 @@ class RLConfig(GRPOConfig):
             if k < 0 or not 0 <= v < 10:
                 raise ValueError(f"clip_ratio_high_schedule: step {k} -> {v}: steps must be >= 0 and values in [0, 10)")
         get_template(self.template)
+
+    def _check_dynamic_sampling(self) -> None:
+        """Needs TRL's derived batch sizes: an extra round gives each process whole groups."""
+        if self.max_generation_rounds < 1:
+            raise ValueError(f"max_generation_rounds: must be >= 1, got {self.max_generation_rounds}")
+        if not 0 <= self.rollout_logprob_tolerance:
+            raise ValueError(f"rollout_logprob_tolerance: must be >= 0, got {self.rollout_logprob_tolerance}")
+        if self.num_informative_groups is None:
+            return
+        groups = self.generation_batch_size // self.num_generations
+        if not 1 <= self.num_informative_groups <= groups:
+            raise ValueError(
+                f"num_informative_groups: must be between 1 and the {groups} prompt groups a generation round makes "
+                f"(generation_batch_size {self.generation_batch_size} / num_generations {self.num_generations}), "
+                f"got {self.num_informative_groups}"
+            )
+        local = self.per_device_train_batch_size * self.steps_per_generation
+        if local % self.num_generations:
+            raise ValueError(
+                f"num_informative_groups: each process's generation batch ({local} completions = "
+                f"per_device_train_batch_size × steps_per_generation) must be whole groups of num_generations "
+                f"{self.num_generations} for dynamic sampling's extra rounds"
+            )
 
     def _check_vllm(self) -> None:
         from ..decoding.vllm_backend import check_sampling, vllm_installed
@@ -407,8 +463,9 @@ def _done_steps(cfg: RLConfig, ckpt) -> int:
 
 
 def last_whole_step(cfg: RLConfig) -> int:
-    """The last RL step up to which every step has its ``generation_batch_size`` rollout rows and
-    its metrics row (a torn last line is not a row)."""
+    """The last RL step up to which every step has its metrics row and the rollout rows that row
+    counts (``rollouts``: more than ``generation_batch_size`` under dynamic sampling; a torn last
+    line is not a row)."""
     from collections import Counter
 
     from ..io import read_jsonl
@@ -416,9 +473,11 @@ def last_whole_step(cfg: RLConfig) -> int:
     run = Path(cfg.output_dir)
     rows = lambda name: read_jsonl(run / name, skip_bad=True) if (run / name).exists() else []  # noqa: E731
     rollouts = Counter(int(r.get("step", 0)) for r in rows("rollouts.jsonl"))
-    metrics = {int(r.get("step", 0)) for r in rows("metrics.jsonl")}
+    metrics = {int(r.get("step", 0)): r for r in rows("metrics.jsonl")}
     step = cfg.step_offset
-    while rollouts.get(step + 1) == cfg.generation_batch_size and step + 1 in metrics:
+    while step + 1 in metrics and rollouts.get(step + 1) == metrics[step + 1].get(
+        "rollouts", cfg.generation_batch_size
+    ):
         step += 1
     return step
 
@@ -495,9 +554,10 @@ def build_trainer(cfg: RLConfig):
     return trainer, ckpt
 
 
-def train(cfg: RLConfig) -> dict:
+def train(cfg: RLConfig, setup=None) -> dict:
     """Build the trainer, train (resuming when a checkpoint is there), save the final model.
 
+    ``setup``: called with the trainer before training (callbacks, profiling; scripts/experiment.py).
     Returns TRL's train metrics and where the model went.
     """
     import os
@@ -511,6 +571,8 @@ def train(cfg: RLConfig) -> dict:
         print(f"rl: {cfg.output_dir} is finished ({cfg.rl_steps} RL steps); nothing to do", file=sys.stderr)
         return json.loads((Path(cfg.output_dir) / SUMMARY).read_text())
     trainer, ckpt = build_trainer(cfg)
+    if setup is not None:
+        setup(trainer)
     if ckpt is not None and checkpoint_step(ckpt) >= cfg.max_steps:
         # killed after its last checkpoint: every step is trained, and Trainer.train would still run
         # one more optimiser step from there; only the final model is missing

@@ -42,11 +42,12 @@ import torch
 from accelerate.utils import gather_object
 from transformers import TrainerCallback
 from trl import GRPOTrainer
-from trl.trainer.utils import RepeatSampler
+from trl.trainer.utils import RepeatSampler, shuffle_sequence_dict, split_tensor_dict
 
 from .. import metrics as M
 from ..format import analyze
 from ..io import JsonlAppender
+from . import curation as C
 
 
 def budget_at(schedule: dict, step: int):
@@ -168,7 +169,10 @@ def make_rollout_func(engine_config, tag_ids, length_schedule: dict[int, int], s
             max_new_tokens=budget,
             seed=None
             if engine_config.seed is None
-            else engine_config.seed + step * 1000 + trainer.accelerator.process_index,
+            else engine_config.seed
+            + step * 1000
+            + trainer.accelerator.process_index
+            + 10**6 * getattr(trainer, "_generation_round", 0),  # dynamic sampling's later rounds draw afresh
             **engine_settings(trainer.args),
         )
         tok = trainer.processing_class
@@ -276,6 +280,14 @@ class ParallelGRPOTrainer(GRPOTrainer):
         self.tag_ids, self.scheduled_reward, self.run_dir = tag_ids, scheduled_reward, Path(run_dir)
         self._gap_ref = None  # (sampling logps, mask, completion ids) of the micro-batch whose loss is being computed
         self._gap = _GapStats()
+        self._last_gap_max: float | None = None  # the last RL step's measured rollout/trainer gap (None: not measured)
+        self._old_placeholder = False  # the next no-grad policy forward is TRL's old-log-prob one: skip it
+        self._old_source = "loss"  # where this step's old log-probs come from: rollout | forward | loss
+        self._generation_round = 0  # dynamic sampling: round of the current generation in its RL step
+        self._round_rows: list[dict] = []  # the last generation's rows, every process's, in TRL's order
+        self._step_rows: list[dict] = []  # this RL step's rollout rows, every round
+        self._seen: dict = {}  # prompt id -> samples so far this RL step (sample_index)
+        self._curation: dict[str, float] = {}
         self._rl_metrics: dict[str, float] = {}
         self._rollouts = JsonlAppender(self.run_dir / "rollouts.jsonl") if self.accelerator.is_main_process else None
 
@@ -284,6 +296,11 @@ class ParallelGRPOTrainer(GRPOTrainer):
 
     # -- Unseen layout in the policy forward -------------------------------------------------
     def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs):
+        if self._old_placeholder and not torch.is_grad_enabled():
+            # TRL's no-grad old-policy forward (its first in _generate_and_score_completions, before
+            # the reference model's): the rollout's log-probs replace its result there
+            self._old_placeholder = False
+            return input_ids.new_zeros(input_ids.size(0), logits_to_keep, dtype=torch.float32), None, None
         fwd = UnseenForward(model, self.tag_ids, logits_to_keep) if self.args.variant == "unseen" else model
         out = super()._get_per_token_logps_and_entropies(
             fwd, input_ids, attention_mask, logits_to_keep, *args, **kwargs
@@ -294,33 +311,151 @@ class ParallelGRPOTrainer(GRPOTrainer):
         return out
 
     def _compute_loss(self, model, inputs):
-        # Without stored old log-probs, every micro-batch of this generation is trained before the
-        # first optimiser step (TRL uses per_token_logps.detach() as "old"), so the loss forward
-        # itself is the trainer's log-prob under the rollout weights: measure the gap there for free.
-        if inputs.get("old_per_token_logps") is None and "sampling_per_token_logps" in inputs:
+        # A micro-batch trained before this generation's first optimiser step runs at the rollout's
+        # weights, so its loss forward is the trainer's log-prob of the rollout policy: the gap is
+        # measured there for free (unless TRL's old-log-prob forward already measured it).
+        if self._at_rollout_weights() and self._old_source != "forward" and "sampling_per_token_logps" in inputs:
             self._gap_ref = (inputs["sampling_per_token_logps"], _loss_mask(inputs), inputs["completion_ids"])
         return super()._compute_loss(model, inputs)
+
+    def _generation_aligned(self) -> bool:
+        """Generations start at optimiser-step boundaries (the batch arithmetic of every recipe)."""
+        every, accum = self.args.steps_per_generation * self.num_iterations, self.args.gradient_accumulation_steps
+        return every % accum == 0 or accum % every == 0
+
+    def _at_rollout_weights(self) -> bool:
+        every = self.args.steps_per_generation * self.num_iterations
+        return self._generation_aligned() and self._step % every < self.args.gradient_accumulation_steps
+
+    def _rollout_logprobs_as_old(self) -> bool:
+        """Skip TRL's old-log-prob forward and use the rollout's log-probs: only where TRL would run
+        that forward, the engine made the rollouts, and the last measured gap is within tolerance."""
+        a = self.args
+        every = a.steps_per_generation * self.num_iterations
+        trl_forwards = a.gradient_accumulation_steps % every != 0 and not (
+            self.use_vllm and self.vllm_importance_sampling_correction
+        )
+        return (
+            a.rollout_logprobs_as_old
+            and a.rollout_backend == "engine"
+            and trl_forwards
+            and self._generation_aligned()
+            and self._last_gap_max is not None
+            and self._last_gap_max <= a.rollout_logprob_tolerance
+        )
 
     def _note_gap(self, trainer_logps, sampling_logps, mask, completion_ids) -> None:
         close = self.tag_ids.parallel_close if self.tag_ids else None
         local = gap_stats(trainer_logps, sampling_logps, mask, completion_ids, close)
         self._gap.add(self.accelerator.gather(local.reshape(1, -1)))
 
-    # -- rollout log and per-step metrics ---------------------------------------------------
+    # -- which rollouts are trained, rollout log and per-step metrics -------------------------
+    def _prepare_inputs(self, generation_batch):
+        """TRL's, with the generation of an RL step in :meth:`_generate_step` (rounds, selection)."""
+        if not self.model.training:
+            return super()._prepare_inputs(generation_batch)
+        every = self.args.steps_per_generation * self.num_iterations
+        if self._step % every == 0 or self._buffered_inputs is None:
+            batch = shuffle_sequence_dict(self._generate_step(generation_batch))
+            self._buffered_inputs = split_tensor_dict(batch, self.args.steps_per_generation)
+        return self._buffered_inputs[self._step % self.args.steps_per_generation]
+
+    def _generate_step(self, first: list[dict]) -> dict:
+        """One RL step's training batch (docs/rl.md, "Every rollout counts").
+
+        Round 0 is TRL's generation batch; with ``num_informative_groups`` further rounds of fresh
+        prompts follow until that many groups have unequal rewards. With
+        ``drop_zero_advantage_groups`` only those groups reach the loss (zero-weight filler rows
+        keep the micro-batch split whole) and ``num_items_in_batch``, the token-mean normaliser,
+        counts their tokens. Every generated rollout is logged, with ``trained`` saying which.
+        """
+        a, G = self.args, self.num_generations
+        drop, target = a.drop_zero_advantage_groups, a.num_informative_groups
+        self._step_rows, self._seen = [], {}
+        kept, first_out, chosen_total, generated, informative = [], None, 0, 0, 0
+        for r in range(a.max_generation_rounds if target else 1):
+            self._generation_round = r
+            out = self._generate_and_score_completions(first if r == 0 else self._extra_round(r, len(first)))
+            first_out = first_out or out
+            rows = self._round_rows
+            info = C.informative_groups(torch.tensor([x["reward"] for x in rows]), G)
+            chosen = info.clone()
+            if target:
+                chosen &= info.cumsum(0) <= target - chosen_total  # the first groups that fill the step
+            generated, informative, chosen_total = (
+                generated + info.numel(),
+                informative + int(info.sum()),
+                chosen_total + int(chosen.sum()),
+            )
+            trained = chosen.repeat_interleave(G) if drop else torch.ones(len(rows), dtype=torch.bool)
+            self._write_rows(rows, r, trained)
+            if drop:
+                n = len(first)
+                local = trained[self.accelerator.process_index * n : (self.accelerator.process_index + 1) * n]
+                if local.any():
+                    kept.append(C.take_rows(out, local.nonzero().squeeze(1), trim=self.pad_to_multiple_of is None))
+            else:
+                kept.append(out)
+            if not target or chosen_total >= target:
+                break
+        self._curation = {
+            "generated_groups": generated,
+            "informative_groups": informative,
+            "trained_groups": chosen_total if drop else generated,
+            "generation_rounds": r + 1,
+            "groups_per_informative": generated / informative if informative else math.nan,
+        }
+        self._rl_metrics = self._step_metrics()
+        if not drop:
+            return kept[0]
+        if kept:
+            batch = C.concat_generations(kept, self._tokenizer.pad_token_id)
+        else:  # no informative group on this process: one zero-weight row keeps it in step with the others
+            batch = C.zero_weight(C.take_rows(first_out, torch.zeros(1, dtype=torch.long)))
+        batch = C.pad_rows(batch, self.args.steps_per_generation)
+        batch["num_items_in_batch"] = self.accelerator.gather(C.loss_mask(batch).sum()).sum()
+        return batch
+
+    def _extra_round(self, round_: int, local_rows: int) -> list[dict]:
+        """Fresh prompts for dynamic sampling's round ``round_`` (>= 1), each repeated per rollout:
+        drawn from the training set by (seed, RL step, round), so a resumed run draws the same,
+        and split across processes as TRL splits its own generation batch."""
+        G, world, rank = self.num_generations, self.accelerator.num_processes, self.accelerator.process_index
+        per_process = local_rows // G
+        gen = torch.Generator().manual_seed((self.args.seed + 1) * 1_000_003 + self.rl_step() * 1009 + round_)
+        size, need = len(self.train_dataset), per_process * world
+        idx = (
+            torch.randperm(size, generator=gen)[:need] if size >= need else torch.randint(size, (need,), generator=gen)
+        )
+        mine = idx[rank * per_process : (rank + 1) * per_process].tolist()
+        return [dict(self.train_dataset[i]) for i in mine for _ in range(G)]
+
     def _generate_and_score_completions(self, inputs):
         if self.model.training and self.args.clip_ratio_high_schedule:
             # TRL reads self.epsilon_high in the loss; the batch generated now is trained with this value
             self.epsilon_high = budget_at(self.args.clip_ratio_high_schedule, self.rl_step())
-        output = super()._generate_and_score_completions(inputs)
+        from_rollout = self.model.training and self._rollout_logprobs_as_old()
+        self._old_placeholder = from_rollout
+        try:
+            output = super()._generate_and_score_completions(inputs)
+        finally:
+            self._old_placeholder = False
         if not self.model.training:
             return output
-        if output.get("old_per_token_logps") is not None and "sampling_per_token_logps" in output:
-            self._note_gap(
-                output["old_per_token_logps"],
-                output["sampling_per_token_logps"],
-                _loss_mask(output),
-                output["completion_ids"],
-            )
+        if from_rollout:
+            output["old_per_token_logps"] = output["sampling_per_token_logps"]
+            self._old_source = "rollout"
+        elif output.get("old_per_token_logps") is not None:
+            self._old_source = "forward"
+            if "sampling_per_token_logps" in output:
+                self._note_gap(
+                    output["old_per_token_logps"],
+                    output["sampling_per_token_logps"],
+                    _loss_mask(output),
+                    output["completion_ids"],
+                )
+        else:
+            self._old_source = "loss"
         rows = [
             dict(
                 d,
@@ -331,19 +466,15 @@ class ParallelGRPOTrainer(GRPOTrainer):
             )
             for x, d in zip(inputs, self.scheduled_reward.last, strict=True)
         ]
-        rows = gather_object(rows)
-        self._record(rows)
+        self._round_rows = gather_object(rows)
         return output
 
-    def _record(self, rows: list[dict]) -> None:
-        """Parse every completion, write its rollout row (rank 0) and set the step's metrics."""
-        seen: dict = {}
+    def _write_rows(self, rows: list[dict], round_: int, trained: torch.Tensor) -> None:
+        """Parse every completion of a generation round, write its rollout row (rank 0)."""
         out = []
-        positions_all = []
-        for r in rows:
+        for r, t in zip(rows, trained.tolist(), strict=True):
             rep = analyze(r["completion"], *((r["ids"], self.tag_ids.parallel_open) if self.tag_ids else ()))
-            k = seen[r["prompt_id"]] = seen.get(r["prompt_id"], -1) + 1
-            positions_all += rep.positions
+            k = self._seen[r["prompt_id"]] = self._seen.get(r["prompt_id"], -1) + 1
             out.append(
                 {
                     "step": r["step"],
@@ -362,13 +493,20 @@ class ParallelGRPOTrainer(GRPOTrainer):
                     "positions": rep.positions,
                     "length": r["length"],
                     "clipped": r["clipped"],
+                    "round": round_,
+                    "trained": bool(t),
                 }
             )
         if self._rollouts is not None:
             self._rollouts.write_many(out)
+        self._step_rows += out
+
+    def _step_metrics(self) -> dict:
+        """The RL step's metrics over every rollout it generated (all rounds)."""
+        out = self._step_rows
         n = max(len(out), 1)
-        mode = out[0]["reward_mode"] if out else "accuracy"
-        self._rl_metrics = {
+        positions_all = [p for o in out for p in o["positions"]]
+        return {
             **{
                 k: v or 0.0 for k, v in M.behaviour([o["completion"] for o in out]).items()
             },  # the one definition (metrics.py)
@@ -379,14 +517,18 @@ class ParallelGRPOTrainer(GRPOTrainer):
             "mean_length": sum(o["length"] for o in out) / n,
             "max_length": max((o["length"] for o in out), default=0),
             "clipped_ratio": sum(o["clipped"] for o in out) / n,
-            "reward_mode": mode,  # by name; TRL and metrics.jsonl take strings
+            "reward_mode": out[0]["reward_mode"] if out else "accuracy",  # by name; TRL and metrics.jsonl take strings
             "rl_step": out[0]["step"] if out else self.rl_step(),
+            "rollouts": len(out),
+            **self._curation,
         }
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if self.model.training and self._rl_metrics:
-            logs.update(self._rl_metrics)
-            logs.update(self._gap.metrics())
+            gap = self._gap.metrics()
+            # the next step trusts the rollout's log-probs only on this step's evidence
+            self._last_gap_max = gap["logprob_gap_max"] if self._gap.total[1] > 0 else None
+            logs.update(self._rl_metrics, old_logprobs=self._old_source, **gap)
             self._rl_metrics, self._gap = {}, _GapStats()
         super().log(logs, start_time)
 

@@ -37,7 +37,7 @@ from ..structure import TagIds
 from .checkpoints import completion_marker
 from .collators import VARIANTS, ParallelSFTCollator
 
-SYNTHETIC = ("synthetic_easy", "synthetic_hard")
+SYNTHETIC = ("synthetic_easy", "synthetic_medium", "synthetic_hard")
 
 
 @dataclass
@@ -62,7 +62,7 @@ class ParallelSFTConfig(SFTConfig):
         metadata={
             "help": "Training traces, one or more sources: an SFT jsonl from `coldstart filter` (fields problem, "
             "response), a generate jsonl or the pilot parquet (read like `coldstart filter` does), or "
-            "`synthetic_easy` / `synthetic_hard` (programmatic teacher traces)."
+            "`synthetic_easy` / `synthetic_medium` / `synthetic_hard` (programmatic teacher traces)."
         },
     )
     train_size: int | None = field(
