@@ -7,11 +7,15 @@
 path-isolating layout in the loss, rollout/metrics logging). "plain" = ``trl.GRPOTrainer`` with
 its own transformers generation and a causal forward. Both run the same number of RL steps from
 the same weights, in alternating rounds; the first step of each trainer is a warm-up and is not
-timed, and checkpoint writes are timed apart (see Timer). Prints the step-time ratio
-ours / plain (goal <= 1.15), the share of each step spent generating, and the ratio of the
-non-generation part (the loss forward/backward over prompt + completion tokens, and the
-optimiser step). Completion lengths differ between the two samplers, so time per completion
-token is printed too, and the prompt / completion tokens each step's loss forward reads.
+timed, and checkpoint writes are timed apart (see Timer). "ours" runs as the CPU recipes do:
+zero-advantage groups leave the loss (``drop_zero_advantage_groups``) and the engine's rollout
+log-probs stand in for TRL's old-policy forward (``rollout_logprobs_as_old``); ``--plain-ours``
+turns both off. Prints the headline figure, **seconds per informative rollout** (a rollout of a
+group whose rewards differ: the only ones with a gradient) ours / plain (goal <= 0.5), then the
+step-time ratio, the share of each step spent generating, the ratio of the non-generation part
+(the loss forward/backward over prompt + completion tokens, and the optimiser step), time per
+completion token (the two samplers write different lengths), and the prompt / completion
+tokens each step's loss forward reads.
 """
 
 from __future__ import annotations
@@ -77,10 +81,11 @@ class Timer:
     @classmethod
     def empty(cls) -> Timer:
         t = cls.__new__(cls)
-        t.gen, t.steps, t.tokens, t.prompt_tokens, t.saves = [], [], [], [], []
+        t.gen, t.steps, t.tokens, t.prompt_tokens, t.saves, t.informative = [], [], [], [], [], []
         return t
 
     def extend(self, other: Timer) -> None:
+        self.informative += other.informative
         self.gen += other.gen
         self.steps += other.steps
         self.tokens += other.tokens
@@ -113,6 +118,9 @@ def main() -> None:
     ap.add_argument("--num-generations", type=int, default=4)
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--template", default="parallel_v3")
+    ap.add_argument(
+        "--plain-ours", action="store_true", help="ours without the zero-advantage drop and rollout log-probs"
+    )
     a = ap.parse_args()
 
     import torch
@@ -161,10 +169,19 @@ def main() -> None:
     import yaml
     from datasets import Dataset
 
+    plain_rewards: list[list[float]] = []  # plain TRL's rewards per RL step (one reward call each)
+
     def accuracy(prompts, completions, answer, **kw):
         from parallel_r1.rewards import compute_reward
 
-        return [compute_reward("accuracy_reward", c, g) for c, g in zip(completions, answer)]
+        plain_rewards.append([compute_reward("accuracy_reward", c, g) for c, g in zip(completions, answer)])
+        return plain_rewards[-1]
+
+    def informative(rewards: list[float]) -> int:
+        """Rollouts in groups whose rewards differ."""
+        from parallel_r1.train.curation import informative_groups
+
+        return int(informative_groups(torch.tensor(rewards), a.num_generations).sum()) * a.num_generations
 
     def run_ours(r: int) -> Timer:
         recipe = tmp / f"recipe{r}.yaml"
@@ -181,6 +198,8 @@ def main() -> None:
                     save_every=1000,
                     output_dir=str(tmp / f"ours{r}"),
                     max_path_tokens=a.max_new_tokens // 2,
+                    drop_zero_advantage_groups=not a.plain_ours,
+                    rollout_logprobs_as_old=not a.plain_ours,
                 )
             )
         )
@@ -188,6 +207,9 @@ def main() -> None:
         t = Timer(trainer)
         trainer.train()
         t.close()
+        rows = [json.loads(line) for line in (tmp / f"ours{r}" / "rollouts.jsonl").read_text().splitlines()]
+        steps = sorted({x["step"] for x in rows})[1:]  # the warm-up step is not timed
+        t.informative = [informative([x["reward"] for x in rows if x["step"] == s]) for s in steps]
         return t
 
     def run_plain(r: int) -> Timer:
@@ -199,8 +221,10 @@ def main() -> None:
             args=GRPOConfig(output_dir=str(tmp / f"plain{r}"), max_steps=a.steps + 1, logging_steps=1, **common),
         )
         t = Timer(trainer)
+        plain_rewards.clear()
         trainer.train()
         t.close()
+        t.informative = [informative(x) for x in plain_rewards[1:]]
         return t
 
     # Rounds alternate ours / plain so that load from other processes on the machine hits both alike.
@@ -213,12 +237,19 @@ def main() -> None:
         return tuple(sum(x) / len(x) for x in (t.steps, t.gen, t.tokens))
 
     (so, go, ko), (sp, gp, kp) = summary(t_ours), summary(t_plain)
+    io, ip = sum(t_ours.informative), sum(t_plain.informative)
+    per_o = sum(t_ours.steps) / io if io else float("inf")
+    per_p = sum(t_plain.steps) / ip if ip else float("inf")
     print(
         f"model {a.model}: {a.prompts} prompts x {a.num_generations} rollouts, max {a.max_new_tokens} new tokens, {a.rounds} x {a.steps} timed RL steps each"
     )
     print(f"{'':8}{'step s':>9}{'gen s':>9}{'gen share':>11}{'tokens/step':>13}{'ms/token':>10}")
     for name, s, g, k in (("ours", so, go, ko), ("plain", sp, gp, kp)):
         print(f"{name:8}{s:9.3f}{g:9.3f}{g / s:11.1%}{k:13.0f}{1000 * s / max(k, 1):10.2f}")
+    print(
+        f"seconds per informative rollout: ours {per_o:.2f} ({io} of {len(t_ours.steps) * n}), "
+        f"plain {per_p:.2f} ({ip} of {len(t_plain.steps) * n}); ours/plain {per_o / per_p:.3f}  (goal <= 0.5)"
+    )
     print(f"step time ratio ours/plain: {so / sp:.3f}  (goal <= 1.15)")
     print(f"per completion token:       {(so / max(ko, 1)) / (sp / max(kp, 1)):.3f}")
     print(f"non-generation part ratio:  {(so - go) / (sp - gp):.3f}")

@@ -47,11 +47,11 @@ def load_recipe(path: str) -> dict:
             if key not in recipe:
                 raise ValueError(f"{path}: missing top-level field {key!r} ({', '.join(need)})")
         return recipe
-    for key in ("out", "sft", "rl", "eval"):
+    for key in ("out", "sft", "rl"):
         if key not in recipe:
-            raise ValueError(f"{path}: missing top-level field {key!r} (out, sft, rl, eval)")
+            raise ValueError(f"{path}: missing top-level field {key!r} (out, sft, rl; eval and headroom optional)")
     for key in ("benchmark", "problems"):
-        if key not in recipe["eval"]:
+        if recipe.get("eval") is not None and key not in recipe["eval"]:
             raise ValueError(f"{path}: eval.{key} is required")
     return recipe
 
@@ -155,7 +155,9 @@ def headroom(recipe: dict, sft_model: Path, out: Path) -> dict | None:
         return None
     rl = recipe["rl"]
     name, k = spec.get("benchmark", rl["dataset"]), int(spec.get("k", 8))
-    res = run_eval(recipe["eval"], rl, "start", sft_model, out / "headroom", 1.0, name, int(spec["problems"]), k)
+    res = run_eval(
+        recipe.get("eval") or {}, rl, "start", sft_model, out / "headroom", 1.0, name, int(spec["problems"]), k
+    )
     r = res["benchmarks"][name] if "benchmarks" in res else res[name]
     return {"benchmark": name, "problems": int(spec["problems"]), "k": k, "mean@k": r["mean@k"], "pass@k": r["pass@k"]}
 
@@ -223,7 +225,7 @@ def run_experiment(path: str) -> dict:
     if recipe.get("kind") == "readiness":
         return run_readiness_experiment(recipe)
     out = Path(recipe["out"])
-    ev, rl = recipe["eval"], recipe["rl"]
+    ev, rl = recipe.get("eval"), recipe["rl"]
     sft_model = ensure_sft(recipe["sft"])
     room = headroom(recipe, sft_model, out)
     if room:
@@ -231,6 +233,11 @@ def run_experiment(path: str) -> dict:
             f"starting model on {room['benchmark']}: mean@{room['k']} {room['mean@k']:.3f}, pass@{room['k']} {room['pass@k']:.3f}"
         )
     run_rl(rl, sft_model, out)
+    if ev is None:  # a training-curve experiment (E2): the run folder and its report
+        summary = {"recipe": path, "headroom": room}
+        atomic_write_json(out / "summary.json", summary)
+        atomic_write_text(out / "report.html", build_report(out))
+        return summary
     name = ev["benchmark"]
     summary = {"recipe": path, "benchmark": name, "headroom": room, "evaluations": {}}
     for t in temperatures(ev):

@@ -9,23 +9,32 @@ import shutil
 import pytest
 import yaml
 
-import test_rl
-from conftest import REPO
+from conftest import REPO, rl_recipe
 from test_analysis_report import make_run
 
 spec = importlib.util.spec_from_file_location("experiment", REPO / "scripts" / "experiment.py")
 experiment = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(experiment)
-taught_model, additions = test_rl.taught_model, test_rl.additions  # test_rl's fixtures
 
 
 def test_recipes_load_and_share_everything_but_the_reward():
     e1 = experiment.load_recipe(str(REPO / "recipes/experiments/e1_alternating.yaml"))
-    e2 = experiment.load_recipe(str(REPO / "recipes/experiments/e2_accuracy.yaml"))
-    assert (e1["rl"]["reward"], e2["rl"]["reward"]) == ("alternating", "accuracy")
-    assert {k: v for k, v in e1["rl"].items() if k != "reward"} == {k: v for k, v in e2["rl"].items() if k != "reward"}
-    assert e1["sft"] == e2["sft"] and e1["eval"] == e2["eval"]
-    assert e1["eval"]["problems"] >= 256
+    assert e1["rl"]["reward"] == "alternating" and e1["eval"]["problems"] >= 512
+    assert (
+        e1["rl"]["generation_batch_size"] // e1["rl"]["num_generations"] >= 8
+        and e1["rl"]["num_informative_groups"] == 8
+    )
+    e2 = {
+        name: experiment.load_recipe(str(REPO / f"recipes/experiments/e2_{name}.yaml"))
+        for name in ("s1_accuracy", "s2_alternating", "hierarchical")
+    }
+    assert [r["rl"]["reward"] for r in e2.values()] == ["accuracy", "alternating", "emphase_parallel"]
+    first = e2["s1_accuracy"]
+    for r in e2.values():  # same SFT model (mixed traces), same everything but the reward
+        assert {k: v for k, v in r["rl"].items() if k != "reward"} == {
+            k: v for k, v in first["rl"].items() if k != "reward"
+        }
+        assert r["sft"] == first["sft"] and r["sft"]["sft_data"] == "synthetic_easy_mixed" and r["rl"]["rl_steps"] >= 30
 
 
 def test_recipe_missing_field_is_named(tmp_path):
@@ -76,19 +85,24 @@ def test_an_experiment_runs_end_to_end_and_resumes(tmp_path, taught_model, addit
     report; a second run finds everything done and returns the same summary."""
     shutil.copytree(taught_model, tmp_path / "exp" / "sft")
     (tmp_path / "exp" / "sft" / "DONE.json").write_text("{}\n")  # the cold start exists: no demo stages
-    rl = yaml.safe_load(test_rl._recipe(tmp_path, taught_model, additions, rl_steps=2, save_every=2).read_text())
+    over = dict(rl_steps=2, save_every=2, num_informative_groups=1)
+    rl = yaml.safe_load(rl_recipe(tmp_path, taught_model, additions, **over).read_text())
     for key in ("model", "output_dir"):  # the script fills them in
         rl.pop(key)
     recipe = tmp_path / "e.yaml"
     recipe.write_text(yaml.safe_dump({
         "out": str(tmp_path / "exp" / "e"), "sft": {"output_dir": str(tmp_path / "exp")}, "rl": rl,
-        "eval": {"benchmark": str(additions), "problems": 6, "temperature": 1.0, "seed": 0, "resamples": 200},
+        "headroom": {"benchmark": str(additions), "problems": 4, "k": 4},
+        "eval": {"benchmark": str(additions), "problems": 6, "temperatures": [1.0, 0.0], "seed": 0, "resamples": 200},
     }))  # fmt: skip
     first = experiment.run_experiment(str(recipe))
     out = tmp_path / "exp" / "e"
-    assert (out / "DONE.json").exists() and (out / "report.html").exists()
+    assert (out / "rl_summary.json").exists() and (out / "report.html").exists()
     assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
     assert first["difference"]["n_problems"] == 6 and set(first["accuracy"]) == {"sft", "rl"}
+    assert set(first["evaluations"]) == {"T1", "T0"} and (out / "eval" / "rl-T0" / "results.json").exists()
+    room = first["headroom"]
+    assert room["k"] == 4 and 0 <= room["mean@k"] <= room["pass@k"] <= 1
     assert first == experiment.run_experiment(str(recipe))  # resumed: nothing re-run, same figures
 
 

@@ -66,6 +66,12 @@ class DemoConfig:
     variant: str = field(
         default="unseen", metadata={"help": "unseen (path-isolating attention, exact engine) or seen (causal)."}
     )
+    sft_data: str = field(
+        default="synthetic_easy",
+        metadata={
+            "help": "SFT traces: synthetic_easy (parallel teacher traces) or synthetic_easy_mixed (every other one plain step-by-step)."
+        },
+    )
     sft_steps: int | None = field(default=None, metadata={"help": "SFT optimiser steps (default 60; quick 20)."})
     sft_batch_size: int = field(default=8, metadata={"help": "SFT traces per step."})
     sft_learning_rate: float = field(default=2e-4, metadata={"help": "SFT learning rate (full fine-tune)."})
@@ -119,6 +125,7 @@ class DemoConfig:
         from .validate import non_negative, one_of, positive
 
         one_of(self, "variant", ("unseen", "seen"))
+        one_of(self, "sft_data", ("synthetic_easy", "synthetic_easy_mixed"))
         positive(
             self,
             "sft_steps",
@@ -171,7 +178,7 @@ def stage_sft(cfg: DemoConfig, out: Path) -> dict:
         output_dir=str(out),
         model_name_or_path=str(cfg.dirs()["base"]),
         variant=cfg.variant,
-        train_data=["synthetic_easy"],
+        train_data=[cfg.sft_data],
         train_size=cfg.sft_steps * cfg.sft_batch_size,
         prompt_template="no_prompt",
         max_steps=cfg.sft_steps,

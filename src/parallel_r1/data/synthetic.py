@@ -229,6 +229,13 @@ def teacher_trace(problem: Problem) -> str:
     )
 
 
+def plain_trace(problem: Problem) -> str:
+    """The teacher's sequential twin: the same opening line, path 1 without a block, the answer
+    (``Track Mia's shells.\nIn order: 24+13=37, 37-9=28.\nFinal Answer: 28``). Half of a mixed
+    cold start (docs/experiments.md, E2), so the model can choose not to think in parallel."""
+    return f"Track {problem.extra['name']}'s {problem.extra['items']}.\n" + worked_solution(problem)
+
+
 def worked_solution(problem: Problem) -> str:
     """A sequential worked solution (path 1 of the teacher, no block) in the RL answer form:
     ``In order: 24+13=37, 37-9=28.\\nFinal Answer: 28``. Mid-training data for the readiness

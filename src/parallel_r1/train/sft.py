@@ -38,6 +38,9 @@ from .checkpoints import completion_marker
 from .collators import VARIANTS, ParallelSFTCollator
 
 SYNTHETIC = ("synthetic_easy", "synthetic_medium", "synthetic_hard")
+# the same problems, every other one with a plain step-by-step trace instead of a parallel one: a
+# model that may choose not to open a block (the reward ablation of docs/experiments.md, E2)
+SYNTHETIC_MIXED = tuple(f"{s}_mixed" for s in SYNTHETIC)
 
 
 @dataclass
@@ -62,7 +65,8 @@ class ParallelSFTConfig(SFTConfig):
         metadata={
             "help": "Training traces, one or more sources: an SFT jsonl from `coldstart filter` (fields problem, "
             "response), a generate jsonl or the pilot parquet (read like `coldstart filter` does), or "
-            "`synthetic_easy` / `synthetic_medium` / `synthetic_hard` (programmatic teacher traces)."
+            "`synthetic_easy` / `synthetic_medium` / `synthetic_hard` (programmatic teacher traces; with `_mixed`, "
+            "every other problem gets a plain step-by-step trace instead)."
         },
     )
     train_size: int | None = field(
@@ -161,14 +165,25 @@ class ParallelSFTConfig(SFTConfig):
 
 def load_traces(source: str, size: int | None = None, data_dir: str | None = None) -> list[dict]:
     """Rows ``{id, source, problem, response}`` from one training source (see ``train_data``)."""
-    if source in SYNTHETIC:
-        from ..data.synthetic import make_problems, teacher_trace
+    if source in SYNTHETIC + SYNTHETIC_MIXED:
+        from ..data.synthetic import make_problems, plain_trace, teacher_trace
 
+        mixed = source in SYNTHETIC_MIXED
         problems = make_problems(size or 1000, source.split("_")[1], seed=0)
-        return [dict(id=p.id, source=source, problem=p.problem, response=teacher_trace(p)) for p in problems]
+        return [
+            dict(
+                id=p.id,
+                source=source,
+                problem=p.problem,
+                response=(plain_trace if mixed and i % 2 else teacher_trace)(p),
+            )
+            for i, p in enumerate(problems)
+        ]
     path = Path(source)
     if not path.exists():
-        raise FileNotFoundError(f"training data not found: {source} (a file, or one of {', '.join(SYNTHETIC)})")
+        raise FileNotFoundError(
+            f"training data not found: {source} (a file, or one of {', '.join(SYNTHETIC + SYNTHETIC_MIXED)})"
+        )
     if path.suffix == ".jsonl":
         rows = []
         for n, r in enumerate(read_jsonl(path), 1):
