@@ -155,9 +155,9 @@ def headroom(recipe: dict, sft_model: Path, out: Path) -> dict | None:
         return None
     rl = recipe["rl"]
     name, k = spec.get("benchmark", rl["dataset"]), int(spec.get("k", 8))
-    res = run_eval(
-        recipe.get("eval") or {}, rl, "start", sft_model, out / "headroom", 1.0, name, int(spec["problems"]), k
-    )
+    # beside the run folder, not in it: `rl` writes only into an empty folder or its own run
+    where = out.parent / f"{out.name}.headroom"
+    res = run_eval(recipe.get("eval") or {}, rl, "start", sft_model, where, 1.0, name, int(spec["problems"]), k)
     r = res["benchmarks"][name] if "benchmarks" in res else res[name]
     return {"benchmark": name, "problems": int(spec["problems"]), "k": k, "mean@k": r["mean@k"], "pass@k": r["pass@k"]}
 

@@ -341,12 +341,10 @@ def test_devices_and_attention_are_checked_before_any_model_loads(tmp_path):
         and resolve_dtype("bf16") is torch.bfloat16
         and resolve_dtype("auto") is None
     )
-    for impl in ("flash_attention_2", "flash_attention_3", "flex_attention"):
-        with pytest.raises(
-            ValueError, match=rf"'{impl}' ignores the Unseen layout's 4-D attention mask.*'sdpa' or 'eager'"
-        ):
+    for impl in ("flash_attention_2", "flash_attention_3", "flex_attention", "eager"):
+        with pytest.raises(ValueError, match=rf"'{impl}' ignores the Unseen layout's 4-D attention mask.*'sdpa'"):
             check_unseen_attention(SimpleNamespace(config=SimpleNamespace(_attn_implementation=impl)))
-    check_unseen_attention("eager")
+    check_unseen_attention("sdpa")
     model, tok = build_tiny_model("llama")
     model.config._attn_implementation = "flash_attention_2"
     with pytest.raises(ValueError, match="flash_attention_2"):
@@ -354,6 +352,30 @@ def test_devices_and_attention_are_checked_before_any_model_loads(tmp_path):
     ParallelEngine(model, tok, DecodingConfig(variant="seen"))  # causal: any implementation will do
     with pytest.raises(ValueError, match="rollout_batch_size: must be > 0"):
         RLConfig(output_dir=str(tmp_path), rollout_batch_size=0, use_cpu=True, report_to="none")
+
+
+def test_eager_attention_breaks_the_unseen_layout_and_is_refused(tiny_tokenizer, tags):
+    """Eager attention adds the bool 4-D mask to the scores (+1 / +0): against sdpa on the same
+    Unseen layout, rows see what they must not. Hence only sdpa is accepted for Unseen."""
+    from parallel_r1.devices import check_unseen_attention
+    from parallel_r1.structure import build_unseen_layout
+
+    text = "We add.<Parallel><Path>1 + 2 = 3</Path><Path>2 + 1 = 3</Path></Parallel>\n<Summary>3</Summary>"
+    ids = torch.tensor([tiny_tokenizer(text, add_special_tokens=False).input_ids])
+    layout = build_unseen_layout(ids, tags)
+    torch.manual_seed(0)
+    model, _ = build_tiny_model("llama", tokenizer=tiny_tokenizer)
+    model.eval()
+    with torch.no_grad():
+        sdpa = model(input_ids=ids, attention_mask=layout.attention_mask, position_ids=layout.position_ids).logits
+        model.config._attn_implementation = "eager"
+        eager = model(input_ids=ids, attention_mask=layout.attention_mask, position_ids=layout.position_ids).logits
+        float_mask = torch.zeros(layout.attention_mask.shape).masked_fill(~layout.attention_mask, float("-inf"))
+        eager_float = model(input_ids=ids, attention_mask=float_mask, position_ids=layout.position_ids).logits
+    assert (eager - sdpa).abs().max() > 1e-2  # the bool mask did not mask
+    torch.testing.assert_close(eager_float, sdpa, atol=1e-5, rtol=1e-5)  # same layout, applied as a mask: equal
+    with pytest.raises(ValueError, match="'eager' ignores"):
+        check_unseen_attention(model)
 
 
 def test_cpu_decoding_hands_grouped_heads_to_sdpa_without_copying_them(monkeypatch):

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import torch
 
-# Attention implementations of transformers that apply a custom 4-D attention mask as given.
-# flash_attention_2/3 (and their paged / hub-kernel variants) keep only causality and a 2-D
-# padding mask; flex_attention adds a tensor mask to the scores, so a bool mask (the engine's)
-# is read as +0/+1 instead of masking. Any of them would let paths see each other.
-MASK_HONOURING_ATTENTION = ("sdpa", "eager")
+# Attention implementations of transformers that apply the Unseen layout's bool 4-D mask as a
+# mask. flash_attention_2/3 (and their paged / hub-kernel variants) keep only causality and a 2-D
+# padding mask; eager (transformers 5.23 ``eager_attention_forward``) and flex_attention *add* a
+# tensor mask to the scores, so a bool mask is read as +1 / +0 instead of masking: tokens would
+# see the future and their sibling paths. Only sdpa takes a bool mask as a mask.
+MASK_HONOURING_ATTENTION = ("sdpa",)
 
 _DTYPES = {
     "float32": torch.float32, "fp32": torch.float32,
@@ -75,7 +76,7 @@ def check_unseen_attention(model_or_impl) -> None:
         return
     raise ValueError(
         f"attention implementation {impl!r} ignores the Unseen layout's 4-D attention mask (paths would attend "
-        f"to each other); load the model with attn_implementation 'sdpa' or 'eager' (recipe field "
+        f"to each other); load the model with attn_implementation 'sdpa' (recipe field "
         f"`attn_implementation: sdpa`, or parallel_r1.models.load_model(..., attn_implementation='sdpa'))"
     )
 

@@ -9,7 +9,7 @@ tokens only, as in the paper (its "last token masked" is the usual shift).
 Variants: ``seen`` trains with TRL's own causal batch; ``unseen`` swaps the padding mask for the
 path-isolating 4-D mask and the shared-start ``position_ids`` (:mod:`parallel_r1.train.collators`).
 SFTTrainer's forward hands ``attention_mask`` and ``position_ids`` straight to the backbone, so
-a 4-D bool mask goes through with ``attn_implementation="sdpa"`` (or ``"eager"``); flash-attention
+a 4-D bool mask goes through with ``attn_implementation="sdpa"`` (eager adds it to the scores); flash-attention
 and padding-free / packing would drop it and are refused for ``unseen``.
 
 Run as ``parallel-r1 sft --config recipes/sft_smollm2_cpu.yaml [--field value ...]`` or, for
@@ -88,7 +88,7 @@ class ParallelSFTConfig(SFTConfig):
         metadata={"help": "Add the six tag tokens (and grow the embeddings) when the tokenizer lacks them."},
     )
     attn_implementation: str = field(
-        default="sdpa", metadata={"help": "Attention kernel; must accept a 4-D mask for unseen (`sdpa` or `eager`)."}
+        default="sdpa", metadata={"help": "Attention kernel; unseen needs `sdpa` (the only one that takes its bool 4-D mask as a mask)."}
     )
     use_peft: bool = field(default=False, metadata={"help": "Train LoRA adapters (PEFT) instead of all weights."})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
