@@ -354,6 +354,23 @@ def test_devices_and_attention_are_checked_before_any_model_loads(tmp_path):
         RLConfig(output_dir=str(tmp_path), rollout_batch_size=0, use_cpu=True, report_to="none")
 
 
+def test_one_autocast_region_per_generate_call(monkeypatch, tiny_tokenizer):
+    """bf16 decoding of an fp32 model enters autocast once per call, not once per forward: leaving
+    the outermost region clears torch's cast cache, so each forward would re-cast every weight."""
+    model, _ = build_tiny_model("llama", tokenizer=tiny_tokenizer)
+    entered, real = [], torch.autocast
+
+    class Counting(real):
+        def __enter__(self):
+            entered.append(self.fast_dtype)
+            return super().__enter__()
+
+    monkeypatch.setattr(torch, "autocast", Counting)
+    engine = ParallelEngine(model, tiny_tokenizer, DecodingConfig(dtype="bfloat16", max_new_tokens=12, seed=0))
+    engine.generate(["What is 1 + 2?"], n=2)
+    assert engine.stats["forwards"] > 3 and entered == [torch.bfloat16]
+
+
 def test_eager_attention_breaks_the_unseen_layout_and_is_refused(tiny_tokenizer, tags):
     """Eager attention adds the bool 4-D mask to the scores (+1 / +0): against sdpa on the same
     Unseen layout, rows see what they must not. Hence only sdpa is accepted for Unseen."""

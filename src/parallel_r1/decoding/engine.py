@@ -326,7 +326,9 @@ class ParallelEngine:
         was_training = self.model.training
         self.model.eval()
         try:
-            with torch.no_grad(), cpu_sdpa_gqa(self.device):
+            # one autocast region for the whole call: leaving the outermost one clears torch's cast
+            # cache, so a region per forward would re-cast every fp32 weight at every decode step
+            with torch.no_grad(), cpu_sdpa_gqa(self.device), self._autocast():
                 for start, chunk in chunks:
                     out += self._run(chunk, start, gen)
                 if self.lockstep is not None:
@@ -368,14 +370,15 @@ class ParallelEngine:
         if self.lockstep is not None:
             self.lockstep.flag(1, self.device)
         self.stats["forwards"] += 1
-        with torch.autocast(self.device.type, dtype=self.autocast) if self.autocast else contextlib.nullcontext():
-            return self.model(**kwargs)
+        return self.model(**kwargs)
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.autocast) if self.autocast else contextlib.nullcontext()
 
     def _dummy(self) -> None:
         """One-token forward of a rank with nothing left, matching the others' collectives."""
         one = torch.full((1, 1), self.pad, dtype=torch.long, device=self.device)
-        with torch.autocast(self.device.type, dtype=self.autocast) if self.autocast else contextlib.nullcontext():
-            self.model(input_ids=one, position_ids=torch.zeros_like(one), use_cache=False)
+        self.model(input_ids=one, position_ids=torch.zeros_like(one), use_cache=False)
 
     # ------------------------------------------------------------------ loop
 

@@ -163,6 +163,12 @@ class RLConfig(GRPOConfig):
             "help": "Completions the rollout engine decodes together per process (one batch row each; a block's paths share their row). Larger is faster on accelerators until the key/value cache runs out of memory."
         },
     )
+    rollout_max_cache_bytes: int | None = field(
+        default=None,
+        metadata={
+            "help": 'Memory budget of the rollout engine\'s key/value cache in bytes per process: a rollout batch whose estimated cache exceeds it is decoded in smaller chunks (docs/rl.md, "Capacity"). None = rollout_batch_size only.'
+        },
+    )
     rollout_seed: int | None = field(
         default=None,
         metadata={"help": "Seed of the rollout sampler (per RL step and rank); None = not seeded, as the paper."},
@@ -270,6 +276,8 @@ class RLConfig(GRPOConfig):
             raise ValueError(f"num_paths: a block needs at least 2 paths, got {self.num_paths}")
         if self.rollout_batch_size <= 0:
             raise ValueError(f"rollout_batch_size: must be > 0 completions, got {self.rollout_batch_size}")
+        if self.rollout_max_cache_bytes is not None and self.rollout_max_cache_bytes <= 0:
+            raise ValueError(f"rollout_max_cache_bytes: must be > 0 bytes, got {self.rollout_max_cache_bytes}")
         try:
             self.max_response_schedule = _int_keys(self.max_response_schedule, int)
             self.clip_ratio_high_schedule = _int_keys(self.clip_ratio_high_schedule, float)
@@ -410,6 +418,7 @@ FREE_FIELDS = (
     "save_total_limit",
     "data_dir",
     "rollout_batch_size",
+    "rollout_max_cache_bytes",
     "dataloader_num_workers",
     "dataloader_pin_memory",
     "log_level",
@@ -535,6 +544,7 @@ def build_trainer(cfg: RLConfig):
             top_k=cfg.top_k or 0,
             path_temperature=cfg.path_temperature,
             seed=cfg.rollout_seed,
+            max_cache_bytes=cfg.rollout_max_cache_bytes,
         )
         rollout = T.make_rollout_func(
             engine_cfg, tags, length_schedule(cfg), cfg.rl_step, cfg.train_injected, backend=cfg.rollout_backend

@@ -88,7 +88,10 @@ class ParallelSFTConfig(SFTConfig):
         metadata={"help": "Add the six tag tokens (and grow the embeddings) when the tokenizer lacks them."},
     )
     attn_implementation: str = field(
-        default="sdpa", metadata={"help": "Attention kernel; unseen needs `sdpa` (the only one that takes its bool 4-D mask as a mask)."}
+        default="sdpa",
+        metadata={
+            "help": "Attention kernel; unseen needs `sdpa` (the only one that takes its bool 4-D mask as a mask)."
+        },
     )
     use_peft: bool = field(default=False, metadata={"help": "Train LoRA adapters (PEFT) instead of all weights."})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
