@@ -23,12 +23,24 @@ import pytest
 import torch
 import yaml
 
-import test_rl
+from conftest import GEN_BATCH
+from conftest import rl_recipe as _recipe
 from parallel_r1.cli import main as cli_main
-from test_rl import GEN_BATCH, _recipe, _rows, parse_config
+from parallel_r1.cli import parse_command
 from test_vllm_backend import FakeLLM
 
-taught_model, additions = test_rl.taught_model, test_rl.additions  # test_rl's fixtures: its taught tiny model
+
+def _rows(run: Path, name: str) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in (run / name).read_text().splitlines()]
+
+
+def parse_config(argv: list[str]):
+    (cfg,) = parse_command("rl", argv)
+    return cfg
+
+
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
@@ -80,7 +92,27 @@ class ColocatedLLM(SamplingLLM):
             model_executor=types.SimpleNamespace(driver_worker=types.SimpleNamespace(model_runner=runner)),
         )
         self.loaded.append(set())
+        self.asleep: set[str] = set()  # the parts of the engine put to sleep
         ColocatedLLM.made.append(self)
+
+    # Sleep mode as vLLM 0.30 has it (vllm/entrypoints/llm.py ``sleep`` / ``wake_up``): level 2
+    # discards weights and KV cache; ``wake_up(tags)`` wakes only the parts named. While any part
+    # sleeps the engine core keeps its scheduler paused (v1/engine/core.py ~928) and new requests
+    # queue, so the offline ``generate`` would wait for ever: the stand-in raises instead of hanging.
+    def sleep(self, level: int = 1) -> None:
+        self.asleep = {"weights", "kv_cache"}
+
+    def wake_up(self, tags: list[str] | None = None) -> None:
+        self.asleep -= set(tags or ("weights", "kv_cache"))
+
+    def load_weights(self, weights) -> None:
+        assert "weights" not in self.asleep, "load_weights into sleeping (unmapped) weights"
+        super().load_weights(weights)
+
+    def generate(self, *args, **kwargs):
+        if self.asleep:
+            raise RuntimeError(f"scheduler paused ({', '.join(sorted(self.asleep))} asleep): generate would hang")
+        return super().generate(*args, **kwargs)
 
 
 class FakeClient:
@@ -175,14 +207,15 @@ def _layout_logps(model, tags, prompt_ids, completion_ids, mask):
     return logp.gather(-1, completion_ids[..., None])[..., 0]
 
 
-@pytest.mark.parametrize("mode", ["colocate", "server"])
+@pytest.mark.parametrize("mode,sleep", [("colocate", False), ("colocate", True), ("server", False)])
 def test_unseen_rl_on_vllm_trains_syncs_and_measures_the_gap(
-    tmp_path, taught_model, additions, fake_vllm, health_server, mode
+    tmp_path, taught_model, additions, fake_vllm, health_server, mode, sleep
 ):
     from parallel_r1.structure import TagIds
     from parallel_r1.train.rl import build_trainer
 
     over = dict(vllm_mode=mode, vllm_server_base_url=health_server if mode == "server" else None, vllm_server_timeout=5)
+    over["vllm_enable_sleep_mode"] = sleep  # the GPU recipes' setting: TRL puts the engine to sleep between steps
     cfg = parse_config(["--config", str(_vllm_recipe(tmp_path, taught_model, additions, **over))])
     assert (
         cfg.use_vllm
@@ -227,6 +260,8 @@ def test_unseen_rl_on_vllm_trains_syncs_and_measures_the_gap(
     synced = [names for names in llm.loaded if names]
     assert len(synced) == 3 and all(names == set(start) for names in synced)
     assert any(not torch.equal(start[k], v) for k, v in llm.model.named_parameters())
+    if sleep:  # asleep again after each rollout, as TRL leaves it after its own generate
+        assert llm.asleep == {"weights", "kv_cache"}
 
     run = tmp_path / "run"
     rollouts = _rows(run, "rollouts.jsonl")

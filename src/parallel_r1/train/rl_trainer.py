@@ -216,12 +216,13 @@ def vllm_samples(trainer, cfg, prompts: list[str]) -> list:
         from trl.generation import vllm_generation
 
         engine = VLLMEngine(vg.llm, cfg, tokenizer=tok, sampling_params=vllm_generation.SamplingParams, eos_ids=eos)
-        if vg.tensor_parallel_size == 1:
-            return engine.generate(prompts, n=1)
-        group = [None] * vg.tensor_parallel_size
-        torch.distributed.all_gather_object(group, prompts, group=vg.tp_group)
-        rank = torch.distributed.get_rank(group=vg.tp_group)
-        samples = engine.generate([p for ps in group for p in ps], n=1)
+        with vllm_awake(vg):
+            if vg.tensor_parallel_size == 1:
+                return engine.generate(prompts, n=1)
+            group = [None] * vg.tensor_parallel_size
+            torch.distributed.all_gather_object(group, prompts, group=vg.tp_group)
+            rank = torch.distributed.get_rank(group=vg.tp_group)
+            samples = engine.generate([p for ps in group for p in ps], n=1)
         return _rebase(samples[rank * len(prompts) : (rank + 1) * len(prompts)], rank * len(prompts))
     everyone = gather_object(prompts)
     samples = None
@@ -232,6 +233,27 @@ def vllm_samples(trainer, cfg, prompts: list[str]) -> list:
     broadcast_object_list(box, from_process=0)
     start = acc.process_index * len(prompts)
     return _rebase(box[0][start : start + len(prompts)], start)
+
+
+@contextlib.contextmanager
+def vllm_awake(vg):
+    """The colocated vLLM with its KV cache awake while we generate, and asleep again after, as
+    TRL's own ``VLLMGeneration.generate`` does (trl 1.16 ``generation/vllm_generation.py``:
+    re-sync weights discarded by level-2 sleep ~589, ``wake_up(tags=["kv_cache"])`` ~705,
+    ``sleep(level=2)`` ~751). TRL's weight sync wakes only the weights (~491), and vLLM 0.30 keeps
+    its scheduler paused while any part sleeps (``v1/engine/core.py`` ~928): without this every
+    request would queue for ever under ``vllm_enable_sleep_mode``."""
+    if vg.mode != "colocate" or not vg.enable_sleep_mode:
+        yield
+        return
+    if vg._llm_weights_sleeping:
+        vg.sync_weights()
+    vg.llm.wake_up(tags=["kv_cache"])
+    try:
+        yield
+    finally:
+        vg.llm.sleep(level=2)
+        vg._llm_weights_sleeping = True
 
 
 def _rebase(samples: list, start: int) -> list:
