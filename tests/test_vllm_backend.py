@@ -8,6 +8,7 @@ decodes greedily with a real tiny model on the flat causal sequence, as vLLM wou
 
 import dataclasses
 import math
+import os
 import re
 import subprocess
 import sys
@@ -219,8 +220,12 @@ class NamedLLM(FakeLLM):
     def __init__(self, model, **kwargs):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        # vllm 0.30 entrypoints/llm.py ~284: the offline LLM is single-process
+        if kwargs.get("data_parallel_size", 1) > 1:
+            raise ValueError("LLM(data_parallel_size=...) is not supported for single-process usage")
         super().__init__(AutoModelForCausalLM.from_pretrained(model).eval(), AutoTokenizer.from_pretrained(model))
         self.kwargs = kwargs
+        self.visible = os.environ.get("CUDA_VISIBLE_DEVICES")  # what vLLM's engine process inherits
         NamedLLM.made.append(self)
 
 
@@ -229,6 +234,27 @@ def fake_vllm_module(monkeypatch):
     NamedLLM.made.clear()
     monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=NamedLLM, SamplingParams=params))
     return NamedLLM
+
+
+def test_each_rank_of_a_launch_gets_its_own_gpus(monkeypatch):
+    from parallel_r1.evaluate import visible_devices_for_rank
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    visible_devices_for_rank(2)
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "2,3"  # not cuda:0 for every rank
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    visible_devices_for_rank(1)
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "5"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4")
+    with pytest.raises(ValueError, match="local rank 1 needs GPUs 2..3"):
+        visible_devices_for_rank(2)
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    visible_devices_for_rank(2)  # a plain run: left as it is
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "0,1"
 
 
 def test_eval_on_vllm_writes_the_engine_layout_and_resumes(tiny_checkpoint, tmp_path, fake_vllm_module):
@@ -243,12 +269,14 @@ def test_eval_on_vllm_writes_the_engine_layout_and_resumes(tiny_checkpoint, tmp_
                   batch_size=3, seed=0, grading_workers=1, k="2", temperature=0.0)  # fmt: skip
     engine_out, vllm_out = tmp_path / "engine", tmp_path / "vllm"
     E.evaluate(E.EvalConfig(output_dir=str(engine_out), **common), progress=False)
-    cfg = E.EvalConfig(output_dir=str(vllm_out), backend="vllm", tensor_parallel_size=2, data_parallel_size=2,
+    with pytest.raises(ValueError, match="data_parallel_size 2: vLLM's offline LLM.*torchrun --nproc_per_node 2"):
+        E.EvalConfig(output_dir=str(vllm_out), backend="vllm", data_parallel_size=2, **common)
+    cfg = E.EvalConfig(output_dir=str(vllm_out), backend="vllm", tensor_parallel_size=2,
                        vllm_kwargs="{gpu_memory_utilization: 0.5}", limit=3, **common)  # fmt: skip
     E.evaluate(cfg, progress=False)
     (llm,) = fake_vllm_module.made
     assert llm.kwargs == {"enable_prefix_caching": True, "dtype": "auto", "tensor_parallel_size": 2,
-                          "data_parallel_size": 2, "gpu_memory_utilization": 0.5}  # fmt: skip
+                          "gpu_memory_utilization": 0.5}  # fmt: skip
     # resume: a larger limit generates only the new problem's samples
     first = list(read_jsonl(vllm_out / "completions.jsonl"))
     asked = len(llm.requests)

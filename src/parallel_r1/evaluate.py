@@ -204,7 +204,10 @@ class EvalConfig:
         default=1, metadata={"help": "vLLM backend: GPUs per model copy (vllm.LLM tensor_parallel_size)."}
     )
     data_parallel_size: int = field(
-        default=1, metadata={"help": "vLLM backend: model copies (vllm.LLM data_parallel_size)."}
+        default=1,
+        metadata={
+            "help": "vLLM backend: must be 1. vLLM's offline LLM refuses more copies in one process; launch one process per copy instead (torchrun --nproc_per_node N -m parallel_r1.cli eval --backend vllm ...: each rank gets its own GPUs and shard, docs/eval.md)."
+        },
     )
     vllm_kwargs: dict | str | None = field(
         default=None,
@@ -281,6 +284,12 @@ class EvalConfig:
             raise ValueError(f"eval: vllm_kwargs must be a mapping of vllm.LLM arguments, got {self.vllm_kwargs!r}")
         if self.tensor_parallel_size < 1 or self.data_parallel_size < 1:
             raise ValueError("eval: tensor_parallel_size and data_parallel_size must be >= 1")
+        if self.data_parallel_size > 1:  # vllm 0.30 entrypoints/llm.py ~284 raises the same, after the model loads
+            raise ValueError(
+                f"eval: --data_parallel_size {self.data_parallel_size}: vLLM's offline LLM does not support data "
+                "parallelism in one process; run one process per model copy instead: torchrun --nproc_per_node "
+                f"{self.data_parallel_size} -m parallel_r1.cli eval --backend vllm ... (each rank shards the problems)"
+            )
         if self.backend == "vllm":
             from .decoding.vllm_backend import check_sampling
 
@@ -422,8 +431,8 @@ def vllm_generate_fn(cfg: EvalConfig) -> tuple[GenerateFn, object]:
         raise ValueError(f"eval: {cfg.model} has no tag tokens; the vllm backend cannot add them in memory "
                          "(run `parallel-r1 prepare-model` first, or use --backend engine)")  # fmt: skip
     tags = TagIds.from_tokenizer(tokenizer) if has_tag_tokens(tokenizer) else None
-    llm, params = load_llm(cfg.model, tensor_parallel_size=cfg.tensor_parallel_size,
-                           data_parallel_size=cfg.data_parallel_size, **(cfg.vllm_kwargs or {}))  # fmt: skip
+    visible_devices_for_rank(cfg.tensor_parallel_size)
+    llm, params = load_llm(cfg.model, tensor_parallel_size=cfg.tensor_parallel_size, **(cfg.vllm_kwargs or {}))
     eos = generation_eos_ids(cfg.model)
     ends = [t for t in {tokenizer.eos_token, tokenizer.pad_token} if t]
 
@@ -432,6 +441,32 @@ def vllm_generate_fn(cfg: EvalConfig) -> tuple[GenerateFn, object]:
         return _completions(engine.generate(prompts, n=1), tags.parallel_open if tags else None, ends)
 
     return generate, tokenizer
+
+
+def visible_devices_for_rank(tensor_parallel_size: int) -> None:
+    """Under a multi-process launch, give this rank's vLLM its own GPUs: vLLM's single-process
+    executor puts its worker on the first visible device (vllm 0.30
+    ``v1/executor/uniproc_executor.py`` ~86), so without this every rank's engine would land on
+    cuda:0. Local rank r takes devices ``r*tp .. (r+1)*tp - 1`` of those visible to the launch;
+    vLLM's engine process, started after this, inherits the narrowed ``CUDA_VISIBLE_DEVICES``."""
+    world, local = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("LOCAL_RANK", "0"))
+    if world == 1:
+        return
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    devices = visible.split(",") if visible else [str(i) for i in range(_cuda_count())]
+    mine = devices[local * tensor_parallel_size : (local + 1) * tensor_parallel_size]
+    if len(mine) < tensor_parallel_size:
+        raise ValueError(
+            f"eval: local rank {local} needs GPUs {local * tensor_parallel_size}..{(local + 1) * tensor_parallel_size - 1} "
+            f"for tensor_parallel_size {tensor_parallel_size}, but only {len(devices)} are visible"
+        )
+    os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(mine)
+
+
+def _cuda_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def _strip_end(text: str, ends: Sequence[str]) -> str:
