@@ -104,13 +104,14 @@ class Stages:
         mem = f"  peak GPU memory {self.torch.cuda.max_memory_allocated() / 2**30:.2f} GiB" if cuda else ""
         print(f"stage {name}: ok  {secs:.1f} s{mem}  {detail}".rstrip(), flush=True)
 
-    def cli(self, *argv: str, launch: list[str] | None = None) -> None:
-        """A ``parallel-r1`` command: in this process, or under ``accelerate launch`` (FSDP on several GPUs)."""
-        if launch:
-            subprocess.run(
-                [sys.executable, "-m", "accelerate.commands.launch", *launch, "-m", "parallel_r1.cli", *argv],
-                check=True,
-            )
+    def cli(self, *argv: str, launch: list[str] | None = None, own_process: bool = False) -> None:
+        """A ``parallel-r1`` command: in this process, in a process of its own (``own_process``: a
+        vLLM stage, whose engine and torch's cache are gone with the process, so the next vLLM
+        finds the GPU free; vLLM refuses to start below its ``gpu_memory_utilization`` of free
+        memory, vllm 0.30 ``v1/worker/utils.py`` ~534), or under ``accelerate launch`` (FSDP on several GPUs)."""
+        if launch or own_process:
+            prefix = ["-m", "accelerate.commands.launch", *launch] if launch else []
+            subprocess.run([sys.executable, *prefix, "-m", "parallel_r1.cli", *argv], check=True)
             return
         from parallel_r1.cli import main
 
@@ -140,17 +141,18 @@ class Stages:
         assert (out / "config.json").exists() and list(out.glob("*.safetensors")), f"sft: no loadable model in {out}"
         return f"{self.s.sft_steps} steps, {'FSDP on ' + str(self.s.gpus) + ' GPUs' if launch else 'one process'}"
 
-    def rl(self, *extra: str, name: str = "rl") -> str:
+    def rl(self, *extra: str, name: str = "rl", own_process: bool = False) -> str:
         out = self.work / name
         self.cli("rl", "--config", str(ROOT / "recipes/rl_tiny_unseen.yaml"), "--model", str(self.work / "sft"),
-                 "--output_dir", str(out), "--rl_steps", "2", "--save_every", "2", *self.device_flags(), *self.s.rl_flags, *extra)  # fmt: skip
+                 "--output_dir", str(out), "--rl_steps", "2", "--save_every", "2", *self.device_flags(), *self.s.rl_flags,
+                 *extra, own_process=own_process)  # fmt: skip
         rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
         assert [r["step"] for r in rows] == [1, 2], f"rl: metrics steps {[r['step'] for r in rows]}"
         gap = max(r.get("logprob_gap_max", 0.0) for r in rows)
         self.figures[f"{name}_logprob_gap"] = gap
         return f"2 steps, rollout-vs-trainer log-prob gap {gap:.2e} ({'bf16' if self.s.bf16 else 'fp32'})"
 
-    def eval(self, *extra: str, name: str = "eval") -> str:
+    def eval(self, *extra: str, name: str = "eval", own_process: bool = False) -> str:
         from parallel_r1.io import write_jsonl
 
         bench, out = self.work / "check.jsonl", self.work / name
@@ -158,7 +160,7 @@ class Stages:
         write_jsonl(bench, problems)
         self.cli("eval", "--model", str(self.work / "rl"), "--benchmarks", str(bench), "--output_dir", str(out),
                  "--template", "no_prompt", "--k", "2", "--max_new_tokens", str(self.s.eval_tokens), "--seed", "0",
-                 "--device", self.s.device, "--grading_workers", "1", *extra)  # fmt: skip
+                 "--device", self.s.device, "--grading_workers", "1", *extra, own_process=own_process)  # fmt: skip
         rows = [json.loads(line) for line in (out / "completions.jsonl").read_text().splitlines() if line.strip()]
         pairs = sorted((r["problem_id"], r["sample_index"]) for r in rows)
         assert len(pairs) == len(set(pairs)) == 2 * len(problems), (
@@ -212,8 +214,10 @@ def vllm_paths(stages: Stages, needs_gpu: bool = True) -> None:
     if needs_gpu and stages.s.device != "cuda":
         print("stage vllm: skipped (vLLM needs a GPU)")
         return
-    stages.run("rl-vllm", lambda: stages.rl("--rollout_backend", "vllm", name="rl_vllm"))
-    stages.run("eval-vllm", lambda: stages.eval("--backend", "vllm", name="eval_vllm"))
+    # each vLLM in a process of its own: TRL's colocated engine of rl-vllm and torch's cache would
+    # still hold the memory the eval's vLLM needs free to start
+    stages.run("rl-vllm", lambda: stages.rl("--rollout_backend", "vllm", name="rl_vllm", own_process=True))
+    stages.run("eval-vllm", lambda: stages.eval("--backend", "vllm", name="eval_vllm", own_process=True))
 
 
 def main() -> int:

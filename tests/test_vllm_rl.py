@@ -423,7 +423,18 @@ def test_gpu_check_runs_the_vllm_rl_and_eval_stages(tmp_path, taught_model, fake
     for name in ("sft", "rl"):  # the earlier stages' models: the eval stage reads `rl`
         (tmp_path / name).symlink_to(taught_model)
 
+    own = []  # each vLLM stage is a process of its own; here it runs in-process on the stand-ins
+
+    def in_process(cmd, check):
+        assert cmd[:3] == [sys.executable, "-m", "parallel_r1.cli"] and check
+        own.append(cmd[3])
+        from parallel_r1.cli import main
+
+        assert main(cmd[3:]) == 0
+
+    monkeypatch.setattr(gpu_check.subprocess, "run", in_process)
     gpu_check.vllm_paths(stages, needs_gpu=False)
+    assert own == ["rl", "eval"]
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("stage ")]
     assert [line.split(":")[0] for line in lines] == ["stage rl-vllm", "stage eval-vllm"]
     assert all(": ok " in line for line in lines)
