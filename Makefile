@@ -38,8 +38,9 @@ bench: $(STAMP)
 # The project's dependencies as wheels (torch left out), for a GPU machine without network:
 # run where pip reaches an index; WHEEL_PYTHONS: further CPython versions to fetch binaries for.
 WHEEL_PYTHONS ?= 3.12
+# VLLM=2.11 (the torch of the GPU image): which vLLM fits it and why the wheelhouse cannot carry it.
 wheelhouse:
-	$(PY) scripts/wheelhouse.py build --out wheelhouse --python-version $(WHEEL_PYTHONS)
+	$(PY) scripts/wheelhouse.py build --out wheelhouse --python-version $(WHEEL_PYTHONS) $(if $(VLLM),--vllm $(VLLM))
 
 # Check a GPU machine with the Python that has a CUDA torch (PY=...), offline (docs/gpu.md).
 gpu-check:

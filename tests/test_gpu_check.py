@@ -8,6 +8,8 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -39,6 +41,39 @@ def test_stages_run_on_the_cpu_at_a_tiny_size():
     vllm = [name for name in lines if "vllm" in name]
     assert vllm and all("skipped" in lines[n] for n in vllm)  # no vLLM / no GPU here: a printed skip
     assert re.search(r"^gpu-check: all stages ok", proc.stdout, re.M)
+
+
+def test_wheelhouse_names_the_vllm_for_torch_211_and_why_it_is_not_carried():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import wheelhouse
+
+    report = wheelhouse.vllm_report("2.11.0+cu130")
+    assert "vllm==0.26.0" in report and "289.6 MiB" in report and "64 MiB" in report
+    assert "vllm==0.30.0" in wheelhouse.vllm_report("2.13.0") and "no vLLM release" in wheelhouse.vllm_report("2.9")
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert 'vllm-torch211 = ["vllm==0.26.0"]' in pyproject and 'requires-python = ">=3.11"' in pyproject
+
+
+def test_wheelhouse_prefers_the_target_and_checks_the_image_versions(tmp_path):
+    import zipfile
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import wheelhouse
+
+    pytest_v = metadata.version("pytest")
+    target = tmp_path / "target"
+    (target / "pytest-0.0.1.dist-info").mkdir(parents=True)
+    (target / "pytest-0.0.1.dist-info" / "METADATA").write_text("Name: pytest\nVersion: 0.0.1\n")
+    (tmp_path / wheelhouse.MANIFEST).write_text("pytest==0.0.1\n")
+    (tmp_path / wheelhouse.IMAGE_MANIFEST).write_text("PyYAML\n")
+    assert wheelhouse.missing(tmp_path, target) == []  # installed in the target earlier: not again
+    with zipfile.ZipFile(tmp_path / "needy-1.0-py3-none-any.whl", "w") as z:
+        z.writestr("needy-1.0.dist-info/METADATA", "Name: needy\nRequires-Dist: pyyaml>=999\n")
+    with pytest.raises(SystemExit, match=r"pyyaml .* \(needs >=999 \(needy\)\)"):
+        wheelhouse.missing(tmp_path, target)
+    with zipfile.ZipFile(tmp_path / "needy-1.0-py3-none-any.whl", "w") as z:
+        z.writestr("needy-1.0.dist-info/METADATA", "Name: needy\nRequires-Dist: pyyaml>=5\n")
+    assert wheelhouse.missing(tmp_path, target) == [] and pytest_v
 
 
 def test_wheelhouse_installs_only_what_this_python_lacks(tmp_path):

@@ -155,7 +155,10 @@ def fake_vllm(monkeypatch, taught_model):
     """TRL's vLLM module sees vLLM installed, with the stand-ins in place of vllm.LLM / VLLMClient."""
     from trl.generation import vllm_generation
 
+    from parallel_r1.decoding import vllm_backend
+
     monkeypatch.setattr(vllm_generation, "is_vllm_available", lambda *a, **k: True)
+    monkeypatch.setattr(vllm_backend, "vllm_version", lambda: "0.30.0")  # the pinned extra
     monkeypatch.setattr(vllm_generation, "LLM", ColocatedLLM, raising=False)
     monkeypatch.setattr(vllm_generation, "SamplingParams", types.SimpleNamespace, raising=False)
     monkeypatch.setattr(vllm_generation, "VLLMClient", FakeClient)
@@ -286,6 +289,23 @@ def test_unseen_rl_on_vllm_trains_syncs_and_measures_the_gap(
         assert any(c["stop_token_ids"][0] == tags.path_close for c in calls)
 
 
+def test_vllm_outside_trls_range_is_not_taken(monkeypatch):
+    from trl.generation import vllm_generation
+
+    from parallel_r1.decoding import vllm_backend
+
+    monkeypatch.setattr(vllm_generation, "is_vllm_available", lambda *a, **k: True)
+    for version, ok in (
+        ("0.30.0", True),
+        ("0.26.0+cu130", True),
+        ("0.31.0", True),
+        ("0.33.0", False),
+        ("0.21.0", False),
+    ):
+        monkeypatch.setattr(vllm_backend, "vllm_version", lambda v=version: v)
+        assert vllm_backend.vllm_installed() is ok, version
+
+
 def test_gap_stats_brute_force():
     from parallel_r1.train.rl_trainer import _GapStats, gap_stats
 
@@ -348,7 +368,10 @@ def test_bad_vllm_input_fails_before_the_model_loads(tmp_path, additions, taught
     assert cli_main(["rl", "--config", str(_vllm_recipe(tmp_path, missing, additions))]) == 2
     err = capsys.readouterr().err
     assert "rollout_backend: `vllm` needs vLLM" in err and "no-such-model" not in err
+    from parallel_r1.decoding import vllm_backend
+
     monkeypatch.setattr(vllm_generation, "is_vllm_available", lambda *a, **k: True)
+    monkeypatch.setattr(vllm_backend, "vllm_version", lambda: "0.30.0")  # the pinned extra
     # a temperature vLLM would change silently
     assert cli_main(["rl", "--config", str(_vllm_recipe(tmp_path, missing, additions, temperature=0.001))]) == 2
     assert "temperature 0.001 is outside what vLLM samples at" in capsys.readouterr().err
@@ -375,7 +398,10 @@ def test_bad_vllm_input_fails_before_the_model_loads(tmp_path, additions, taught
 def test_gpu_vllm_recipes_are_the_engine_recipes_on_vllm(stem, monkeypatch):
     from trl.generation import vllm_generation
 
+    from parallel_r1.decoding import vllm_backend
+
     monkeypatch.setattr(vllm_generation, "is_vllm_available", lambda *a, **k: True)
+    monkeypatch.setattr(vllm_backend, "vllm_version", lambda: "0.30.0")  # the pinned extra
     root = Path(__file__).parents[1] / "recipes"
     engine, vllm = (
         yaml.safe_load((root / f"{stem}.yaml").read_text()),

@@ -34,6 +34,7 @@ those boundaries (docs/decoding.md).
 from __future__ import annotations
 
 import math
+import re
 import types
 
 from ..format import parse
@@ -259,11 +260,24 @@ def load_llm(model: str, **llm_kwargs):
     return vllm.LLM(model=model, **llm_kwargs), vllm.SamplingParams
 
 
+# TRL 1.16's supported vLLM range (trl/import_utils.py ``is_vllm_available``; TRL itself only warns outside it)
+TRL_VLLM_RANGE = ((0, 22, 0), (0, 31, 0))
+
+
 def vllm_installed() -> bool:
-    """vLLM importable in a version TRL supports (TRL's own test, so TRL and this check agree)."""
+    """vLLM importable (TRL's own test, so TRL and this check agree) in a version TRL supports."""
     from trl.generation import vllm_generation
 
-    return bool(vllm_generation.is_vllm_available())
+    if not vllm_generation.is_vllm_available():
+        return False
+    nums = tuple(int(x) for x in re.findall(r"\d+", vllm_version().split("+")[0])[:3])
+    return TRL_VLLM_RANGE[0] <= nums <= TRL_VLLM_RANGE[1]
+
+
+def vllm_version() -> str:
+    from importlib.metadata import version
+
+    return version("vllm")
 
 
 # ---------------------------------------------------------------------- a vLLM server behind the LLM interface
