@@ -18,7 +18,7 @@ import torch
 # padding mask; eager (transformers 5.23 ``eager_attention_forward``) and flex_attention *add* a
 # tensor mask to the scores, so a bool mask is read as +1 / +0 instead of masking: tokens would
 # see the future and their sibling paths. Only sdpa takes a bool mask as a mask.
-MASK_HONOURING_ATTENTION = ("sdpa",)
+MASK_HONOURING_ATTENTION = ("sdpa", "sdpa_gqa_fold")  # the second: parallel_r1.attention
 
 _DTYPES = {
     "float32": torch.float32, "fp32": torch.float32,

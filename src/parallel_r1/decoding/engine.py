@@ -51,6 +51,7 @@ from typing import NamedTuple
 
 import torch
 
+from ..attention import folded_gqa
 from ..devices import check_unseen_attention, kv_bytes_per_token, params_sharded, resolve_dtype, world_size
 from ..format import parse
 from ..structure import TagIds
@@ -328,7 +329,7 @@ class ParallelEngine:
         try:
             # one autocast region for the whole call: leaving the outermost one clears torch's cast
             # cache, so a region per forward would re-cast every fp32 weight at every decode step
-            with torch.no_grad(), cpu_sdpa_gqa(self.device), self._autocast():
+            with torch.no_grad(), cpu_sdpa_gqa(self.device), folded_gqa(self.model, self.device), self._autocast():
                 for start, chunk in chunks:
                     out += self._run(chunk, start, gen)
                 if self.lockstep is not None:
