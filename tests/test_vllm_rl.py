@@ -129,8 +129,8 @@ class FakeClient:
     def init_communicator(self, device=None):
         pass
 
-    def get_server_info(self):
-        return {"model_config": {"logprobs_mode": "processed_logprobs"}}
+    def get_server_info(self):  # /server_info: the server's VllmConfig as JSON
+        return {"model_config": {"logprobs_mode": "processed_logprobs", "max_model_len": 4096}}
 
     def update_named_params(self, metadata, params):
         self.llm.load_weights((name, p.detach()) for name, p in params)
@@ -138,7 +138,13 @@ class FakeClient:
     def reset_prefix_cache(self):
         self.llm.reset_prefix_cache()
 
+    lock = threading.Lock()  # the stand-in model is not thread-safe; a real server takes concurrent requests
+
     def generate(self, prompts, n=1, generation_kwargs=None, logprobs=0, **sampling):
+        with self.lock:
+            return self._generate(prompts, n, generation_kwargs, logprobs, **sampling)
+
+    def _generate(self, prompts, n=1, generation_kwargs=None, logprobs=0, **sampling):
         assert n == 1 and logprobs == 0 and isinstance(prompts[0], list)
         self.calls.append(dict(sampling, **(generation_kwargs or {})))
         params = types.SimpleNamespace(**sampling, **(generation_kwargs or {}))
@@ -304,6 +310,30 @@ def test_vllm_outside_trls_range_is_not_taken(monkeypatch):
     ):
         monkeypatch.setattr(vllm_backend, "vllm_version", lambda v=version: v)
         assert vllm_backend.vllm_installed() is ok, version
+
+
+def test_server_requests_go_out_concurrently_and_the_context_is_the_servers():
+    import threading
+
+    from parallel_r1.decoding.vllm_backend import ServerLLM
+
+    both_in = threading.Barrier(2, timeout=30)  # passes only if two calls are in flight at once
+
+    class Client:
+        def get_server_info(self):
+            return {"model_config": {"max_model_len": 2048}}
+
+        def generate(self, prompts, n=1, generation_kwargs=None, **sampling):
+            both_in.wait()
+            return {"completion_ids": [[7, sampling["max_tokens"]] for _ in prompts], "logprobs": None}
+
+    llm = ServerLLM(Client(), tokenizer=None)
+    assert llm.llm_engine.model_config.max_model_len == 2048  # VLLMEngine budgets prompt + max_tokens by it
+    outs = llm.generate(
+        [{"prompt_token_ids": [1, 2]}, {"prompt_token_ids": [3]}, {"prompt_token_ids": [4]}],
+        [{"max_tokens": 5}, {"max_tokens": 9}, {"max_tokens": 5}],
+    )
+    assert [o.outputs[0].token_ids for o in outs] == [[7, 5], [7, 9], [7, 5]]  # each answer at its request
 
 
 def test_gap_stats_brute_force():

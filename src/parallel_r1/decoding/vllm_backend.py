@@ -291,27 +291,41 @@ class ServerLLM:
     ``sampling_params`` for :class:`VLLMEngine` is ``dict``: each request's settings as keywords.
     """
 
-    def __init__(self, client, tokenizer):
-        self.client, self.tokenizer = client, tokenizer
+    def __init__(self, client, tokenizer, concurrency: int = 32):
+        self.client, self.tokenizer, self.concurrency = client, tokenizer, concurrency
+        # vLLM 0.30 rejects a request whose prompt + max_tokens passes the server's max_model_len:
+        # :class:`VLLMEngine` budgets by it, read here as the colocated LLM's ``llm_engine.model_config``
+        info = client.get_server_info() if hasattr(client, "get_server_info") else {}
+        length = (info.get("model_config") or {}).get("max_model_len")
+        self.llm_engine = types.SimpleNamespace(model_config=types.SimpleNamespace(max_model_len=length))
 
     def get_tokenizer(self):
         return self.tokenizer
 
     def generate(self, prompts: list[dict], sampling_params: list[dict], use_tqdm: bool = False) -> list:
+        """One ``/v1/completions`` call per group of identical settings, the groups sent
+        concurrently (``concurrency`` at a time): after the trunk nearly every sample has its own
+        ``max_tokens`` and seed, so one call at a time would serialise the whole phase."""
+        from concurrent.futures import ThreadPoolExecutor
+
         groups: dict[tuple, list[int]] = {}
         for i, p in enumerate(sampling_params):
             groups.setdefault(
                 tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in p.items())), []
             ).append(i)
-        outs: list = [None] * len(prompts)
-        for idx in groups.values():
+
+        def ask(idx: list[int]) -> dict:
             p = dict(sampling_params[idx[0]])
             extra = {k: p.pop(k) for k in ("stop_token_ids", "skip_special_tokens", "seed") if k in p}
-            res = self.client.generate(prompts=[prompts[i]["prompt_token_ids"] for i in idx], n=p.pop("n", 1),
-                                       generation_kwargs=extra, **p)  # fmt: skip
-            lps = res.get("logprobs") or [None] * len(idx)
-            for i, toks, lp in zip(idx, res["completion_ids"], lps):
-                # logprobs=0: one entry per token, the sampled token's own
-                lp = [{t: types.SimpleNamespace(logprob=row[0])} for t, row in zip(toks, lp)] if lp else None
-                outs[i] = types.SimpleNamespace(outputs=[types.SimpleNamespace(token_ids=list(toks), logprobs=lp)])
+            return self.client.generate(prompts=[prompts[i]["prompt_token_ids"] for i in idx], n=p.pop("n", 1),
+                                        generation_kwargs=extra, **p)  # fmt: skip
+
+        outs: list = [None] * len(prompts)
+        with ThreadPoolExecutor(max_workers=max(1, min(self.concurrency, len(groups)))) as pool:
+            for idx, res in zip(groups.values(), pool.map(ask, list(groups.values()))):
+                lps = res.get("logprobs") or [None] * len(idx)
+                for i, toks, lp in zip(idx, res["completion_ids"], lps):
+                    # logprobs=0: one entry per token, the sampled token's own
+                    lp = [{t: types.SimpleNamespace(logprob=row[0])} for t, row in zip(toks, lp)] if lp else None
+                    outs[i] = types.SimpleNamespace(outputs=[types.SimpleNamespace(token_ids=list(toks), logprobs=lp)])
         return outs
