@@ -301,3 +301,20 @@ def test_rollout_logprobs_are_not_trusted_above_the_tolerance(tmp_path, taught_m
     assert trainer._rollout_logprobs_as_old()
     trainer._last_gap_max = 2e-3  # e.g. bf16 rollouts: back to the forward
     assert not trainer._rollout_logprobs_as_old()
+
+
+def test_zero3_gathered_for_generation_needs_no_lockstep():
+    from types import SimpleNamespace
+
+    from parallel_r1.train.rl_trainer import engine_settings, zero_stage
+
+    args = SimpleNamespace(rollout_batch_size=8, bf16=True, ds3_gather_for_generation=True)
+    assert engine_settings(args, 3) == {"batch_size": 8, "dtype": "bfloat16", "lockstep": False}
+    assert "lockstep" not in engine_settings(args, 2)  # ZeRO-2: whole weights anyway, the engine decides
+    args.ds3_gather_for_generation = False  # sharded while decoding: every forward is a collective
+    assert "lockstep" not in engine_settings(args, 3)
+    plugin = SimpleNamespace(zero_stage=3)
+    trainer = SimpleNamespace(accelerator=SimpleNamespace(state=SimpleNamespace(deepspeed_plugin=plugin)))
+    assert zero_stage(trainer) == 3
+    trainer.accelerator.state.deepspeed_plugin = None
+    assert zero_stage(trainer) is None

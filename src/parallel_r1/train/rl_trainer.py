@@ -173,7 +173,7 @@ def make_rollout_func(engine_config, tag_ids, length_schedule: dict[int, int], s
             + step * 1000
             + trainer.accelerator.process_index
             + 10**6 * getattr(trainer, "_generation_round", 0),  # dynamic sampling's later rounds draw afresh
-            **engine_settings(trainer.args),
+            **engine_settings(trainer.args, zero_stage(trainer)),
         )
         tok = trainer.processing_class
         if backend == "vllm":
@@ -262,12 +262,24 @@ def _rebase(samples: list, start: int) -> list:
     return samples
 
 
-def engine_settings(args) -> dict:
+def engine_settings(args, zero: int | None = None) -> dict:
     """Engine fields that follow the trainer: the rollout batch size, and the trainer's compute
     precision (its forwards run under bf16/fp16 autocast, so the rollout's do too: the log-probs
-    then match the trainer's). Lockstep under sharded parameters is the engine's own decision."""
+    then match the trainer's). Lockstep under sharded parameters is the engine's own decision,
+    except under ZeRO-3 with TRL's gathering for generation (``ds3_gather_for_generation``, its
+    default): the weights are then whole on every rank while the engine decodes, but still carry
+    ``ds_id``, so the engine would add an all-reduce and dummy forwards per step that nothing needs."""
     dtype = "bfloat16" if getattr(args, "bf16", False) else "float16" if getattr(args, "fp16", False) else None
-    return {"batch_size": getattr(args, "rollout_batch_size", 64), "dtype": dtype}
+    out = {"batch_size": getattr(args, "rollout_batch_size", 64), "dtype": dtype}
+    if zero == 3 and getattr(args, "ds3_gather_for_generation", True):
+        out["lockstep"] = False
+    return out
+
+
+def zero_stage(trainer) -> int | None:
+    """The DeepSpeed ZeRO stage of the trainer's accelerator (None without DeepSpeed)."""
+    plugin = getattr(getattr(trainer.accelerator, "state", None), "deepspeed_plugin", None)
+    return getattr(plugin, "zero_stage", None) if plugin is not None else None
 
 
 @contextlib.contextmanager
