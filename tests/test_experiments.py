@@ -23,6 +23,7 @@ def test_recipes_load_and_share_everything_but_the_reward():
     assert (
         e1["rl"]["generation_batch_size"] // e1["rl"]["num_generations"] >= 8
         and e1["rl"]["num_informative_groups"] == 8
+        and e1["rl"]["rl_steps"] >= 20
     )
     e2 = {
         name: experiment.load_recipe(str(REPO / f"recipes/experiments/e2_{name}.yaml"))
