@@ -282,7 +282,8 @@ def test_unknown_name_lists_the_known_ones():
         load_problems("gsm9k")
     assert all(name in str(e.value) for name in KNOWN)
     with pytest.raises(KeyError, match="synthetic_easy"):
-        load_problems("synthetic_medium")
+        load_problems("synthetic_extreme")
+    assert len(load_problems("synthetic_medium", limit=2)) == 2  # a known difficulty loads
 
 
 def test_missing_data_dir_names_the_path(tmp_path):

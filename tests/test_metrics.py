@@ -147,10 +147,14 @@ def test_rl_metrics_and_analysis_agree_on_the_same_rollouts(tmp_path):
          "reward_mode": "accuracy", "length": 10 + i, "clipped": False, "ids": []}
         for i, t in enumerate(TRACES * 2)
     ]  # fmt: skip
+    import torch
+
     with JsonlAppender(tmp_path / "rollouts.jsonl") as sink:
-        trainer = SimpleNamespace(tag_ids=None, _rollouts=sink, rl_step=lambda: 3)
-        ParallelGRPOTrainer._record(trainer, rows)
-    logged = trainer._rl_metrics
+        trainer = SimpleNamespace(
+            tag_ids=None, _rollouts=sink, rl_step=lambda: 3, _seen={}, _step_rows=[], _curation={}
+        )
+        ParallelGRPOTrainer._write_rows(trainer, rows, 0, torch.ones(len(rows), dtype=torch.bool))
+        logged = ParallelGRPOTrainer._step_metrics(trainer)
     (step,) = analysis.steps_from_rollouts(list(read_jsonl(tmp_path / "rollouts.jsonl")))
     for key in ("parallel_ratio", "opens_parallel"):
         assert logged[key] == pytest.approx(step[key])
