@@ -28,7 +28,6 @@ import argparse
 import fcntl
 import json
 import os
-import random
 import shutil
 import sys
 import time
@@ -162,29 +161,6 @@ def headroom(recipe: dict, sft_model: Path, out: Path) -> dict | None:
     return {"benchmark": name, "problems": int(spec["problems"]), "k": k, "mean@k": r["mean@k"], "pass@k": r["pass@k"]}
 
 
-def per_problem(path: Path, benchmark: str) -> dict[str, float]:
-    """{problem id: share of its samples that are correct} from an eval's completions.jsonl."""
-    from parallel_r1.io import read_jsonl
-
-    hits: dict[str, list[bool]] = {}
-    for r in read_jsonl(path, skip_bad=True):
-        if r["benchmark"] == benchmark:
-            hits.setdefault(str(r["problem_id"]), []).append(bool(r["correct"]))
-    return {pid: sum(v) / len(v) for pid, v in hits.items()}
-
-
-def paired_bootstrap(before: list[float], after: list[float], resamples: int = 10_000, seed: int = 0) -> dict:
-    """Mean of ``after - before`` over problems and its 95 % percentile interval, resampling problems."""
-    if len(before) != len(after) or not before:
-        raise ValueError("paired_bootstrap: need two equally long, non-empty lists")
-    diffs = [a - b for a, b in zip(after, before)]
-    n = len(diffs)
-    rng = random.Random(seed)
-    means = sorted(sum(diffs[rng.randrange(n)] for _ in range(n)) / n for _ in range(resamples))
-    return {"diff": sum(diffs) / n, "lo": means[int(0.025 * resamples)], "hi": means[int(0.975 * resamples) - 1],
-            "n_problems": n, "resamples": resamples, "seed": seed}  # fmt: skip
-
-
 def run_readiness_experiment(recipe: dict) -> dict:
     """E4: worked-solution data -> ``parallel-r1 midtrain`` (stable + decay branches) ->
     ``parallel-r1 rl-readiness`` on the named branches. Each step resumes or reuses its outputs."""
@@ -218,6 +194,7 @@ def run_readiness_experiment(recipe: dict) -> dict:
 
 
 def run_experiment(path: str) -> dict:
+    from parallel_r1.intervals import compare
     from parallel_r1.io import atomic_write_json, atomic_write_text
     from parallel_r1.report import build_report
 
@@ -256,11 +233,8 @@ def run_experiment(path: str) -> dict:
         if not (out / "eval" / sft_tag).exists():
             shutil.copytree(shared / "eval" / "sft", out / "eval" / sft_tag)
         run_eval(ev, rl, rl_tag, out, out, t)
-        before, after = (per_problem(out / "eval" / tag / "completions.jsonl", name) for tag in (sft_tag, rl_tag))
-        ids = sorted(before.keys() & after.keys())
-        boot = paired_bootstrap(
-            [before[i] for i in ids], [after[i] for i in ids], int(ev.get("resamples", 10_000)), int(ev.get("bootstrap_seed", 0))
-        )  # fmt: skip
+        boot = compare(*(out / "eval" / tag / "completions.jsonl" for tag in (sft_tag, rl_tag)), name,
+                       int(ev.get("resamples", 10_000)), int(ev.get("bootstrap_seed", 0)))  # fmt: skip
         results = {
             tag: json.loads((out / "eval" / tag / "results.json").read_text())["benchmarks"][name]
             for tag in (sft_tag, rl_tag)

@@ -1,9 +1,7 @@
-"""scripts/experiment.py: recipe checks, per-problem scores, the paired bootstrap."""
+"""scripts/experiment.py: recipe checks, an experiment end to end."""
 
 import importlib.util
 import json
-import math
-import random
 import shutil
 
 import pytest
@@ -46,39 +44,6 @@ def test_recipe_missing_field_is_named(tmp_path):
     p.write_text(yaml.safe_dump({"out": "x", "sft": {}, "eval": {}}))
     with pytest.raises(ValueError, match="'rl'"):
         experiment.load_recipe(str(p))
-
-
-def test_per_problem_averages_samples_of_one_benchmark(tmp_path):
-    rows = [
-        {"benchmark": "a", "problem_id": "p1", "sample_index": 0, "correct": True},
-        {"benchmark": "a", "problem_id": "p1", "sample_index": 1, "correct": False},
-        {"benchmark": "a", "problem_id": "p2", "sample_index": 0, "correct": True},
-        {"benchmark": "b", "problem_id": "p1", "sample_index": 0, "correct": False},
-    ]
-    path = tmp_path / "completions.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    assert experiment.per_problem(path, "a") == {"p1": 0.5, "p2": 1.0}
-
-
-def test_paired_bootstrap_degenerate_and_against_the_normal_approximation():
-    same = experiment.paired_bootstrap([0, 1, 1, 0], [0, 1, 1, 0], resamples=500)
-    assert (same["diff"], same["lo"], same["hi"]) == (0, 0, 0)
-    better = experiment.paired_bootstrap([0] * 10, [1] * 10, resamples=500)
-    assert (better["lo"], better["hi"]) == (1, 1)
-
-    rng = random.Random(1)
-    before = [float(rng.random() < 0.3) for _ in range(400)]
-    after = [float(b or rng.random() < 0.2) for b in before]  # paired: after >= before
-    r = experiment.paired_bootstrap(before, after, resamples=4000, seed=3)
-    diffs = [a - b for a, b in zip(after, before)]
-    mean = sum(diffs) / len(diffs)
-    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1))
-    half = 1.96 * sd / math.sqrt(len(diffs))
-    assert r["diff"] == pytest.approx(mean)
-    assert r["lo"] == pytest.approx(mean - half, abs=0.25 * half)
-    assert r["hi"] == pytest.approx(mean + half, abs=0.25 * half)
-    with pytest.raises(ValueError):
-        experiment.paired_bootstrap([1.0], [])
 
 
 def test_an_experiment_runs_end_to_end_and_resumes(tmp_path, taught_model, additions):
