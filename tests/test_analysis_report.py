@@ -341,3 +341,18 @@ def test_console_error_detection_works(tmp_path):
     bad.write_text("<!DOCTYPE html><html><body><p>x</p><script>undefinedFunction()</script></body></html>")
     res = _chrome(bad, tmp_path, "--dump-dom")
     assert console_errors(res.stderr), res.stderr[-2000:]
+
+
+def test_eval_intervals_come_from_each_models_completions(tmp_path):
+    from parallel_r1.analysis import eval_intervals
+    from parallel_r1.intervals import bootstrap_mean, per_problem
+
+    run = make_run(tmp_path, training=False)
+    evals = analysis.load_evals(run)
+    bars = eval_intervals(run, evals)
+    assert set(bars) == set(evals)
+    for tag in evals:
+        scores = list(per_problem(run / "eval" / tag / "completions.jsonl", "aime24").values())
+        b = bars[tag]["aime24"]
+        assert b == bootstrap_mean(scores, 2000) and b["lo"] <= b["mean"] <= b["hi"]
+        assert "gsm8k" not in bars[tag]  # no completions of it: no interval rather than a made-up one

@@ -198,6 +198,23 @@ def load_evals(run_dir: Path) -> dict[str, dict]:
     return out
 
 
+def eval_intervals(run_dir: Path, evals: dict[str, dict], resamples: int = 2000) -> dict[str, dict]:
+    """``{tag: {benchmark: intervals.bootstrap_mean(...)}}``: each evaluation's accuracy with its
+    95 % interval over problems, from ``eval/<tag>/completions.jsonl`` (2,000 resamples: error bars)."""
+    from .intervals import bootstrap_mean, per_problem
+
+    out: dict[str, dict] = {}
+    for tag, res in evals.items():
+        path = run_dir / "eval" / tag / "completions.jsonl"
+        if not path.exists():
+            continue
+        for name in res.get("benchmarks") or {}:
+            scores = list(per_problem(path, name).values())
+            if scores:
+                out.setdefault(tag, {})[name] = bootstrap_mean(scores, resamples)
+    return out
+
+
 def analyze_run(run_dir: str | Path, clip_threshold: float = CLIP_THRESHOLD, last_steps: int | None = None) -> dict:
     """Everything ``analysis.json`` holds, computed from the run folder."""
     run_dir = Path(run_dir)
@@ -230,6 +247,7 @@ def analyze_run(run_dir: str | Path, clip_threshold: float = CLIP_THRESHOLD, las
         "length_pathology": length_pathology(steps, budget, clip_threshold, last_steps),
         "position_trend": position_trend(steps),
         "evals": evals,
+        "eval_intervals": eval_intervals(run_dir, evals),
     }
 
 

@@ -87,7 +87,7 @@ def make_plots(a: dict) -> list[tuple[str, str]]:
         return fig, ax
 
     if not steps:  # evaluations only: no training curves to draw
-        return plots + _eval_plot(evals, plt)
+        return plots + _eval_plot(evals, a.get("eval_intervals") or {}, plt)
     fig, ax = new("Parallel ratio and format errors", "share of completions")
     for key, label in (
         ("parallel_ratio", LABELS["parallel_ratio"]),
@@ -130,19 +130,27 @@ def make_plots(a: dict) -> list[tuple[str, str]]:
     h2, l2 = ax2.get_legend_handles_labels()
     ax.legend(h1 + h2, l1 + l2, fontsize=8)
     plots.append(("Length", _png(fig)))
-    return plots + _eval_plot(evals, plt)
+    return plots + _eval_plot(evals, a.get("eval_intervals") or {}, plt)
 
 
-def _eval_plot(evals: dict, plt) -> list[tuple[str, str]]:
+def _eval_plot(evals: dict, bars: dict, plt) -> list[tuple[str, str]]:
+    """mean@k per model and benchmark; ``bars`` (analysis ``eval_intervals``) draws each 95 % interval."""
     plots = []
     if len(evals) > 1:
         fig, ax = plt.subplots(figsize=(6, 3.4))
-        ax.set_title("Evaluation mean@k by model / checkpoint", fontsize=11)
+        ax.set_title("Evaluation mean@k by model / checkpoint (95 % intervals)", fontsize=11)
         tags = list(evals)
         benches = sorted({b for r in evals.values() for b in r.get("benchmarks", {})})
         for b in benches:
             ys = [evals[t].get("benchmarks", {}).get(b, {}).get("mean@k") for t in tags]
-            ax.plot(range(len(tags)), [float("nan") if y is None else y for y in ys], marker="o", label=b)
+            ys = [float("nan") if y is None else y for y in ys]
+            iv = [bars.get(t, {}).get(b) for t in tags]
+            # clamped: a folder's completions can hold more samples than its results.json scored
+            err = [
+                [max(0.0, y - i["lo"]) if i else 0.0 for y, i in zip(ys, iv)],
+                [max(0.0, i["hi"] - y) if i else 0.0 for y, i in zip(ys, iv)],
+            ]
+            ax.errorbar(range(len(tags)), ys, yerr=err, marker="o", capsize=3, label=b)
         ax.set_xticks(range(len(tags)), tags, rotation=30, fontsize=8)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
