@@ -289,8 +289,12 @@ class ParallelEngine:
         self.path_budget = self.cfg.max_path_tokens or self.cfg.max_new_tokens
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos)
         # counters of the last generate(): forwards, host reads per step (sampled ids) and per chunk
-        # (log-probs), forks, cache bytes copied (prompt expansion and compaction; a fork copies none)
+        # (log-probs), forks, cache bytes copied (prompt expansion and compaction; a fork copies none),
+        # uploads of the whole slot-stream matrix (after a merge or a compaction only)
         self.stats: dict[str, int] = {}
+        # (host streams, their device copy): a decode step appends its query columns to both, so the
+        # [B, S] matrix crosses to the device again only when a merge or a compaction rewrote it
+        self._streams_dev: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def _tags(self) -> TagIds | None:
         try:
@@ -321,8 +325,9 @@ class ParallelEngine:
         jobs = [(i, ids) for i, ids in enumerate(encoded) for _ in range(n)]
         chunks = self._chunks(jobs)
         self.stats = dict(
-            forwards=0, step_syncs=0, chunk_syncs=0, forks=0, copy_bytes=0, chunks=len(chunks), dummy_forwards=0
-        )
+            forwards=0, step_syncs=0, chunk_syncs=0, forks=0, copy_bytes=0, chunks=len(chunks), dummy_forwards=0,
+            streams_uploads=0,
+        )  # fmt: skip
         out: list[Sample] = []
         was_training = self.model.training
         self.model.eval()
@@ -429,6 +434,7 @@ class ParallelEngine:
             self._scores.flush(logits)
             self._budget_paths(rows)
             rows, streams = self._rebuild(rows, cache, streams)
+        self._streams_dev = None  # the chunk's device copy goes with its cache
         scores = self._scores.read()  # the chunk's one read of its log-probs
         self.stats["chunk_syncs"] += 1
         return [self._finish(s, scores) for s in samples]
@@ -478,12 +484,19 @@ class ParallelEngine:
         query = to_device(qs, dev)
         new = visible(query, query) & torch.ones(q, q, dtype=torch.bool, device=dev).tril()
         new |= torch.eye(q, dtype=torch.bool, device=dev)  # idle columns see themselves: no empty row
-        mask = torch.cat([visible(to_device(streams, dev), query), new], dim=2)[:, None]
+        if self._streams_dev is not None and self._streams_dev[0] is streams:
+            on_dev = self._streams_dev[1]
+        else:
+            on_dev = to_device(streams, dev)
+            self.stats["streams_uploads"] += 1
+        mask = torch.cat([visible(on_dev, query), new], dim=2)[:, None]
         out = self._forward(
             input_ids=to_device(torch.tensor(ids), dev), attention_mask=mask,
             position_ids=to_device(torch.tensor(pos), dev), past_key_values=cache, use_cache=True,
         )  # fmt: skip
-        return out.logits, torch.cat([streams, qs], dim=1)
+        streams = torch.cat([streams, qs], dim=1)
+        self._streams_dev = (streams, torch.cat([on_dev, query], dim=1))
+        return out.logits, streams
 
     def _fill_injected(self, rows: list[_Row]) -> None:
         """Log-probs of pending tokens 2.. come from the logits at the token before them."""
@@ -611,6 +624,7 @@ class ParallelEngine:
                 elif r.path.j == 0:
                     b = r.sample.b
                     streams[b] = torch.where(streams[b] > 0, 0, streams[b])  # the summary sees every path
+                    self._streams_dev = None  # rewritten in place: upload it again
                     out.append(self._merge(r.sample))
             else:
                 out.append(r)
