@@ -1,7 +1,12 @@
 """Our Unseen RL step vs a plain TRL GRPO step: same model, same prompts, same batch, one run.
 
-    .venv/bin/python bench/rl_step.py      # SmolLM2-135M, 2 prompts x 4 rollouts, v3 prompt
-    .venv/bin/python bench/rl_step.py [--model PATH|smollm2|tiny] [--steps 2] [--template no_prompt]
+    .venv/bin/python bench/rl_step.py      # the demo's SFT model, 4 prompts x 8 rollouts, easy synthetic problems
+    .venv/bin/python bench/rl_step.py [--model PATH|smollm2|tiny] [--steps 2] [--template parallel_v3]
+
+The default model is the demo's cold-started SmolLM2 (``runs/demo/sft``; ``parallel-r1 demo
+--stages base,sft`` makes it): it solves about a third of the easy synthetic problems, so groups
+have unequal rewards. Raw SmolLM2 solves none of them and every group is dead: seconds per
+informative rollout is then undefined for both trainers.
 
 "ours" = ``parallel-r1 rl`` (ParallelGRPOTrainer, Unseen engine rollouts through rollout_func,
 path-isolating layout in the loss, rollout/metrics logging). "plain" = ``trl.GRPOTrainer`` with
@@ -110,18 +115,22 @@ def prepare(model: str, out: Path) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
-        "--model", default="smollm2", help="smollm2 (default), tiny (random, seconds), or a checkpoint folder"
+        "--model",
+        default="runs/demo/sft",
+        help="a checkpoint folder (default: the demo's SFT model), smollm2 or tiny (random, seconds)",
     )
     ap.add_argument("--steps", type=int, default=2, help="timed RL steps per round (after one warm-up step)")
     ap.add_argument("--rounds", type=int, default=2, help="rounds of (ours, plain), each on fresh trainers")
-    ap.add_argument("--prompts", type=int, default=2)
-    ap.add_argument("--num-generations", type=int, default=4)
-    ap.add_argument("--max-new-tokens", type=int, default=64)
-    ap.add_argument("--template", default="parallel_v3")
+    ap.add_argument("--prompts", type=int, default=4)
+    ap.add_argument("--num-generations", type=int, default=8)
+    ap.add_argument("--max-new-tokens", type=int, default=128)
+    ap.add_argument("--template", default="no_prompt", help="no_prompt: the demo SFT's template")
     ap.add_argument(
         "--plain-ours", action="store_true", help="ours without the zero-advantage drop and rollout log-probs"
     )
     a = ap.parse_args()
+    if a.model not in ("smollm2", "tiny") and not (Path(a.model) / "config.json").exists():
+        ap.error(f"--model {a.model}: no checkpoint there; run `parallel-r1 demo --stages base,sft` or pass --model")
 
     import torch
     from trl import GRPOConfig, GRPOTrainer
@@ -134,14 +143,9 @@ def main() -> None:
     torch.manual_seed(0)
     tmp = Path(tempfile.mkdtemp(prefix="rl_bench_"))
     model_path = prepare(a.model, tmp)
-    problems = [
-        {
-            "id": f"p{i}",
-            "problem": f"Tom has {i} apples and buys {i + 3} more. How many apples does he have?",
-            "answer": str(2 * i + 3),
-        }
-        for i in range(64)
-    ]
+    from parallel_r1.data.synthetic import make_problems
+
+    problems = [{"id": p.id, "problem": p.problem, "answer": p.answer} for p in make_problems(64, "easy", seed=0)]
     data = tmp / "problems.jsonl"
     data.write_text("".join(json.dumps(p) + "\n" for p in problems))
     tok = load_tokenizer(model_path)
