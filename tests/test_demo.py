@@ -18,7 +18,9 @@ def tiny_demo(tiny_checkpoint, out, **kw):
         rl_steps=2,
         rl_prompts=2,
         rl_rollouts=2,
+        rl_informative_groups=1,
         eval_problems=2,
+        base_eval_problems=2,
         max_new_tokens=24,
         max_path_tokens=8,
         gsm8k=False,
@@ -39,8 +41,12 @@ def test_demo_runs_every_stage_then_reuses_them(tiny_checkpoint, tmp_path, capsy
     assert set(result["summary"][0]["benchmarks"]) == {"synthetic_easy"}  # RL data = easy: no second set
     printed = capsys.readouterr().out
     assert "| rl |" in printed and "RL reward (alternating)" in printed
+    assert "rl - sft [paired 95 %]" in printed and "| synthetic_easy |" in printed
+    # dynamic sampling: each step generates rounds of prompts x rollouts until a group is informative
     rollouts = (out / "rl" / "rollouts.jsonl").read_text().splitlines()
-    assert len(rollouts) == 2 * 2 * 2  # steps x prompts x rollouts
+    metrics = [json.loads(line) for line in (out / "rl" / "metrics.jsonl").read_text().splitlines()]
+    assert len(metrics) == 2 and all(1 <= m["generation_rounds"] <= 3 for m in metrics)
+    assert len(rollouts) == sum(m["generation_rounds"] for m in metrics) * 2 * 2
     # a second run reuses everything; --force on one stage redoes only that one
     again = run_demo(tiny_demo(tiny_checkpoint, out))
     assert again["timings"] == {}

@@ -17,7 +17,9 @@ marker when it finished; a re-run skips finished stages (``--force`` redoes the 
    synthetic problems by default, because a 135M model answers almost none of the hard ones: every
    GRPO group is then all-wrong, has zero advantage and nothing moves in a few CPU steps.
 4. ``eval``: base, SFT and RL models on held-out synthetic problems (easy, and the RL data when
-   it differs) and a GSM8K test slice when the shared data is there (:mod:`parallel_r1.evaluate`), into ``rl/eval/<model>/``.
+   it differs; ``--gsm8k`` adds a GSM8K test slice) (:mod:`parallel_r1.evaluate`), into
+   ``rl/eval/<model>/``; the summary adds each accuracy's 95 % interval and rl - sft's paired one
+   (:mod:`parallel_r1.intervals`).
 5. ``report``: ``report.html`` (curves, tables, traces; :mod:`parallel_r1.report`) and the
    printed summary table.
 
@@ -78,7 +80,7 @@ class DemoConfig:
     rl_steps: int | None = field(
         default=None,
         metadata={
-            "help": "RL steps (default 10: the alternating schedule's first window, 8 accuracy + 2 parallel-aware steps; quick 3)."
+            "help": "RL steps (default 5, all accuracy-only steps of the alternating schedule's first window; quick 2)."
         },
     )
     rl_reward: str = field(
@@ -89,34 +91,47 @@ class DemoConfig:
         default="synthetic_easy",
         metadata={"help": "RL problems: synthetic_easy, synthetic_hard or any data set name of `parallel-r1 rl`."},
     )
-    rl_prompts: int = field(default=4, metadata={"help": "Prompts per RL step."})
-    rl_rollouts: int = field(
-        default=4, metadata={"help": "Rollouts per prompt (the GRPO group; docs/experiments.md uses 8)."}
+    rl_prompts: int = field(default=8, metadata={"help": "Prompts per generation round of an RL step."})
+    rl_rollouts: int = field(default=8, metadata={"help": "Rollouts per prompt (the GRPO group)."})
+    rl_informative_groups: int = field(
+        default=4,
+        metadata={
+            "help": "Groups trained per RL step: rounds of rl_prompts groups are generated (at most 3) until this many have unequal rewards; the rest never reach the loss (docs/rl.md)."
+        },
     )
     rl_learning_rate: float = field(
-        default=5e-6,
+        default=3e-5,
         metadata={
-            "help": "RL learning rate (for a 135M model over 10 steps; the paper's 1e-6 is for 4B over hundreds)."
+            "help": "RL learning rate (docs/experiments.md's E1: 3e-5 taught over 20 steps, 1e-4 collapsed the demo's model in 4; the paper's 1e-6 is for 4B over hundreds)."
         },
     )
     eval_problems: int | None = field(
         default=None,
         metadata={
-            "help": "Problems per benchmark: held-out synthetic problems (easy, and the RL data), GSM8K test (default 32; quick 8; docs/experiments.md uses 256)."
+            "help": "Held-out problems per benchmark for the SFT and RL models (default 256: a paired 95 %% interval of about +-6 points; quick 32)."
+        },
+    )
+    base_eval_problems: int = field(
+        default=32,
+        metadata={
+            "help": "Held-out problems per benchmark for the base model, which solves none and writes to the budget."
         },
     )
     gsm8k: bool = field(
-        default=True, metadata={"help": "Also evaluate on a GSM8K test slice when the shared data is there."}
+        default=False,
+        metadata={"help": "Also evaluate on a GSM8K test slice (the shared data's; a 135M model solves none of it)."},
     )
-    max_new_tokens: int = field(default=200, metadata={"help": "Completion budget (RL and eval)."})
-    max_path_tokens: int = field(default=80, metadata={"help": "Budget of one path."})
+    max_new_tokens: int = field(
+        default=128, metadata={"help": "Completion budget (RL and eval); a teacher trace is ~70 tokens."}
+    )
+    max_path_tokens: int = field(default=48, metadata={"help": "Budget of one path; a teacher path is 15-35 tokens."})
     seed: int = field(default=0, metadata={"help": "Seed of data order and sampling."})
 
     def __post_init__(self):
         q = self.quick
         self.sft_steps = self.sft_steps if self.sft_steps is not None else (20 if q else 60)
-        self.rl_steps = self.rl_steps if self.rl_steps is not None else (3 if q else 10)
-        self.eval_problems = self.eval_problems if self.eval_problems is not None else (8 if q else 32)
+        self.rl_steps = self.rl_steps if self.rl_steps is not None else (2 if q else 5)
+        self.eval_problems = self.eval_problems if self.eval_problems is not None else (32 if q else 256)
         names = STAGES if self.stages == "all" else tuple(s.strip() for s in self.stages.split(",") if s.strip())
         unknown = [s for s in names if s not in STAGES]
         if unknown:
@@ -134,9 +149,10 @@ class DemoConfig:
             "rl_steps",
             "rl_prompts",
             "rl_rollouts",
+            "rl_informative_groups",
             "rl_learning_rate",
         )
-        positive(self, "eval_problems", "max_new_tokens", "max_path_tokens")
+        positive(self, "eval_problems", "base_eval_problems", "max_new_tokens", "max_path_tokens")
         non_negative(self, "seed")
         from .rewards import get_schedule
 
@@ -225,7 +241,12 @@ def stage_rl(cfg: DemoConfig, out: Path) -> dict:
         max_completion_length=cfg.max_new_tokens,
         num_generations=cfg.rl_rollouts,
         generation_batch_size=group,
-        per_device_train_batch_size=group // 2,
+        num_informative_groups=cfg.rl_informative_groups,
+        max_generation_rounds=3,
+        # TRL splits an RL step's trained rows into generation_batch_size / per_device_train_batch_size
+        # optimiser steps: two, as E1 (four smaller ones at lr 1e-4 collapsed the model:
+        # docs/experiments.md); the second takes the engine's rollout log-probs as the old policy
+        per_device_train_batch_size=group // 2 if group % 2 == 0 else group,
         gradient_accumulation_steps=1,
         loss_type="dapo",
         beta=0.0,
@@ -293,9 +314,9 @@ def stage_eval(cfg: DemoConfig, out: Path) -> dict:
             max_blocks=2,
             max_path_tokens=cfg.max_path_tokens,
             temperature=1.0,
-            limit=cfg.eval_problems,
+            limit=cfg.base_eval_problems if tag == "base" else cfg.eval_problems,
             data_dir=cfg.data_dir,
-            batch_size=16,
+            batch_size=64,
             seed=cfg.seed,
         )
         print(f"\n== eval {tag}: {model}")
@@ -312,6 +333,8 @@ def summary(cfg: DemoConfig) -> tuple[list[dict], str]:
     evals = {tag: res for tag, res in load_evals(rl_dir).items() if tag in MODELS}
     rows = summary_rows(evals)
     table = format_summary_markdown(rows)
+    if {"sft", "rl"} <= evals.keys():
+        table += "\n\n" + interval_table(rl_dir / "eval", list(evals["rl"].get("benchmarks") or {}))
     metrics = rl_dir / "metrics.jsonl"
     if metrics.exists():
         steps = [json.loads(line) for line in metrics.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -321,6 +344,27 @@ def summary(cfg: DemoConfig) -> tuple[list[dict], str]:
             first, last = sum(rewards[:n]) / n, sum(rewards[-n:]) / n
             table += f"\n\nRL reward ({cfg.rl_reward}), mean of the first {n} -> last {n} of {len(rewards)} steps: {first:+.3f} -> {last:+.3f}"
     return rows, table
+
+
+def interval_table(eval_dir: Path, benchmarks: list[str]) -> str:
+    """Accuracy of each model with its 95 % interval over problems, and rl - sft with the paired
+    interval (docs/experiments.md): a gain is real when its interval excludes zero."""
+    from .intervals import bootstrap_mean, compare, per_problem
+
+    lines = ["| benchmark | " + " | ".join(f"{m} accuracy [95 %]" for m in MODELS) + " | rl - sft [paired 95 %] | problems |",
+             "|---|" + "---:|" * (len(MODELS) + 2)]  # fmt: skip
+    for name in benchmarks:
+        cells = []
+        for m in MODELS:
+            path = eval_dir / m / "completions.jsonl"
+            scores = list(per_problem(path, name).values()) if path.exists() else []
+            b = bootstrap_mean(scores) if scores else None
+            cells.append(f"{100 * b['mean']:.1f} [{100 * b['lo']:.1f}, {100 * b['hi']:.1f}]" if b else "–")
+        d = compare(eval_dir / "sft" / "completions.jsonl", eval_dir / "rl" / "completions.jsonl", name)
+        verdict = "real" if d["lo"] > 0 or d["hi"] < 0 else "within noise"
+        diff = f"{100 * d['diff']:+.1f} [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}] ({verdict})"
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {diff} | {d['n_problems']} |")
+    return "\n".join(lines)
 
 
 def stage_report(cfg: DemoConfig, out: Path) -> dict:
