@@ -94,7 +94,7 @@ def test_demo_recipe_and_overrides(tmp_path, spelling):
     recipe = tmp_path / "demo.yaml"
     recipe.write_text("quick: true\nrl_reward: accuracy\nsft_steps: 7\n")
     (cfg,) = parse_command("demo", ["--config", str(recipe), flag("sft_steps"), "9", flag("data_dir"), "/d"])
-    assert (cfg.quick, cfg.rl_reward, cfg.sft_steps, cfg.data_dir, cfg.rl_steps) == (True, "accuracy", 9, "/d", 3)
+    assert (cfg.quick, cfg.rl_reward, cfg.sft_steps, cfg.data_dir, cfg.rl_steps) == (True, "accuracy", 9, "/d", 2)
 
 
 def test_demo_data_dir_reaches_the_sft_and_rl_stages(tmp_path, monkeypatch):
