@@ -1,6 +1,6 @@
 """``parallel-r1 demo``: the whole curriculum on SmolLM2-135M-Instruct on a CPU (README "The demo").
 
-    parallel-r1 demo                 # ~20 minutes on 2 cores
+    parallel-r1 demo                 # 20-30 minutes on 2 cores (README "The demo")
     parallel-r1 demo --quick         # ~5 minutes, fewer steps and problems
     parallel-r1 demo --stages rl,eval,report --force   # redo some stages
 
@@ -49,7 +49,7 @@ MODELS = ("base", "sft", "rl")
 
 @dataclass
 class DemoConfig:
-    """Every knob of the demo (defaults: the full ~20-minute run; ``quick`` scales it down)."""
+    """Every knob of the demo (defaults: the full 20-30-minute run; ``quick`` scales it down)."""
 
     output_dir: str = field(default="runs/demo", metadata={"help": "Folder of the demo's stages."})
     model: str = field(
