@@ -334,7 +334,7 @@ def summary(cfg: DemoConfig) -> tuple[list[dict], str]:
     rows = summary_rows(evals)
     table = format_summary_markdown(rows)
     if {"sft", "rl"} <= evals.keys():
-        table += "\n\n" + interval_table(rl_dir / "eval", list(evals["rl"].get("benchmarks") or {}))
+        table += "\n\n" + interval_table(rl_dir, evals)
     metrics = rl_dir / "metrics.jsonl"
     if metrics.exists():
         steps = [json.loads(line) for line in metrics.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -346,21 +346,22 @@ def summary(cfg: DemoConfig) -> tuple[list[dict], str]:
     return rows, table
 
 
-def interval_table(eval_dir: Path, benchmarks: list[str]) -> str:
-    """Accuracy of each model with its 95 % interval over problems, and rl - sft with the paired
-    interval (docs/experiments.md): a gain is real when its interval excludes zero."""
-    from .intervals import bootstrap_mean, compare, per_problem
+def interval_table(rl_dir: Path, evals: dict[str, dict]) -> str:
+    """Accuracy of each model with its 95 % interval over problems (analysis.eval_intervals), and
+    rl - sft with the paired interval (docs/experiments.md): a gain is real when its interval
+    excludes zero."""
+    from .analysis import eval_intervals
+    from .intervals import RESAMPLES, compare
 
+    bars = eval_intervals(rl_dir, evals, RESAMPLES)
     lines = ["| benchmark | " + " | ".join(f"{m} accuracy [95 %]" for m in MODELS) + " | rl - sft [paired 95 %] | problems |",
              "|---|" + "---:|" * (len(MODELS) + 2)]  # fmt: skip
-    for name in benchmarks:
+    for name in evals["rl"].get("benchmarks") or {}:
         cells = []
         for m in MODELS:
-            path = eval_dir / m / "completions.jsonl"
-            scores = list(per_problem(path, name).values()) if path.exists() else []
-            b = bootstrap_mean(scores) if scores else None
+            b = bars.get(m, {}).get(name)
             cells.append(f"{100 * b['mean']:.1f} [{100 * b['lo']:.1f}, {100 * b['hi']:.1f}]" if b else "–")
-        d = compare(eval_dir / "sft" / "completions.jsonl", eval_dir / "rl" / "completions.jsonl", name)
+        d = compare(*(rl_dir / "eval" / m / "completions.jsonl" for m in ("sft", "rl")), name)
         verdict = "real" if d["lo"] > 0 or d["hi"] < 0 else "within noise"
         diff = f"{100 * d['diff']:+.1f} [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}] ({verdict})"
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {diff} | {d['n_problems']} |")

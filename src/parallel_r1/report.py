@@ -145,7 +145,8 @@ def _eval_plot(evals: dict, bars: dict, plt) -> list[tuple[str, str]]:
             ys = [evals[t].get("benchmarks", {}).get(b, {}).get("mean@k") for t in tags]
             ys = [float("nan") if y is None else y for y in ys]
             iv = [bars.get(t, {}).get(b) for t in tags]
-            # clamped: a folder's completions can hold more samples than its results.json scored
+            # clamped: the bar is drawn around results.json's mean@k, which the interval from the
+            # completions need not contain when the two files disagree (a hand-made folder)
             err = [
                 [max(0.0, y - i["lo"]) if i else 0.0 for y, i in zip(ys, iv)],
                 [max(0.0, i["hi"] - y) if i else 0.0 for y, i in zip(ys, iv)],
