@@ -494,8 +494,9 @@ class ParallelEngine:
             input_ids=to_device(torch.tensor(ids), dev), attention_mask=mask,
             position_ids=to_device(torch.tensor(pos), dev), past_key_values=cache, use_cache=True,
         )  # fmt: skip
+        same = on_dev is streams  # on the CPU the device copy is the host tensor: append once
         streams = torch.cat([streams, qs], dim=1)
-        self._streams_dev = (streams, torch.cat([on_dev, query], dim=1))
+        self._streams_dev = (streams, streams if same else torch.cat([on_dev, query], dim=1))
         return out.logits, streams
 
     def _fill_injected(self, rows: list[_Row]) -> None:
