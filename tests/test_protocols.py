@@ -16,9 +16,10 @@ from parallel_r1.protocols import (
     PROTOCOLS,
     detect_model_kind,
     extract_octothinker,
-    extract_paper,
     get_protocol,
 )
+from parallel_r1.grading import GRADERS
+from parallel_r1.rewards import compute_reward
 
 
 def _cfg(**kw) -> E.EvalConfig:
@@ -35,7 +36,18 @@ def test_parallel_r1_protocol_is_the_papers_evaluation():
     assert {b: c.k_of(b) for b in c.benchmarks} == dict.fromkeys(c.benchmarks, 1)
     assert (c.grader, c.extractor, c.template) == ("minerva_exact", "paper", "parallel_v3")
     assert (c.temperature, c.top_p, c.top_k, c.max_new_tokens) == (1.0, 1.0, None, 3000)
+    assert c.decoding == "paper"  # the paper's numbers came from its separate-request loop
     assert get_protocol("parallel_r1").chat_template and c.overrides == []
+
+
+def test_decoding_follows_the_protocol_and_the_backend():
+    assert (_cfg().decoding, _cfg(protocol="octothinker", model_kind="rl").decoding) == ("engine", "engine")
+    assert _cfg(backend="vllm").decoding == "paper"  # vLLM runs the paper's loop only
+    c = _cfg(protocol="parallel_r1", decoding="engine")  # the exact engine over the paper's loop
+    assert c.decoding == "engine" and c.overrides == ["decoding"]
+    assert _cfg(protocol="parallel_r1", decoding="paper").overrides == []  # the protocol's own value
+    with pytest.raises(ValueError, match="--backend vllm runs the paper's separate-request loop"):
+        _cfg(backend="vllm", decoding="engine")  # once quietly ran the paper's loop
 
 
 @pytest.mark.parametrize("kind, template, budget", [("base", "fewshot", 1024), ("rl", "orz", 4096)])
@@ -114,11 +126,29 @@ def test_octothinker_answers_grade_right_through_the_pipeline(tmp_path):
 
 def test_paper_extractor_reads_only_the_last_300_characters():
     tail = "x" * 400
-    assert extract_paper("Final Answer: 7\n" + tail) is None
+    assert EXTRACTORS["paper"]("Final Answer: 7\n" + tail) is None
     assert (
-        extract_paper("<Parallel><Path>a</Path><Path>b</Path></Parallel>\n<Summary>s</Summary>Final Answer: \\boxed{7}")
+        EXTRACTORS["paper"]("<Parallel><Path>a</Path><Path>b</Path></Parallel>\n<Summary>s</Summary>Final Answer: 7")
         == "7"
     )
+
+
+@pytest.mark.parametrize(
+    "line, right",
+    [
+        ("Final Answer: \\boxed{5}", True),  # Minerva's normaliser unwraps a box that is the whole answer
+        ("Final Answer: 5", True),
+        ("Final Answer: \\boxed{5}.", False),  # the period stays: "5." != "5"
+        ("Final Answer: The answer is \\boxed{5}", False),  # the words stay
+    ],
+)
+def test_paper_protocol_scores_as_the_training_reward(line, right):
+    """Eval under ``parallel_r1`` and the paper's accuracy reward read the same text the same way:
+    the whole ``Final Answer:`` line goes to Minerva's normaliser (no ``\\boxed{}`` unwrapped first)."""
+    p = get_protocol("parallel_r1").values()
+    pred = EXTRACTORS[p["extractor"]](line)
+    assert pred is not None and GRADERS[p["grader"]](pred, "5") is right
+    assert compute_reward("accuracy_reward", line, "5") == (1.0 if right else -1.0)
 
 
 # ----------------------------------------------------------------------------- results record, @16 from copies
@@ -150,6 +180,7 @@ def test_results_record_the_protocol_and_apo_copies_give_mean_and_pass_at_16(tmp
 
     assert protocol_label(res) == "parallel_r1 + benchmarks + max_new_tokens"
     assert "AIME24 (APO) (k=2)" in format_table(res) and "protocol: parallel_r1" in format_table(res)
+    assert "decoding paper on transformers · scorer minerva_exact on the paper extractor" in format_table(res)
 
 
 def test_summarize_groups_copies_brute_force():

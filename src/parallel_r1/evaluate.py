@@ -128,10 +128,10 @@ class EvalConfig:
             "help": "Generation: `unseen` (paths isolated, engine-orchestrated) or `seen` (free causal generation)."
         },
     )
-    decoding: str = field(
-        default="engine",
+    decoding: str | None = field(
+        default=None,
         metadata={
-            "help": "`engine` (the exact decoding engine, tag-constrained) or `paper` (the paper's separate-request loop on plain `generate`: paths from the shared prefix, summary re-reading the flat text, stray tags let through; docs/eval.md)."
+            "help": "`engine` (the exact decoding engine, tag-constrained) or `paper` (the paper's separate-request loop on plain `generate`, or on vLLM with --backend vllm: paths from the shared prefix, summary re-reading the flat text, stray tags let through; docs/eval.md). Default: the protocol's (custom and octothinker engine, parallel_r1 paper); paper with --backend vllm."
         },
     )
     grader: str | None = field(
@@ -221,12 +221,19 @@ class EvalConfig:
 
         proto = get_protocol(self.protocol)
         self.model_kind = resolve_model_kind(proto, self.model, self.model_kind) if self.model else self.model_kind
+        if self.backend == "vllm" and self.decoding == "engine":
+            raise ValueError(
+                "eval: --backend vllm runs the paper's separate-request loop; the exact engine (--decoding engine) "
+                "runs on transformers only (--backend engine)"
+            )
+        if self.backend == "vllm":
+            self.decoding = "paper"  # the one loop vLLM can run, whatever the protocol decodes with
         # Explicit values win over the protocol's; which ones did is recorded (run.json, results.json).
         self.overrides = []
         for name, value in proto.values(self.model_kind).items():
             if getattr(self, name) is None:
                 setattr(self, name, value)
-            elif self.protocol != "custom":
+            elif self.protocol != "custom" and getattr(self, name) != value:
                 self.overrides.append(name)
         names = [self.benchmarks] if isinstance(self.benchmarks, str) else self.benchmarks
         self.benchmarks = _expand(list(dict.fromkeys(b.strip() for n in names for b in str(n).split(",") if b.strip())))

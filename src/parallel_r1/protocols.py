@@ -7,8 +7,9 @@ and is recorded in ``run.json`` / ``results.json`` as an override (docs/eval.md,
 * ``custom`` (default): the toolkit's own defaults (math_verify grader, ``Final Answer:`` line
   else ``\\boxed{}``, AIME24/AIME25/AMC23 x16 and MATH500 x1, T=1.0, 3,000 tokens, v3 prompt).
 * ``parallel_r1``: how the Parallel-R1 paper scored its main table (docs/eval.md): Minerva
-  exact match (``minerva_exact``) on the last ``Final Answer:`` line of the last 300
-  tag-stripped characters; the paper's own eval rows (``apo_aime24``, ``apo_aime25``,
+  exact match (``minerva_exact``) on the whole last ``Final Answer:`` line of the last 300
+  tag-stripped characters (the training reward's own extraction,
+  :func:`~parallel_r1.rewards.extract_math_dapo`), decoded by the paper's loop; the paper's own eval rows (``apo_aime24``, ``apo_aime25``,
   ``apo_amc23``: 16 copies of each problem, one sample each, so mean@16 and pass@16 come from
   grouping the copies; ``math300`` once), T=1.0, top-p 1.0, 3,000 tokens, the v3 prompt through
   the chat template.
@@ -28,21 +29,15 @@ from pathlib import Path
 
 from .format import strip_tags
 from .grading import EXTRACTORS as GRADING_EXTRACTORS
-from .grading import extract_boxed, extract_final_answer
+from .grading import extract_boxed
+from .rewards import extract_math_dapo
 
 # ----------------------------------------------------------------------------- extraction
 
-TAIL_CHARS = 300  # the paper's math_dapo reward reads only the last 300 tag-stripped characters
 _MINERVA_RE = re.compile(r"final answer is\s*\$(.+?)\$\s*\.?\s*I hope", re.IGNORECASE | re.DOTALL)
 _THE_ANSWER_RE = re.compile(r"the answer is[:\s]*([^\n]+)", re.IGNORECASE)
 _HASHES_RE = re.compile(r"####\s*([^\n]+)")
 _NUMBER_RE = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
-
-
-def extract_paper(text: str) -> str | None:
-    """The paper's extraction: the last ``Final Answer:`` line of the last 300 tag-stripped
-    characters (a ``\\boxed{}`` in it unwrapped, as Minerva's normaliser does)."""
-    return extract_final_answer(strip_tags(text)[-TAIL_CHARS:])
 
 
 def _clean(answer: str) -> str | None:
@@ -76,7 +71,9 @@ def extract_octothinker(text: str) -> str | None:
 # name -> fn(completion) -> answer or None: the grading module's plus the protocols' own.
 EXTRACTORS: dict[str, Callable[[str], str | None]] = {
     **GRADING_EXTRACTORS,
-    "paper": extract_paper,
+    # The paper scored evaluation with its training reward's extraction: the whole line goes to
+    # Minerva's normaliser, so "\boxed{5}." or "The answer is \boxed{70}" on it is wrong.
+    "paper": extract_math_dapo,
     "octothinker": extract_octothinker,
 }
 
@@ -95,7 +92,7 @@ class Protocol:
     reproduces: str  # what table the protocol reproduces (for docs and run.json)
     benchmarks: tuple[str, ...]
     k: dict[str, int]  # samples scored per problem, per benchmark
-    settings: dict  # grader, extractor, template, temperature, top_p, max_new_tokens
+    settings: dict  # decoding, grader, extractor, template, temperature, top_p, max_new_tokens
     chat_template: bool  # prompts go through the tokenizer's chat template when it has one
     by_kind: dict[str, dict] = field(default_factory=dict)  # model_kind -> settings on top
 
@@ -118,6 +115,7 @@ PROTOCOLS: dict[str, Protocol] = {
             benchmarks=("aime24", "aime25", "amc23", "math500"),
             k={"aime24": 16, "aime25": 16, "amc23": 16, "math500": 1},
             settings=dict(
+                decoding="engine",
                 grader="math_verify",
                 extractor="auto",
                 template="parallel_v3",
@@ -133,7 +131,10 @@ PROTOCOLS: dict[str, Protocol] = {
             # The paper's eval rows: 16 copies per AIME/AMC problem, k=1 each (grouped into @16).
             benchmarks=("apo_aime24", "apo_aime25", "apo_amc23", "math300"),
             k={"apo_aime24": 1, "apo_aime25": 1, "apo_amc23": 1, "math300": 1},
+            # The paper's numbers came from its vLLM loop (paths as separate requests, stray tags
+            # let through), so that is how the protocol decodes (docs/eval.md, "Decoding").
             settings=dict(
+                decoding="paper",
                 grader="minerva_exact",
                 extractor="paper",
                 template="parallel_v3",
@@ -148,7 +149,8 @@ PROTOCOLS: dict[str, Protocol] = {
             reproduces="OctoThinker: base models few-shot, RL models zero-shot, greedy accuracy",
             benchmarks=("gsm8k", "math500", "olympiadbench", "amc23"),
             k={"gsm8k": 1, "math500": 1, "olympiadbench": 1, "amc23": 1},
-            settings=dict(grader="math_verify", extractor="octothinker", temperature=0.0, top_p=1.0),
+            # Its models have no tags: the engine decodes them causally, as vLLM's plain generate did.
+            settings=dict(decoding="engine", grader="math_verify", extractor="octothinker", temperature=0.0, top_p=1.0),
             chat_template=False,
             by_kind={
                 "base": dict(template="fewshot", max_new_tokens=1024),

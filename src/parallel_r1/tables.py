@@ -30,6 +30,16 @@ def protocol_label(results: dict) -> str:
     return label + "".join(f" + {o}" for o in p.get("overrides") or [])
 
 
+def method_label(results: dict) -> str:
+    """How a ``results.json`` was decoded and scored, e.g. `` · decoding paper on vllm ·
+    scorer minerva_exact on the paper extractor`` (empty for results that do not record it)."""
+    s = results.get("settings") or {}
+    if not s.get("decoding"):
+        return ""
+    on = "vllm" if s.get("backend") == "vllm" else "transformers"
+    return f" · decoding {s['decoding']} on {on} · scorer {s.get('grader')} on the {s.get('extractor')} extractor"
+
+
 def pct(x) -> str:
     return "-" if x is None else f"{100 * x:.1f}"
 
@@ -66,7 +76,7 @@ def format_table(results: dict, title: str | None = None) -> str:
         vals = [bench[b].get(key) for b in names]
         table.append([label] + ["-" if v is None else fmt.format(v) for v in vals] + [""])
     table.append(["problems"] + [str(bench[b]["n_problems"]) for b in names] + [""])
-    body = text_table(["", *heads], table) + f"\nprotocol: {protocol_label(results)}"
+    body = text_table(["", *heads], table) + f"\nprotocol: {protocol_label(results)}{method_label(results)}"
     return f"{title}\n{body}" if title else body
 
 
