@@ -315,3 +315,49 @@ def test_readiness_recipe_evaluates_few_shot_before_and_zero_shot_after(tmp_path
     assert (before.template, before.max_new_tokens, before.model_kind) == ("fewshot", 1024, "base")
     assert (after.template, after.max_new_tokens, after.model_kind) == ("orz", 4096, "rl")
     assert before.benchmarks == after.benchmarks and before.temperature == after.temperature == 0.0
+
+
+# ----------------------------------------------------------------------------- BOS on raw-text prompts
+
+
+def _with_bos(tokenizer):
+    """A copy of the tiny tokenizer whose encoder adds a BOS ``<s>``, as Llama's post-processor does."""
+    import copy
+
+    from tokenizers import processors
+
+    tok = copy.deepcopy(tokenizer)
+    tok.add_special_tokens({"bos_token": "<s>"})
+    tok._tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", tok.bos_token_id)]
+    )
+    return tok
+
+
+@pytest.mark.parametrize("template", ["fewshot", "orz", "no_prompt"])
+def test_raw_prompts_start_with_bos_where_the_tokenizer_adds_one(tiny_tokenizer, data_dir, template):
+    """As vLLM encodes a text prompt (special tokens on): the token ids the engine reads for an
+    evaluation prompt equal the tokenizer's own encoding with special tokens, BOS or none."""
+    from parallel_r1.data.registry import load_problems
+
+    problems = load_problems("gsm8k", split="test", data_dir=data_dir, limit=2)
+    bare = E.build_prompts("gsm8k", problems, None, template, data_dir, use_chat_template=False).prompts
+    for tok, bos in ((tiny_tokenizer, False), (_with_bos(tiny_tokenizer), True)):
+        bp = E.build_prompts("gsm8k", problems, tok, template, data_dir, use_chat_template=False)
+        for text, prompt in zip(bare, bp.prompts):
+            ids = tok.encode(prompt, add_special_tokens=False)  # as decoding.engine.encode_prompt reads it
+            assert ids == tok.encode(text, add_special_tokens=True)
+            assert (ids[0] == tok.bos_token_id) is bos
+
+
+def test_chat_templated_prompts_get_no_bos_of_ours(tiny_tokenizer, data_dir):
+    """The chat template writes what it writes; no BOS is put before it."""
+    from parallel_r1.data.registry import load_problems
+    from parallel_r1.prompts import format_problem
+
+    tok = _with_bos(tiny_tokenizer)
+    problems = load_problems("gsm8k", split="test", data_dir=data_dir, limit=1)
+    (prompt,) = E.build_prompts("gsm8k", problems, tok, "parallel_v3", data_dir).prompts
+    message = [{"role": "user", "content": format_problem(problems[0].problem, "parallel_v3")}]
+    assert prompt == tok.apply_chat_template(message, tokenize=False, add_generation_prompt=True)
+    assert not prompt.startswith("<s>")

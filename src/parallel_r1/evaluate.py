@@ -519,16 +519,19 @@ def build_prompts(
     use_chat_template: bool | None = None,
 ) -> BenchmarkPrompts:
     """Prompts of one benchmark; few-shot exemplars come from ``data_dir`` too.
-    ``use_chat_template``: ``None`` = when the tokenizer has one (``prompts.build_prompt``)."""
-    from .prompts import build_prompt
+    ``use_chat_template``: ``None`` = when the tokenizer has one (``prompts.build_prompt``).
+    A prompt that is not chat-templated starts with the tokenizer's BOS where its encoder adds
+    one (``prompts.bos_prefix``), as vLLM encodes a text prompt."""
+    from .prompts import bos_prefix, build_prompt
 
     if template == "fewshot":
         from .data.fewshot import fewshot_prompt, fewshot_stop
 
-        prompts = [fewshot_prompt(name, p.problem, data_dir) for p in problems]
+        bos = bos_prefix(tokenizer)
+        prompts = [bos + fewshot_prompt(name, p.problem, data_dir) for p in problems]
         return BenchmarkPrompts(problems, prompts, list(fewshot_stop(name, data_dir)))
     return BenchmarkPrompts(
-        problems, [build_prompt(p.problem, tokenizer, template, use_chat_template) for p in problems], []
+        problems, [build_prompt(p.problem, tokenizer, template, use_chat_template, raw_bos=True) for p in problems], []
     )
 
 

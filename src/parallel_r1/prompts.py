@@ -77,13 +77,31 @@ def format_problem(problem: str, template: str = "parallel_v3") -> str:
     return get_template(template).format(Problem=problem)
 
 
+def bos_prefix(tokenizer) -> str:
+    """The text that puts the tokenizer's BOS before a raw-text prompt, as vLLM does: it encodes a
+    text prompt with special tokens, so the tokenizer's post-processor decides (Llama's adds
+    ``<|begin_of_text|>``, Qwen's and SmolLM2's add nothing). Empty when it adds none. Chat
+    templates write their own BOS, so this is for prompts that bypass them."""
+    if tokenizer is None or tokenizer.bos_token is None:
+        return ""
+    with_special = tokenizer.encode("a", add_special_tokens=True)
+    adds = with_special[:1] == [tokenizer.bos_token_id] != tokenizer.encode("a", add_special_tokens=False)[:1]
+    return tokenizer.bos_token if adds else ""
+
+
 def build_prompt(
-    problem: str, tokenizer=None, template: str = "parallel_v3", use_chat_template: bool | None = None
+    problem: str,
+    tokenizer=None,
+    template: str = "parallel_v3",
+    use_chat_template: bool | None = None,
+    raw_bos: bool = False,
 ) -> str:
     """The full prompt text a model is given for ``problem``.
 
     ``use_chat_template=None`` means: use it when the tokenizer has one and the template is not
     a raw one (the ORZ template already contains its own "User:/Assistant:" turns).
+    ``raw_bos``: a prompt that is not chat-templated starts with :func:`bos_prefix` (evaluation,
+    to score as vLLM-based evaluations did).
     """
     text = format_problem(problem, template)
     if use_chat_template is None:
@@ -91,7 +109,7 @@ def build_prompt(
             tokenizer is not None and bool(getattr(tokenizer, "chat_template", None)) and template not in RAW_TEMPLATES
         )
     if not use_chat_template:
-        return text
+        return bos_prefix(tokenizer) + text if raw_bos else text
     return tokenizer.apply_chat_template(
         [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
     )
