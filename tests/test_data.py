@@ -433,7 +433,7 @@ def test_fewshot_prompts(data_dir):
     assert gsm.count("\nA:") == 9 and gsm.endswith(f"Q: {problem}\nA:") and "The answer is 8." in gsm
     math = fewshot_prompt("math500", problem, data_dir)
     assert math.count("Problem:\n") == 5 and math.endswith(f"Problem:\n{problem}\n\nSolution:")
-    assert fewshot_prompt("aime24", problem, data_dir) == f"Q: {problem}\nA:"
+    assert fewshot_prompt("aime24", problem, data_dir) == f"Q: {problem}\nA: "  # upstream's trailing space
     assert fewshot_prompt("olympiadbench", problem, data_dir) == math  # OctoThinker: Minerva 4-shot as MATH
     assert fewshot_stop("gsm8k", data_dir) == ["\nQ:"] and fewshot_stop("math", data_dir) == ["\nProblem:"]
     with pytest.raises(KeyError, match="gsm8k"):

@@ -10,6 +10,7 @@ import pytest
 from parallel_r1 import evaluate as E
 from parallel_r1 import metrics as M
 from parallel_r1.cli import main
+from parallel_r1.grading import GRADERS
 from parallel_r1.io import read_jsonl, write_jsonl
 from parallel_r1.protocols import (
     EXTRACTORS,
@@ -18,7 +19,6 @@ from parallel_r1.protocols import (
     extract_octothinker,
     get_protocol,
 )
-from parallel_r1.grading import GRADERS
 from parallel_r1.rewards import compute_reward
 
 
@@ -361,3 +361,89 @@ def test_chat_templated_prompts_get_no_bos_of_ours(tiny_tokenizer, data_dir):
     message = [{"role": "user", "content": format_problem(problems[0].problem, "parallel_v3")}]
     assert prompt == tok.apply_chat_template(message, tokenize=False, add_generation_prompt=True)
     assert not prompt.startswith("<s>")
+
+
+# ----------------------------------------------------------------------------- OctoThinker as upstream
+
+
+def _upstream_prompt(cls_name: str, question: str) -> str:
+    """Upstream's prompt: its class's ``format_prompt(question, "")``, then ``lstrip()`` as its
+    ``infer/run_cot_eval.py`` line 74 does (classes shipped verbatim under tests/data)."""
+    import importlib
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent / "data"))
+    try:
+        module = {"CoTGSMPrompt": "cot_gsm_8_shot", "MinervaMathPrompt": "cot_minerva_math_4_shot",
+                  "CoTAMCPrompt": "cot_amc_0_shot"}[cls_name]  # fmt: skip
+        cls = getattr(importlib.import_module(f"octothinker_few_shot_prompts.{module}"), cls_name)
+    finally:
+        sys.path.pop(0)
+    return cls().format_prompt(question, "").lstrip()
+
+
+@pytest.mark.parametrize(
+    "benchmark, cls_name",
+    [("gsm8k", "CoTGSMPrompt"), ("math500", "MinervaMathPrompt"), ("olympiadbench", "MinervaMathPrompt"),
+     ("amc23", "CoTAMCPrompt")],
+)  # fmt: skip
+def test_few_shot_prompts_are_byte_identical_to_upstream(data_dir, benchmark, cls_name):
+    from parallel_r1.data.fewshot import fewshot_prompt
+
+    for question in ("What is $1+1$?", "\nFind all $x$ with $x^2=4$.\n", "How many {braces} here?"):
+        assert fewshot_prompt(benchmark, question, data_dir) == _upstream_prompt(cls_name, question)
+
+
+@pytest.mark.parametrize(
+    "benchmark, text, gold, right",
+    [
+        # GSM8K / AMC: the last number before any "Q: ", compared as a float
+        ("gsm8k", "3 + 4 = 7. The answer is 7.\n\nQ: and 9", "7", True),
+        ("gsm8k", "The answer is 18 dollars. Then 5 more", "18", False),  # the last number is 5
+        ("amc23", "so the answer is 27.0", "27", True),
+        ("gsm8k", "The answer is 1800.", "18", True),  # math_equal's percentage rule: 18 x 100
+        # MATH500: every boxed / Minerva answer must equal the gold
+        ("math500", "Final Answer: The final answer is $\\frac12$. I hope it is correct.", "\\frac{1}{2}", True),
+        ("math500", "$\\boxed{3}$ or maybe $\\boxed{4}$", "4", False),
+        # OlympiadBench: the text after the last "Final Answer:", boxed, against final_answer[0]
+        ("olympiadbench", "Final Answer: The final answer is $5$. I hope it is correct.", "$5$", True),
+        ("olympiadbench", "so it is \\boxed{5}", "$5$", True),  # no Final Answer: the whole text boxed
+        ("olympiadbench", "the answer is 5", "$5$", False),  # ... where math-verify finds no value
+    ],
+)
+def test_octothinker_scores_each_benchmark_as_upstream(benchmark, text, gold, right):
+    """Each benchmark's extraction and check are OctoThinker's own (its harness's functions); our
+    generic extractor and math_verify decide differently on some of these."""
+    from parallel_r1.grading_pool import grade
+
+    scoring = _cfg(protocol="octothinker", model_kind="base", benchmarks=benchmark).scoring_of(benchmark)
+    pred = EXTRACTORS[scoring.extractor](text, "Find x.")
+    assert grade(pred, gold, scoring.grader) is right
+
+
+def test_octothinker_scoring_names_and_override():
+    c = _cfg(protocol="octothinker", model_kind="base")
+    assert {b: (c.scoring_of(b).extractor, c.scoring_of(b).grader) for b in c.benchmarks} == {
+        "gsm8k": ("octothinker_gsm8k", "octothinker_last_single"),
+        "math500": ("octothinker_math", "octothinker_math"),
+        "olympiadbench": ("octothinker_olympiad", "octothinker_olympiad"),
+        "amc23": ("octothinker_gsm8k", "octothinker_last_single"),
+    }
+    assert c.scoring_of("synthetic_easy").extractor == "octothinker"  # not one of its four: the fallback
+    mine = _cfg(protocol="octothinker", model_kind="base", grader="math_verify", extractor="auto")
+    assert (mine.scoring_of("gsm8k").extractor, mine.scoring_of("gsm8k").grader) == ("auto", "math_verify")
+
+
+def test_octothinker_olympiadbench_gold_is_final_answer_0_as_written(tmp_path):
+    """Upstream grades against ``final_answer[0]`` with its ``$``: ``$69$,$84$`` is the set
+    {69, 84} for math-verify, while the ``$``-stripped ``69,84`` reads as 69.84."""
+    from parallel_r1.data.olympiadbench import to_problems
+
+    row = {"id": 7, "question": "Find both.", "final_answer": ["$69$,$84$"], "is_multiple_answer": True}
+    (p,) = to_problems([row], "f.jsonl", "olympiadbench")
+    scoring = _cfg(protocol="octothinker", model_kind="base").scoring_of("olympiadbench")
+    from parallel_r1.grading_pool import grade
+
+    pred = EXTRACTORS[scoring.extractor]("Final Answer: The final answer is $69, 84$. I hope it is correct.")
+    assert p.extra[scoring.gold] == "$69$,$84$" and grade(pred, p.extra[scoring.gold], scoring.grader)

@@ -230,10 +230,13 @@ class EvalConfig:
             self.decoding = "paper"  # the one loop vLLM can run, whatever the protocol decodes with
         # Explicit values win over the protocol's; which ones did is recorded (run.json, results.json).
         self.overrides = []
+        self.explicit = set()
         for name, value in proto.values(self.model_kind).items():
             if getattr(self, name) is None:
                 setattr(self, name, value)
-            elif self.protocol != "custom" and getattr(self, name) != value:
+                continue
+            self.explicit.add(name)
+            if self.protocol != "custom" and getattr(self, name) != value:
                 self.overrides.append(name)
         names = [self.benchmarks] if isinstance(self.benchmarks, str) else self.benchmarks
         self.benchmarks = _expand(list(dict.fromkeys(b.strip() for n in names for b in str(n).split(",") if b.strip())))
@@ -301,6 +304,17 @@ class EvalConfig:
             from .decoding.vllm_backend import check_sampling
 
             check_sampling(self.temperature, self.path_temperature, where="eval")
+
+    def scoring_of(self, name: str):
+        """The :class:`~parallel_r1.protocols.Scoring` of one benchmark: the protocol's own for
+        it (OctoThinker's per-benchmark rules), unless ``--extractor`` / ``--grader`` was given,
+        else ``extractor`` and ``grader``."""
+        from .protocols import Scoring, get_protocol
+
+        own = get_protocol(self.protocol).scoring.get(name)
+        if own is None or {"extractor", "grader"} & self.explicit:
+            return Scoring(self.extractor, self.grader)
+        return own
 
     def k_of(self, name: str) -> int:
         return self.k.get(name, DEFAULT_K.get(name, 1))
@@ -769,7 +783,6 @@ def evaluate(cfg: EvalConfig, generate_fn: GenerateFn | None = None, tokenizer=N
     ranks.barrier()
     done = done_samples(out / "completions.jsonl")
     ranks.barrier()  # every rank has read the same files before any rank appends to its own
-    extract = EXTRACTORS[cfg.extractor]
     chat = None if get_protocol(cfg.protocol).chat_template else False
     progress = progress and ranks.main
 
@@ -779,6 +792,12 @@ def evaluate(cfg: EvalConfig, generate_fn: GenerateFn | None = None, tokenizer=N
     with JsonlAppender(ranks.sink(out)) as sink:
         for name, problems in benches.items():
             bp = build_prompts(name, problems, tokenizer, cfg.template, cfg.data_dir, use_chat_template=chat)
+            scoring = cfg.scoring_of(name)
+            extract = EXTRACTORS[scoring.extractor]
+
+            def gold_of(problem, key=scoring.gold):
+                return problem.extra.get(key, problem.answer) if key else problem.answer
+
             n = cfg.n_of(name)
             todo = [(i, s) for i, p in enumerate(problems) for s in range(n) if (name, str(p.id), s) not in done]
             bar = tqdm(
@@ -797,9 +816,9 @@ def evaluate(cfg: EvalConfig, generate_fn: GenerateFn | None = None, tokenizer=N
                 if len(comps) != len(batch):
                     raise RuntimeError(f"generator returned {len(comps)} completions for {len(batch)} prompts")
                 texts = [_cut(c.text, bp.stop) for c in comps]
-                preds = [extract(t) for t in texts]
-                golds = [gold_answer(str(problems[i].answer)) for i, _ in batch]
-                oks = grade_answers(preds, golds, cfg.grader, cfg.grading_workers)
+                preds = [extract(t, problems[i].problem) for t, (i, _) in zip(texts, batch)]
+                golds = [gold_answer(str(gold_of(problems[i]))) for i, _ in batch]
+                oks = grade_answers(preds, golds, scoring.grader, cfg.grading_workers)
                 rows = []
                 for (i, s), c, text, pred, gold, ok in zip(batch, comps, texts, preds, golds, oks):
                     rep = analyze(text)
@@ -846,7 +865,12 @@ def evaluate(cfg: EvalConfig, generate_fn: GenerateFn | None = None, tokenizer=N
     for name, problems in benches.items():
         n = cfg.n_of(name)
         rows = [done[(name, str(p.id), s)] for p in problems for s in range(n)]
-        results["benchmarks"][name] = summarize(rows, cfg.k_of(name), n)
+        scoring = cfg.scoring_of(name)
+        results["benchmarks"][name] = {
+            **summarize(rows, cfg.k_of(name), n),
+            "extractor": scoring.extractor,
+            "grader": scoring.grader,
+        }
     # Benchmarks evaluated into this folder by an earlier call (other benchmarks) stay in it.
     old = _read_results(out / "results.json")
     for name, res in old.get("benchmarks", {}).items():

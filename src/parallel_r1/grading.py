@@ -1,6 +1,6 @@
 """Answer extraction and the graders by name (docs/rewards.md, "Grading").
 
-Two graders, chosen by name in :data:`GRADERS`:
+The graders, chosen by name in :data:`GRADERS`:
 
 * ``math_verify`` (default): the math-verify library. Gold and prediction are both parsed as
   the content of a ``\\boxed{}`` (math-verify's strongest LaTeX extraction), so ``\\frac12``,
@@ -13,6 +13,11 @@ Two graders, chosen by name in :data:`GRADERS`:
   2022, appendix D) on both sides, then exact string equality. The "extract two ``$``"
   step runs line by line in linear time instead of through the quadratic regex; the result
   is the same (a test compares the two).
+* ``octothinker_last_single``, ``octothinker_math``, ``octothinker_olympiad``: OctoThinker's own
+  per-benchmark checks (``eval/eval/eval_script.py``: numeric / string / ``math_equal`` for
+  GSM8K and AMC, the same over every boxed answer for MATH, math-verify for OlympiadBench), run
+  verbatim from :mod:`parallel_r1.upstream.octothinker_eval`; ``octothinker_math`` reads its
+  prediction as the JSON list the ``octothinker_math`` extractor writes.
 
 Choices where the spec is silent (each is tested):
 
@@ -293,10 +298,33 @@ def math_verify_grade(pred: str, gold: str) -> bool:
     return False
 
 
+def octothinker_last_single(pred: str, gold: str) -> bool:
+    from .upstream.octothinker_eval import eval_last_single_answer
+
+    return bool(eval_last_single_answer({"prediction": pred, "answer": gold}))
+
+
+def octothinker_math(pred: str, gold: str) -> bool:
+    import json
+
+    from .upstream.octothinker_eval import eval_math
+
+    return bool(eval_math({"prediction": json.loads(pred), "answer": gold}))
+
+
+def octothinker_olympiad(pred: str, gold: str) -> bool:
+    from .upstream.octothinker_eval import eval_olympiad_math
+
+    return bool(eval_olympiad_math({"prediction": [pred], "answer": gold}))
+
+
 # name -> fn(pred, gold) -> bool. Raw functions without a time limit; grade() guards them.
 GRADERS: dict[str, Callable[[str, str], bool]] = {
     "math_verify": math_verify_grade,
     "minerva_exact": minerva_exact,
+    "octothinker_last_single": octothinker_last_single,
+    "octothinker_math": octothinker_math,
+    "octothinker_olympiad": octothinker_olympiad,
 }
 
 

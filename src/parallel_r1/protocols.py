@@ -16,7 +16,9 @@ and is recorded in ``run.json`` / ``results.json`` as an override (docs/eval.md,
 * ``octothinker``: OctoThinker's evaluation of base models (few-shot, greedy, 1,024 tokens:
   GSM8K 8-shot, MATH500/OlympiadBench Minerva 4-shot, AMC23 0-shot) and of RL models (zero-shot
   with its RL template, greedy as verl's validation, 4,096 tokens = its RL response length),
-  scored with :func:`extract_octothinker` and the math_verify grader. Which one applies is the
+  GSM8K, MATH500, OlympiadBench and AMC23 scored by OctoThinker's own per-benchmark extraction
+  and checks (:data:`OCTOTHINKER_SCORING`), any other benchmark with :func:`extract_octothinker`
+  and the math_verify grader. Which one applies is the
   ``model_kind`` (``base`` | ``rl``): given, or read from the model folder (:func:`detect_model_kind`).
 """
 
@@ -68,13 +70,64 @@ def extract_octothinker(text: str) -> str | None:
     return numbers[-1].replace(",", "") if numbers else None
 
 
-# name -> fn(completion) -> answer or None: the grading module's plus the protocols' own.
-EXTRACTORS: dict[str, Callable[[str], str | None]] = {
-    **GRADING_EXTRACTORS,
+def _text_only(fn: Callable[[str], str | None]) -> Callable[..., str | None]:
+    return lambda text, question="": fn(text)
+
+
+def _octothinker_gsm8k(text: str, question: str = "") -> str:
+    from .upstream.octothinker_eval import extract_gsm_few_shot_cot_answer
+
+    return extract_gsm_few_shot_cot_answer(question, text, "cot")
+
+
+def _octothinker_math(text: str, question: str = "") -> str:
+    """Every boxed / Minerva answer, as the JSON list the ``octothinker_math`` grader reads."""
+    import json
+
+    from .upstream.octothinker_eval import extract_math_few_shot_cot_answer
+
+    return json.dumps(extract_math_few_shot_cot_answer(question, text, "cot"))
+
+
+def _octothinker_olympiad(text: str, question: str = "") -> str:
+    from .upstream.octothinker_eval import extract_olympiad_math_answer
+
+    return extract_olympiad_math_answer(question, text, "cot")[0]
+
+
+# name -> fn(completion, question="") -> answer or None: the grading module's plus the protocols'
+# own. OctoThinker's MATH extraction reads the question ("separated by commas" splits a list).
+EXTRACTORS: dict[str, Callable[..., str | None]] = {
+    **{name: _text_only(fn) for name, fn in GRADING_EXTRACTORS.items()},
     # The paper scored evaluation with its training reward's extraction: the whole line goes to
     # Minerva's normaliser, so "\boxed{5}." or "The answer is \boxed{70}" on it is wrong.
-    "paper": extract_math_dapo,
-    "octothinker": extract_octothinker,
+    "paper": _text_only(extract_math_dapo),
+    "octothinker": _text_only(extract_octothinker),
+    "octothinker_gsm8k": _octothinker_gsm8k,
+    "octothinker_math": _octothinker_math,
+    "octothinker_olympiad": _octothinker_olympiad,
+}
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """How one benchmark is scored: extractor and grader names, and where the gold answer is
+    (``gold``: a ``Problem.extra`` key; ``None``: the problem's answer, ``grading.gold_answer``)."""
+
+    extractor: str
+    grader: str
+    gold: str | None = None
+
+
+# OctoThinker's evaluation (GAIR-NLP/OctoThinker eval/configs/en_math_cot_few_shot_test_configs.json
+# lines 2-45, at 2ee2b49): per benchmark its extraction (data_processing/answer_extraction.py) and
+# its check (eval/eval_script.py). MATH500 has no entry there; its results file reports it beside
+# MATH, scored as MATH (math-cot), which is what is done here.
+OCTOTHINKER_SCORING: dict[str, Scoring] = {
+    "gsm8k": Scoring("octothinker_gsm8k", "octothinker_last_single"),
+    "amc23": Scoring("octothinker_gsm8k", "octothinker_last_single"),
+    "math500": Scoring("octothinker_math", "octothinker_math"),
+    "olympiadbench": Scoring("octothinker_olympiad", "octothinker_olympiad", gold="first_final_answer"),
 }
 
 
@@ -95,6 +148,7 @@ class Protocol:
     settings: dict  # decoding, grader, extractor, template, temperature, top_p, max_new_tokens
     chat_template: bool  # prompts go through the tokenizer's chat template when it has one
     by_kind: dict[str, dict] = field(default_factory=dict)  # model_kind -> settings on top
+    scoring: dict[str, Scoring] = field(default_factory=dict)  # benchmark -> its own scoring
 
     def values(self, model_kind: str | None = None) -> dict:
         """Every field value the protocol sets for a model of ``model_kind``."""
@@ -156,6 +210,8 @@ PROTOCOLS: dict[str, Protocol] = {
                 "base": dict(template="fewshot", max_new_tokens=1024),
                 "rl": dict(template="orz", max_new_tokens=4096),
             },
+            # Its four benchmarks as its harness scores them; any other one with the settings above.
+            scoring=OCTOTHINKER_SCORING,
         ),
     )
 }

@@ -5,6 +5,10 @@ The exemplars, query format, joiner and stop strings are read from
 ``eval/few_shot_prompts/``): GSM8K 8-shot chain of thought, MATH/MATH500/OlympiadBench Minerva
 4-shot, AMC/AIME 0-shot. A prompt is ``exemplars + join + query.format(problem=...)``; generation
 is cut at the first stop string.
+
+The file's copy lost two pieces of whitespace that upstream's ``format_prompt`` writes, restored
+at load (:data:`UPSTREAM_WHITESPACE`) so that every prompt is byte-identical to upstream's (a test
+builds upstream's own classes, shipped verbatim under ``tests/data``, and compares).
 """
 
 from __future__ import annotations
@@ -36,6 +40,15 @@ PROMPT_SET: dict[str, str] = {
 }
 
 
+# GAIR-NLP/OctoThinker eval/few_shot_prompts at 2ee2b49: cot_minerva_math_4_shot.py's exemplars end
+# with "\n" (line 45) before format_prompt's "\n\nProblem:" (line 52), so three newlines; and
+# cot_amc_0_shot.py's format_prompt (lines 11-12) ends "A: " and, unlike the others, is not rstripped.
+UPSTREAM_WHITESPACE: dict[str, dict[str, str]] = {
+    "minerva_math_4shot": {"join": "\n\n\n"},
+    "amc_0shot": {"query": "Q: {problem}\nA: "},
+}
+
+
 @functools.lru_cache(maxsize=4)
 def load_prompt_sets(data_dir: str | os.PathLike | None = None) -> dict[str, dict]:
     path = resolve_data_dir(data_dir) / PROMPTS_FILE
@@ -46,6 +59,9 @@ def load_prompt_sets(data_dir: str | os.PathLike | None = None) -> dict[str, dic
         missing = [k for k in ("exemplars", "query", "join", "stop") if k not in s]
         if missing or "{problem}" not in s.get("query", ""):
             raise ValueError(f"{path}: prompt set {name!r} needs exemplars, join, stop and a query with {{problem}}")
+    for name, fix in UPSTREAM_WHITESPACE.items():
+        if name in sets:
+            sets[name] = {**sets[name], **fix}
     return sets
 
 

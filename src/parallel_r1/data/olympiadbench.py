@@ -15,6 +15,11 @@ Gold answer (what :func:`parallel_r1.grading.grade` compares against):
   in one string (``["$(2,1),(3,1)$"]``) stays one string, read the same way;
 * a single-answer problem uses ``final_answer[0]``, as OctoThinker's and OpenBMB's judges do.
 
+``Problem.extra["first_final_answer"]`` keeps ``final_answer[0]`` as written (``$`` and all):
+OctoThinker's gold, which ``--protocol octothinker`` grades against (docs/eval.md). The question
+is kept as written (not stripped), as OctoThinker puts it in its prompt; a ``context`` preamble
+goes before it (every row of OctoThinker's copy has none).
+
 ``unit`` and ``error`` are kept in ``Problem.extra`` but not applied: the grader compares values
 without units or tolerances (a Numerical answer given to fewer digits than the gold is wrong).
 """
@@ -60,15 +65,21 @@ def to_problems(rows: list[dict], where: str, source: str) -> list[Problem]:
     require_columns(rows, where, "question", SCHEMA_FIELD)
     out = []
     for i, row in enumerate(rows):
-        question = str(row.get("question") or "").strip()
+        question = str(row.get("question") or "")
         multiple = bool(row.get("is_multiple_answer"))
         gold = gold_of(row.get(SCHEMA_FIELD), multiple)
-        if not question or gold is None:
-            what = "question" if not question else SCHEMA_FIELD
+        if not question.strip() or gold is None:
+            what = "question" if not question.strip() else SCHEMA_FIELD
             raise ValueError(f"{where} row {i}: {what!r} is empty")
         context = str(row.get("context") or "").strip()  # shared preamble of a multi-part problem
         extra = {k: row.get(k) for k in ("answer_type", "unit", "error", "subfield")}
-        extra.update(is_multiple_answer=multiple, final_answer=_answers(row.get(SCHEMA_FIELD)))
+        raw = row.get(SCHEMA_FIELD)
+        raw = raw.tolist() if hasattr(raw, "tolist") else raw
+        extra.update(
+            is_multiple_answer=multiple,
+            final_answer=_answers(raw),
+            first_final_answer=str(raw[0] if isinstance(raw, list) else raw),
+        )
         rid = row.get("id", i)
         out.append(Problem(f"{source}-{rid}", f"{context}\n\n{question}" if context else question, gold, source, extra))
     return out

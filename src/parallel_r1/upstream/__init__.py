@@ -1,0 +1,1 @@
+"""Third-party code kept verbatim, each file with its source, commit and licence."""
