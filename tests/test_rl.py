@@ -345,3 +345,50 @@ def test_shipped_recipes_parse_and_pass_the_checks(recipe):
     else:  # Parallel-R1 (docs/rl.md): 256 prompts x 8, max response 3000, temperature 1
         assert (cfg.generation_batch_size // cfg.num_generations, cfg.num_generations) == (256, 8)
         assert (cfg.max_completion_length, cfg.temperature, cfg.epsilon) == (3000, 1.0, 0.2)
+
+
+@pytest.mark.parametrize("loss_type", ["bnpo", "dapo"])
+def test_bnpo_is_verls_token_mean_per_micro_batch(tmp_path, taught_model, additions, loss_type):
+    """verl's actor (dp_actor.update_policy: ``agg_loss(token-mean)`` per micro-batch, then
+    ``loss / gradient_accumulation``) against TRL's loss through our trainer, on two micro-batches
+    with unequal token counts: ``bnpo`` gives verl's gradient, ``dapo`` (a token mean over the generation batch)
+    does not. The Parallel-R1 recipes therefore use ``bnpo``."""
+    from parallel_r1.train.rl import build_trainer
+
+    recipe = _recipe(tmp_path, taught_model, additions, loss_type=loss_type, per_device_train_batch_size=2,
+                     gradient_accumulation_steps=2)  # fmt: skip
+    trainer, _ = build_trainer(parse_config(["--config", str(recipe)]))
+    tok, model = trainer.processing_class, trainer.model.train()
+    prompt = tok("What is 2 + 3?", add_special_tokens=False).input_ids
+    lengths = [[3, 9], [5, 5]]  # completion tokens per row: 12 and 10 tokens in the two micro-batches
+    gen = torch.Generator().manual_seed(0)
+    micro = []
+    for rows in lengths:
+        width = max(rows)
+        ids = torch.randint(10, 200, (len(rows), width), generator=gen)
+        mask = torch.tensor([[1] * n + [0] * (width - n) for n in rows])
+        micro.append({
+            "prompt_ids": torch.tensor([prompt] * len(rows)), "prompt_mask": torch.ones(len(rows), len(prompt), dtype=torch.long),
+            "completion_ids": ids, "completion_mask": mask, "advantages": torch.randn(len(rows), generator=gen),
+            "num_items_in_batch": torch.tensor(float(sum(map(sum, lengths)))),
+        })  # fmt: skip
+    trainer.current_gradient_accumulation_steps = accumulation = len(micro)
+
+    def grads(loss_of):
+        model.zero_grad()
+        for mb in micro:
+            loss_of(mb).backward()
+        return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+    def verl(mb):  # core_algos.compute_policy_loss + agg_loss("token-mean"), / gradient_accumulation
+        ids = torch.cat([mb["prompt_ids"], mb["completion_ids"]], 1)
+        attn = torch.cat([mb["prompt_mask"], mb["completion_mask"]], 1)
+        logp, _, _ = trainer._get_per_token_logps_and_entropies(model, ids, attn, mb["completion_ids"].size(1))
+        ratio = torch.exp(logp - logp.detach())  # on-policy: the old policy is the current one
+        pg = -mb["advantages"][:, None] * ratio
+        m = mb["completion_mask"].float()
+        return (pg * m).sum() / (m.sum() + 1e-8) / accumulation
+
+    ours, ref = grads(lambda mb: trainer._compute_loss(model, mb)), grads(verl)
+    same = torch.allclose(ours, ref, rtol=1e-4, atol=1e-7)
+    assert same is (loss_type == "bnpo"), (loss_type, (ours - ref).abs().max())

@@ -285,3 +285,46 @@ def test_format_check_is_an_evaluation(tiny_llama, tiny_tokenizer, tmp_path, dat
     assert summary["accuracy"] == sum(r["correct"] for r in rows) / 3
     assert summary["mean_length"] == sum(r["length"] for r in rows) / 3 and all(r["length"] <= 8 for r in rows)
     assert json.loads((out / "format_check.json").read_text()) == summary
+
+
+@pytest.mark.parametrize("normalizer", ["batch", "micro_batch"])
+def test_loss_normalizer_weights_tokens_or_traces(normalizer, tiny_llama, tiny_tokenizer, tmp_path):
+    """One optimiser step of 2 accumulated micro-batches of 1 trace, the gradient taken just before
+    the optimiser: ``batch`` is the token mean over both traces (long traces weigh more),
+    ``micro_batch`` the mean of each trace's token mean (verl's cold start, per_device 1).
+    References: transformers' own per-row loss (a token mean), weighted by hand."""
+    from transformers import TrainerCallback
+
+    two = rows(3)[::2]  # a long trace and a short one: the two weightings differ
+    trainer = build_trainer(
+        cfg(tmp_path, variant="seen", per_device_train_batch_size=1, gradient_accumulation_steps=2, max_steps=1,
+            max_grad_norm=0.0, loss_normalizer=normalizer),
+        tiny_llama, tiny_tokenizer, two,
+    )  # fmt: skip
+    model = trainer.model
+    refs = []
+    for i in range(2):
+        batch = trainer.data_collator([trainer.train_dataset[i]])
+        loss = model(input_ids=batch["input_ids"], labels=batch["labels"]).loss  # that trace's token mean
+        refs.append((loss, int((batch["labels"][:, 1:] != -100).sum())))
+    (l0, n0), (l1, n1) = refs
+    assert n0 != n1
+
+    def grad_of(loss):
+        model.zero_grad()
+        loss.backward(retain_graph=True)
+        return torch.cat([p.grad.flatten().clone() for p in model.parameters() if p.grad is not None])
+
+    per_trace, per_token = grad_of((l0 + l1) / 2), grad_of((l0 * n0 + l1 * n1) / (n0 + n1))
+    model.zero_grad()
+    got = {}
+
+    class Grab(TrainerCallback):
+        def on_pre_optimizer_step(self, args, state, control, **kwargs):
+            got["grad"] = torch.cat([p.grad.flatten().clone() for p in model.parameters() if p.grad is not None])
+
+    trainer.add_callback(Grab())
+    trainer.train()
+    want, other = (per_trace, per_token) if normalizer == "micro_batch" else (per_token, per_trace)
+    assert torch.allclose(got["grad"], want, rtol=1e-4, atol=1e-7)
+    assert not torch.allclose(got["grad"], other, rtol=1e-3, atol=1e-6)

@@ -43,6 +43,9 @@ SYNTHETIC = ("synthetic_easy", "synthetic_medium", "synthetic_hard")
 SYNTHETIC_MIXED = tuple(f"{s}_mixed" for s in SYNTHETIC)
 
 
+LOSS_NORMALIZERS = ("batch", "micro_batch")
+
+
 @dataclass
 class ParallelSFTConfig(SFTConfig):
     """Cold-start SFT settings: ours below, plus every ``SFTConfig`` / ``TrainingArguments`` field.
@@ -91,6 +94,12 @@ class ParallelSFTConfig(SFTConfig):
         default="sdpa",
         metadata={
             "help": "Attention kernel; unseen needs `sdpa` (the only one that takes its bool 4-D mask as a mask)."
+        },
+    )
+    loss_normalizer: str = field(
+        default="batch",
+        metadata={
+            "help": "batch: TRL's token mean over the whole accumulated batch on every process (long traces weigh more). micro_batch: verl's SFT (each micro-batch's token mean, divided by the accumulation steps): with per_device_train_batch_size 1 every trace weighs the same, as the official cold start (docs/coldstart.md)."
         },
     )
     use_peft: bool = field(default=False, metadata={"help": "Train LoRA adapters (PEFT) instead of all weights."})
@@ -143,6 +152,10 @@ class ParallelSFTConfig(SFTConfig):
     def __post_init__(self):
         if self.variant not in VARIANTS:
             raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {self.variant!r}")
+        if self.loss_normalizer not in LOSS_NORMALIZERS:
+            raise ValueError(
+                f"loss_normalizer must be one of {', '.join(LOSS_NORMALIZERS)}, got {self.loss_normalizer!r}"
+            )
         if self.bf16 is None:
             self.bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
         if self.report_to in (None, [None], []):  # a recipe without report_to: the documented default
@@ -251,7 +264,17 @@ class ParallelSFTTrainer(SFTTrainer):
     SFTTrainer counts trained tokens as ``attention_mask.sum()``, which for a ``[B,1,L,L]`` mask
     counts visible pairs, not tokens; the collator's ``token_mask`` carries the real count.
     Everything else (fused LM head, token-mean loss over ``num_items_in_batch``, metrics) is TRL's.
+
+    ``loss_normalizer: micro_batch`` makes the model look as if it took no loss kwargs: then
+    transformers counts no ``num_items_in_batch``, TRL divides each micro-batch's token sum by its
+    own tokens (``sft_trainer.py`` ~1616) and ``Trainer.training_step`` divides by the
+    accumulation steps (``trainer.py`` ~2103-2111): verl's SFT loss.
     """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.args.loss_normalizer == "micro_batch":
+            self.model_accepts_loss_kwargs = False
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         token_mask = inputs.pop("token_mask", None)
