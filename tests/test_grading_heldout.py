@@ -1,13 +1,16 @@
 """The ``math_verify`` grader on real benchmark answers (docs/rewards.md, "Held-out answers").
 
-Nothing here is hand-picked: every gold answer of AIME24, AIME25, AMC23 and seeded samples of
-MATH500, GSM8K test and MATH test goes through :func:`variants`, which writes
+Nothing here is hand-picked: every gold answer of AIME24, AIME25, AMC23, OlympiadBench (its 675
+answers, ``tests/data/olympiadbench_answers.jsonl``: the ``final_answer`` column of OctoThinker's
+copy, GAIR-NLP/OctoThinker ``eval/datasets/olympiad_bench/test.jsonl`` at 2ee2b49) and seeded
+samples of MATH500, GSM8K test and MATH test goes through :func:`variants`, which writes
 
 * the gold itself, and its rewrites in the forms students write (thousands separators, degree
   signs, percent signs, ``x = N`` / ``f_{\\max} = N``, an interval as its inequality, a set or
   plain list in another order), each of which must grade **correct**;
 * wrong answers made from it (the last integer changed, a tuple swapped, an inequality flipped,
-  a percentage read as a fraction), each of which must grade **wrong**.
+  a percentage read as a fraction, a list with a repeated element missing one copy), each of
+  which must grade **wrong**.
 
 ``python tests/test_grading_heldout.py raw|ours [--sample N]`` grades the set with raw math-verify
 or with ours and prints the figures of docs/rewards.md.
@@ -20,10 +23,12 @@ import random
 import re
 from pathlib import Path
 
+from parallel_r1.data.olympiadbench import gold_of
 from parallel_r1.grading import gold_answer, math_verify_grade
 from parallel_r1.grading_pool import grade_answers
 
 DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+OLYMPIAD_ANSWERS = Path(__file__).resolve().parent / "data" / "olympiadbench_answers.jsonl"
 
 NUMBER_RE = re.compile(r"-?\d+(?:\.\d+)?")
 SEPARATORS = ["\\,", "{,}", ",\\!", ","]
@@ -45,8 +50,10 @@ def load_golds(data_dir: Path, sample: int | None, seed: int = 0) -> list[tuple[
     math_test = [
         r["ground_truth"] for r in pq.read_table(data_dir / "math" / "test.parquet").column("reward_model").to_pylist()
     ]
+    olympiad = [gold_of(r["final_answer"], r["is_multiple_answer"]) for r in map(json.loads, open(OLYMPIAD_ANSWERS))]
     sets = {"math500": capped(jsonl("math500")), "aime24": jsonl("aime24"), "aime25": jsonl("aime25"),
-            "amc23": jsonl("amc23"), "gsm8k": capped(jsonl("gsm8k")), "math": capped(math_test)}  # fmt: skip
+            "amc23": jsonl("amc23"), "gsm8k": capped(jsonl("gsm8k")), "math": capped(math_test),
+            "olympiadbench": olympiad}  # fmt: skip
     return [(name, g) for name, golds in sets.items() for g in golds if g.strip()]
 
 
@@ -131,6 +138,12 @@ def variants(gold: str, rng: random.Random) -> list[tuple[str, bool, str]]:
         flipped = " \\text{ or } ".join([inequalities[0][1]] + [right for right, _ in inequalities[1:]])
         out += [(joined, True, "inequality"), (flipped, False, "inequality")]
     inner = re.sub(r"\\left|\\right", "", gold).strip()
+    listed = _top_level_split(inner)
+    if not inner.startswith("\\{") and len(listed) >= 2 and len(set(listed)) < len(listed):  # a multiset
+        repeated = next(x for x in listed if listed.count(x) > 1)
+        fewer = list(listed)
+        fewer.remove(repeated)
+        out.append((", ".join(fewer), False, "repeat dropped"))
     if inner.startswith("(") and inner.endswith(")") and "\\infty" not in inner:  # an ordered tuple
         items = _top_level_split(inner[1:-1])
         if len(items) >= 2 and len(set(items)) == len(items):
@@ -162,7 +175,7 @@ def test_heldout_benchmark_answers():
     misgraded = [(name, pred, gold, form) for (name, pred, gold, ok, form), v in zip(rows, verdicts) if v != ok]
     forms = {r[4] for r in rows}
     # percent golds are too rare for the samples (15 in MATH test); FORMS in test_grading.py covers them
-    assert {"self", "thousands", "named", "degrees", "inequality", "swapped tuple", "set order"} <= forms
+    assert {"self", "thousands", "named", "degrees", "inequality", "swapped tuple", "set order", "repeat dropped"} <= forms
     assert not [m for m in misgraded if m[3] == "self"], "a gold answer does not grade correct against itself"
     assert not misgraded, f"{len(misgraded)} of {len(rows)} misgraded, e.g. {misgraded[:10]}"
 

@@ -237,8 +237,12 @@ def normalize_for_math_verify(answer: str) -> str:
       commas (``x = 1,000``) when the whole answer is that one number;
     * degree signs (``°``, ``^\\circ``, ``^{\\circ}``) are dropped: ``90°`` is ``90``;
     * percent signs are dropped, so ``50\\%`` is ``50`` and never ``0.5``;
-    * one-variable inequalities become intervals: ``x > 3`` is ``(3, \\infty)``.
+    * one-variable inequalities become intervals: ``x > 3`` is ``(3, \\infty)``;
+    * a sentence-final period is dropped: math-verify parses ``(-\\infty, 0) \\cup \\{1\\}.`` as 0.
     """
+    answer = answer.strip()
+    if answer.endswith(".") and not _DECIMAL_RE.fullmatch(answer):
+        answer = answer[:-1]
     answer = _THOUSANDS_RE.sub(lambda m: _SEPARATOR_RE.sub("", m.group()), answer)
     number = _COMMA_NUMBER_RE.fullmatch(answer.strip())
     if number:
@@ -269,11 +273,49 @@ def _overrules(pred: str, gold: str) -> bool:
       ``.0000672`` for ``.0000673``.
     * Numerals in different bases differ: math-verify drops subscripts, so it takes ``52_8`` for
       ``52_9``. (``52`` against ``52_9`` is left to math-verify: the base may be implied.)
+    * A list written with a repeated element is a multiset: math-verify compares comma lists as
+      sets, so it takes ``16, 3, 1`` for ``16, 3, 1, 1`` and ``-2`` for ``-2, -2``
+      (:func:`_multiset_differs`).
     """
     if _DECIMAL_RE.fullmatch(pred) and _DECIMAL_RE.fullmatch(gold):
         return Decimal(pred) != Decimal(gold)
     base_p, base_g = _BASE_RE.fullmatch(pred), _BASE_RE.fullmatch(gold)
-    return bool(base_p and base_g and int(base_p.group(2)) != int(base_g.group(2)))
+    if base_p and base_g and int(base_p.group(2)) != int(base_g.group(2)):
+        return True
+    return _multiset_differs(pred, gold)
+
+
+def _top_level_items(text: str) -> list[str]:
+    """``text`` split on the commas outside any bracket or brace, each item without spaces."""
+    items, depth, start = [], 0, 0
+    for i, c in enumerate(text):
+        depth += c in "([{"
+        depth -= c in ")]}"
+        if c == "," and depth == 0:
+            items.append(text[start:i])
+            start = i + 1
+    return [re.sub(r"\s+", "", x) for x in [*items, text[start:]]]
+
+
+def _multiset_differs(pred: str, gold: str) -> bool:
+    """For a gold list with a repeated element (not written as a set ``\\{...\\}``): does the
+    prediction miss one of its copies? Items are paired one to one (each by the grader), so
+    order stays free and multiplicity counts."""
+    if gold.lstrip().startswith("\\{"):
+        return False
+    golds = _top_level_items(gold)
+    if len(golds) < 2 or len(set(golds)) == len(golds):
+        return False
+    preds = _top_level_items(pred)
+    if len(preds) != len(golds):
+        return True
+    free = list(preds)
+    for g in golds:
+        match = next((p for p in free if p == g or math_verify_grade(p, g)), None)
+        if match is None:
+            return True
+        free.remove(match)
+    return False
 
 
 def math_verify_grade(pred: str, gold: str) -> bool:
