@@ -160,6 +160,16 @@ FORMS = [
     # exact decimals and numeral bases (math-verify alone accepts the wrong ones)
     (".0000673", ".0000673", True), ("0.0000673", ".0000673", True), (".0000672", ".0000673", False),
     ("27.0", "27", True), ("2516_8", "2516_8", True), ("2516_{8}", "2516_8", True), ("2516_9", "2516_8", False),
+    # a list with a repeated element is a multiset (math-verify alone compares it as a set)
+    ("16,3,1,1", "16,3,1,1", True), ("1, 16, 1, 3", "16,3,1,1", True), ("16,3,1", "16,3,1,1", False),
+    ("-2", "-2,-2", False), ("1, 1, \\frac12", "0.5,1,1", True), ("1,3,3,16", "16,3,1,1", False),
+    ("\\{1, 2\\}", "\\{1, 1, 2\\}", True),  # written as a set: a set
+    # variables keep their case (math-verify alone takes N for n)
+    ("N=n", "N=n", True), ("n=N", "N=n", True), ("N=N", "N=n", False), ("2N", "2n", False),
+    ("K \\geqslant 2", "k \\geqslant 2", False), ("x > 3", "(3, \\infty)", True),
+    # a sentence-final period (math-verify alone parses the gold below as 0)
+    ("(-\\infty, 0) \\cup\\{1\\}", "(-\\infty, 0) \\cup\\{1\\}.", True),
+    ("(-\\infty, 0) \\cup\\{2\\}.", "(-\\infty, 0) \\cup\\{1\\}.", False),
 ]  # fmt: skip
 
 

@@ -9,8 +9,8 @@ samples of MATH500, GSM8K test and MATH test goes through :func:`variants`, whic
   signs, percent signs, ``x = N`` / ``f_{\\max} = N``, an interval as its inequality, a set or
   plain list in another order), each of which must grade **correct**;
 * wrong answers made from it (the last integer changed, a tuple swapped, an inequality flipped,
-  a percentage read as a fraction, a list with a repeated element missing one copy), each of
-  which must grade **wrong**.
+  a percentage read as a fraction, a list with a repeated element missing one copy, a variable
+  with its case changed), each of which must grade **wrong**.
 
 ``python tests/test_grading_heldout.py raw|ours [--sample N]`` grades the set with raw math-verify
 or with ours and prints the figures of docs/rewards.md.
@@ -137,6 +137,11 @@ def variants(gold: str, rng: random.Random) -> list[tuple[str, bool, str]]:
         joined = " \\text{ or } ".join(right for right, _ in inequalities)
         flipped = " \\text{ or } ".join([inequalities[0][1]] + [right for right, _ in inequalities[1:]])
         out += [(joined, True, "inequality"), (flipped, False, "inequality")]
+    bare = re.sub(r"\\(?:text|textbf|mathrm|operatorname)\s*\{[^{}]*\}|\\[A-Za-z]+", " ", gold)
+    letters = re.findall(r"[A-Za-z]", bare)
+    if letters and not re.search(r"[A-Za-z]{2}", bare) and letters[0].swapcase() not in letters:  # variables
+        at = next(m.start() for m in re.finditer(r"(?<!\\)(?<![A-Za-z])[A-Za-z](?![A-Za-z])", gold))
+        out.append((gold[:at] + gold[at].swapcase() + gold[at + 1 :], False, "case changed"))
     inner = re.sub(r"\\left|\\right", "", gold).strip()
     listed = _top_level_split(inner)
     if not inner.startswith("\\{") and len(listed) >= 2 and len(set(listed)) < len(listed):  # a multiset
@@ -175,7 +180,8 @@ def test_heldout_benchmark_answers():
     misgraded = [(name, pred, gold, form) for (name, pred, gold, ok, form), v in zip(rows, verdicts) if v != ok]
     forms = {r[4] for r in rows}
     # percent golds are too rare for the samples (15 in MATH test); FORMS in test_grading.py covers them
-    assert {"self", "thousands", "named", "degrees", "inequality", "swapped tuple", "set order", "repeat dropped"} <= forms
+    assert {"self", "thousands", "named", "degrees", "inequality", "swapped tuple", "set order", "repeat dropped",
+            "case changed"} <= forms
     assert not [m for m in misgraded if m[3] == "self"], "a gold answer does not grade correct against itself"
     assert not misgraded, f"{len(misgraded)} of {len(rows)} misgraded, e.g. {misgraded[:10]}"
 

@@ -285,6 +285,18 @@ def _overrules(pred: str, gold: str) -> bool:
     return _multiset_differs(pred, gold)
 
 
+_COMMAND_RE = re.compile(r"\\(?:text|textbf|mathrm|operatorname)\s*\{[^{}]*\}|\\[A-Za-z]+")
+_LETTER_RE = re.compile(r"[A-Za-z]")
+
+
+def _case_differs(pred: str, gold: str) -> bool:
+    """Do the two name the same variables only up to case? math-verify takes ``N`` for ``n``, so
+    ``N=N`` for ``N=n`` and ``2N`` for ``2n``. Letters inside ``\\text{}`` and LaTeX command
+    names do not count."""
+    letters_p, letters_g = (set(_LETTER_RE.findall(_COMMAND_RE.sub(" ", x))) for x in (pred, gold))
+    return letters_p != letters_g and {c.lower() for c in letters_p} == {c.lower() for c in letters_g}
+
+
 def _top_level_items(text: str) -> list[str]:
     """``text`` split on the commas outside any bracket or brace, each item without spaces."""
     items, depth, start = [], 0, 0
@@ -324,6 +336,8 @@ def math_verify_grade(pred: str, gold: str) -> bool:
 
     Unguarded (no time limit): call it through :func:`parallel_r1.grading_pool.grade`.
     """
+    if _case_differs(pred, gold):  # before the rewrites, which may drop the variable (x > 3)
+        return False
     pred, gold = normalize_for_math_verify(pred), normalize_for_math_verify(gold)
     if _same_text(pred, gold):
         return True
