@@ -180,8 +180,17 @@ def test_heldout_benchmark_answers():
     misgraded = [(name, pred, gold, form) for (name, pred, gold, ok, form), v in zip(rows, verdicts) if v != ok]
     forms = {r[4] for r in rows}
     # percent golds are too rare for the samples (15 in MATH test); FORMS in test_grading.py covers them
-    assert {"self", "thousands", "named", "degrees", "inequality", "swapped tuple", "set order", "repeat dropped",
-            "case changed"} <= forms
+    assert {
+        "self",
+        "thousands",
+        "named",
+        "degrees",
+        "inequality",
+        "swapped tuple",
+        "set order",
+        "repeat dropped",
+        "case changed",
+    } <= forms
     assert not [m for m in misgraded if m[3] == "self"], "a gold answer does not grade correct against itself"
     assert not misgraded, f"{len(misgraded)} of {len(rows)} misgraded, e.g. {misgraded[:10]}"
 

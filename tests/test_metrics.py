@@ -159,3 +159,36 @@ def test_rl_metrics_and_analysis_agree_on_the_same_rollouts(tmp_path):
     for key in ("parallel_ratio", "opens_parallel"):
         assert logged[key] == pytest.approx(step[key])
     assert (logged["parallel_ratio"], logged["opens_parallel"]) == (0.4, 0.8)
+
+
+def _critical_reference(ids, o, c):
+    """Brute force: split into maximal runs of sibling paths (tags included) and the rest."""
+    segments, i = [], 0
+    while i < len(ids):
+        if ids[i] == o:
+            run = []
+            while i < len(ids) and ids[i] == o:
+                j = i + 1
+                while j < len(ids) and ids[j] != c:
+                    j += 1
+                run.append(min(j, len(ids) - 1) - i + 1)
+                i = j + 1
+            segments.append(max(run))
+        else:
+            segments.append(1)
+            i += 1
+    return sum(segments)
+
+
+def test_critical_path_tokens_against_brute_force():
+    from parallel_r1.metrics import critical_path_tokens
+
+    o, c, P, Q = 1, 2, 3, 4  # <Path>, </Path>, <Parallel>, </Parallel>
+    trace = [9, 9, P, o, 5, 5, 5, c, o, 5, c, Q, 7, 7, 8]  # trunk 2, paths 5 and 3, tail 4
+    assert critical_path_tokens(trace, o, c) == 2 + 1 + 5 + 4 == _critical_reference(trace, o, c)
+    assert critical_path_tokens([9, 9, 9], o, c) == 3  # no block: the length
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        ids = list(rng.choice([o, c, 5, 6, P, Q], size=int(rng.integers(0, 40)), p=[0.15, 0.15, 0.3, 0.3, 0.05, 0.05]))
+        assert critical_path_tokens(ids, o, c) == _critical_reference(ids, o, c), ids
+        assert critical_path_tokens(ids, o, c) <= len(ids)

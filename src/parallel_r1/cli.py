@@ -33,6 +33,7 @@ COMMANDS = (
     "score",
     "analyze",
     "report",
+    "serve",
     "demo",
 )
 

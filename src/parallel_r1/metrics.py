@@ -185,6 +185,25 @@ def mean_length(lengths: Sequence[int]) -> float | None:
     return _mean(lengths)
 
 
+def critical_path_tokens(ids: Sequence[int], path_open: int, path_close: int) -> int:
+    """Tokens a reader waits for when a block's paths decode side by side: every token outside
+    the paths (trunk, tags, summaries) plus, per run of sibling paths, the longest one (its two
+    tags included). ``ids``: one completion's token ids. A path never closed counts to the end;
+    on a completion without paths this is its length."""
+    total, block, path, inside = 0, 0, 0, False
+    for t in ids:
+        if t == path_open and not inside:
+            inside, path = True, 1
+        elif inside:
+            path += 1
+            if t == path_close:
+                inside, block = False, max(block, path)
+        else:
+            total += block + 1  # a token after a run of paths ends the run
+            block = 0
+    return total + max(block, path if inside else 0)
+
+
 def clipped_ratio(clipped: Sequence[bool]) -> float | None:
     """Share of responses cut by the token budget. ``clipped``: [N]."""
     return _mean([float(x) for x in clipped])
