@@ -146,3 +146,16 @@ def test_only_commands_build_argument_parsers():
             if uses_argparse or builds_parser:
                 offenders.append(f"{path.relative_to(SRC)}:{node.lineno}")
     assert offenders == [], f"argument parsing outside commands/ and cli.py: {offenders}"
+
+
+def test_library_modules_never_import_the_cli():
+    """The CLI (``cli``, ``commands``) sits on the library; nothing in the library reaches back."""
+    graph = import_graph()
+    offenders = {
+        (name, dep)
+        for name, deps in graph.items()
+        if not _allowed_to_parse_argv(name)
+        for dep in deps
+        if _allowed_to_parse_argv(dep)
+    }
+    assert offenders == set(), f"library modules importing the CLI: {sorted(offenders)}"

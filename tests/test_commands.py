@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 import pytest
 
 from parallel_r1.cli import COMMANDS, main, parse_command
-from parallel_r1.commands._config import load_yaml, parse_config
+from parallel_r1.commands._config import parse_config
+from parallel_r1.io import load_yaml
 
 HELP_PROBE = """
 import json, sys

@@ -60,7 +60,7 @@ def load_config(run_dir: Path) -> dict:
     path = run_dir / "config.yaml"
     if not path.exists():
         return {}
-    from .commands._config import load_yaml
+    from .io import load_yaml
 
     return load_yaml(path)
 

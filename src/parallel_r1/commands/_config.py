@@ -6,8 +6,8 @@ win over it, every field takes ``--field_name`` and ``--field-name``, and a bad 
 error naming the file (and the key or line) before anything loads. TRL's parser imports neither
 torch nor transformers, so ``parallel-r1 CMD --help`` stays fast.
 
-``load_yaml`` is the one YAML reader, also for nested recipes that are not flat dataclasses
-(``midtrain``, ``rl-readiness``).
+``io.load_yaml`` is the one YAML reader, also for nested recipes that are not flat dataclasses
+(``midtrain``, ``rl-readiness``), and library modules read recipes with it, never with this one.
 """
 
 from __future__ import annotations
@@ -18,28 +18,8 @@ import enum
 import os
 import types as pytypes
 import typing
-from pathlib import Path
 
-
-def load_yaml(path: str | os.PathLike) -> dict:
-    """The mapping in a YAML file; a missing file, malformed YAML or a non-mapping is one clear error."""
-    import yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no such config file: {path}")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ValueError(f"{where}: malformed YAML: {problem}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping of field: value, got {type(data).__name__}")
-    return data
+from ..io import load_yaml
 
 
 def _value_fits(value, tp) -> bool:

@@ -3,7 +3,7 @@ OctoThinker's stable-then-decay mid-training (docs/midtrain.md). Library entry p
 :func:`parallel_r1.train.midtrain.train`.
 
 The recipe is nested (a stable stage and decay branches with their mixtures), so it is read with
-:func:`parallel_r1.commands._config.load_yaml`; every top-level scalar field of ``MidtrainConfig``
+:func:`parallel_r1.io.load_yaml`; every top-level scalar field of ``MidtrainConfig``
 (``output_dir``, ``model``, ``token_scale``, ``seq_len``, ...) can be overridden on the command line,
 as ``--field_name`` or ``--field-name``, with a YAML value.
 """

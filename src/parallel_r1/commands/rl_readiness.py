@@ -6,7 +6,7 @@ point: :func:`parallel_r1.train.readiness.run_readiness`.
     parallel-r1 rl-readiness --config R.yaml --branches long=runs/mt/long/final short=runs/mt/short/final
 
 The recipe is nested (``rl`` and ``eval`` sections), so it is read with
-:func:`parallel_r1.commands._config.load_yaml`; the flags below override it and take both
+:func:`parallel_r1.io.load_yaml`; the flags below override it and take both
 ``--field_name`` and ``--field-name``.
 """
 

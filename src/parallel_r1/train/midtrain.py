@@ -230,7 +230,7 @@ def _build(cls, data, what: str):
 
 def load_config(path: str | os.PathLike, **overrides) -> MidtrainConfig:
     """The recipe at ``path``; ``overrides`` (top-level fields; None = keep the recipe's) win."""
-    from ..commands._config import load_yaml
+    from ..io import load_yaml
 
     data = load_yaml(path)
     data.update({k: v for k, v in overrides.items() if v is not None})

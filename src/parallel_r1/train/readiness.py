@@ -95,7 +95,7 @@ def _fields_of(value, what: str) -> dict:
     if isinstance(value, dict):
         return dict(value)
     if isinstance(value, (str, os.PathLike)):
-        from ..commands._config import load_yaml
+        from ..io import load_yaml
 
         if not Path(value).exists():
             raise FileNotFoundError(f"rl-readiness: {what} recipe not found: {value}")
@@ -124,7 +124,7 @@ def load_config(path: str | os.PathLike | None, **overrides) -> ReadinessConfig:
     """The recipe at ``path`` with ``overrides`` on top (None = keep; mappings are added to the recipe's)."""
     data = {}
     if path:
-        from ..commands._config import load_yaml
+        from ..io import load_yaml
 
         if not Path(path).exists():
             raise FileNotFoundError(f"rl-readiness: recipe not found: {path}")
