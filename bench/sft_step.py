@@ -132,7 +132,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="sft_bench_"))
     model_path = str(save_tiny_model(tmp / "tiny")) if a.model == "tiny" else a.model
     cfg = ParallelSFTConfig(
-        output_dir=str(tmp / "out"), model_name_or_path=model_path, variant="unseen",
+        output_dir=str(tmp / "out"), model=model_path, variant="unseen",
         per_device_train_batch_size=a.batch_size, learning_rate=1e-5, max_length=a.max_length, use_cpu=True,
         bf16=False, save_strategy="no", report_to="none", disable_tqdm=True, seed=0,
     )  # fmt: skip

@@ -135,7 +135,7 @@ class Stages:
                 "--num_processes",
                 str(self.s.gpus),
             ]
-        self.cli("sft", "--config", str(ROOT / "recipes/sft_tiny.yaml"), "--model_name_or_path", str(self.work / "tiny"),
+        self.cli("sft", "--config", str(ROOT / "recipes/sft_tiny.yaml"), "--model", str(self.work / "tiny"),
                  "--output_dir", str(out), "--max_steps", str(self.s.sft_steps), "--save_strategy", "no",
                  *self.device_flags(), launch=launch)  # fmt: skip
         assert (out / "config.json").exists() and list(out.glob("*.safetensors")), f"sft: no loadable model in {out}"

@@ -191,8 +191,8 @@ def test_permission_error_is_one_line_and_debug_shows_the_traceback(rows_file, t
         ("eval", "model: m\noutput_dir: o\nbatch_size: [1, 2\n", "malformed YAML"),
         ("eval", "model: m\noutput_dir: o\nbatch_size: [1, 2]\n", "batch_size: expected int, got [1, 2]"),
         ("eval", "model: m\noutput_dir: o\ntemperature: hot\n", "temperature: expected float | None, got 'hot'"),
-        ("sft", "model_name_or_path: m\noutput_dir: o\nmax_steps: {a: 1}\n", "max_steps: expected int, got {'a': 1}"),
-        ("sft", "model_name_or_path: m\n  output_dir: o\n", "malformed YAML"),
+        ("sft", "model: m\noutput_dir: o\nmax_steps: {a: 1}\n", "max_steps: expected int, got {'a': 1}"),
+        ("sft", "model: m\n  output_dir: o\n", "malformed YAML"),
     ],
     ids=["eval-malformed", "eval-list-for-int", "eval-text-for-float", "sft-mapping-for-int", "sft-malformed"],
 )

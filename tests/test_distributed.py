@@ -148,7 +148,7 @@ def fsdp_sft(tmp_path_factory) -> tuple[Path, Path]:
     tmp = tmp_path_factory.mktemp("fsdp-sft")
     base = save_tiny_model(tmp / "tiny")
     launch(FSDP, "-m", "parallel_r1.cli", "sft", "--config", str(REPO / "recipes" / "sft_tiny.yaml"),
-           "--model_name_or_path", str(base), "--output_dir", str(tmp / "sft"), "--train_size", "16",
+           "--model", str(base), "--output_dir", str(tmp / "sft"), "--train_size", "16",
            "--max_steps", "2", "--save_steps", "2")  # fmt: skip
     return base, tmp / "sft"
 

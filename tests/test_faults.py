@@ -103,7 +103,7 @@ def test_sft_killed_mid_checkpoint_resumes_from_the_last_complete_one(tiny_check
         "sft",
         "--config",
         str(REPO / "recipes/sft_tiny.yaml"),
-        "--model_name_or_path",
+        "--model",
         str(tiny_checkpoint),
         "--train_data",
         str(data),

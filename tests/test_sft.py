@@ -227,7 +227,7 @@ def test_cli_trains_checkpoints_and_resumes(tiny_checkpoint, tmp_path):
         "sft",
         "--config",
         str(REPO / "recipes/sft_tiny.yaml"),
-        "--model_name_or_path",
+        "--model",
         str(tiny_checkpoint),
         "--train_data",
         str(data),

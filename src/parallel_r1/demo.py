@@ -192,11 +192,11 @@ def stage_sft(cfg: DemoConfig, out: Path) -> dict:
 
     sft = ParallelSFTConfig(
         output_dir=str(out),
-        model_name_or_path=str(cfg.dirs()["base"]),
+        model=str(cfg.dirs()["base"]),
         variant=cfg.variant,
         train_data=[cfg.sft_data],
         train_size=cfg.sft_steps * cfg.sft_batch_size,
-        prompt_template="no_prompt",
+        template="no_prompt",
         max_steps=cfg.sft_steps,
         per_device_train_batch_size=cfg.sft_batch_size,
         gradient_accumulation_steps=1,

@@ -55,7 +55,7 @@ class ParallelSFTConfig(SFTConfig):
     time for memory we do not need; the GPU recipes turn it on), ``report_to`` is ``none``.
     """
 
-    model_name_or_path: str = field(
+    model: str = field(
         default="smollm2",
         metadata={"help": "Model to fine-tune: a local folder, a hub id, or an alias (`smollm2`)."},
     )
@@ -80,7 +80,7 @@ class ParallelSFTConfig(SFTConfig):
         default=None, metadata={"help": "Held-out traces for eval loss (same kinds of source as train_data)."}
     )
     eval_size: int | None = field(default=None, metadata={"help": "Rows taken from each eval source."})
-    prompt_template: str = field(
+    template: str = field(
         default="parallel_v3", metadata={"help": "Prompt template name (parallel_r1.prompts.TEMPLATES)."}
     )
     use_chat_template: bool | None = field(
@@ -235,7 +235,7 @@ def build_dataset(rows: list[dict], tokenizer, cfg: ParallelSFTConfig):
     """
     from datasets import Dataset
 
-    prompts = [build_prompt(r["problem"], tokenizer, cfg.prompt_template, cfg.use_chat_template) for r in rows]
+    prompts = [build_prompt(r["problem"], tokenizer, cfg.template, cfg.use_chat_template) for r in rows]
     completions = [normalize(r["response"]) for r in rows]
     keep = list(range(len(rows)))
     if cfg.max_length is not None and rows:
@@ -302,13 +302,13 @@ def prepare_model_and_tokenizer(cfg: ParallelSFTConfig):
     """Load the model in float32 (bf16 is autocast, as the paper's fp32 master weights), add tags if asked."""
     from ..models import add_tag_tokens, has_tag_tokens, load_model, load_tokenizer
 
-    tok = load_tokenizer(cfg.model_name_or_path)
-    model = load_model(cfg.model_name_or_path, dtype=torch.float32, attn_implementation=cfg.attn_implementation)
+    tok = load_tokenizer(cfg.model)
+    model = load_model(cfg.model, dtype=torch.float32, attn_implementation=cfg.attn_implementation)
     if not has_tag_tokens(tok):
         if not cfg.add_tags:
-            raise ValueError(f"{cfg.model_name_or_path}: the tokenizer lacks the tag tokens and add_tags is false")
+            raise ValueError(f"{cfg.model}: the tokenizer lacks the tag tokens and add_tags is false")
         n = add_tag_tokens(model, tok)
-        print(f"sft: added {n} tag tokens to {cfg.model_name_or_path}")
+        print(f"sft: added {n} tag tokens to {cfg.model}")
     return model, tok
 
 
@@ -387,7 +387,7 @@ def format_check(model, tokenizer, cfg: ParallelSFTConfig, out_dir: Path) -> dic
         benchmarks=["gsm8k"],
         k=1,
         limit=cfg.format_check_size,
-        template=cfg.prompt_template,
+        template=cfg.template,
         variant=cfg.format_check_variant,
         max_new_tokens=cfg.format_check_max_new_tokens,
         temperature=cfg.format_check_temperature,
