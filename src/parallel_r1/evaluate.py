@@ -42,13 +42,11 @@ from pathlib import Path
 from . import metrics as M
 from .format import analyze
 from .io import JsonlAppender, atomic_write_json, read_jsonl
+from .prompts import TEMPLATES
 
 # Samples per problem by default (the paper: AIME/AMC mean@16 + pass@16, MATH mean@1).
-DEFAULT_K = {"aime24": 16, "aime25": 16, "amc23": 16, "math500": 1, "math": 1, "gsm8k": 1}
-# The apo sets hold 16 copies of each AIME/AMC problem: k=1 per row is already the paper's mean@16
-# (summarize groups the copies by extra["problem_index"] for pass@16).
-DEFAULT_K.update({"apo_aime24": 1, "apo_aime25": 1, "apo_amc23": 1, "math300": 1, "olympiadbench": 1})
-TEMPLATE_CHOICES = ("parallel_v3", "baseline", "fewshot", "no_prompt", "parallel_v2", "orz")
+# prompts.TEMPLATES plus OctoThinker's few-shot prompts (data/fewshot.py), which are per benchmark
+TEMPLATE_CHOICES = (*TEMPLATES, "fewshot")
 # Settings that change what a sample is: a results folder only continues under the same ones.
 IDENTITY = (
     "model",
@@ -317,7 +315,10 @@ class EvalConfig:
         return own
 
     def k_of(self, name: str) -> int:
-        return self.k.get(name, DEFAULT_K.get(name, 1))
+        from .protocols import get_protocol
+
+        # a benchmark outside the protocol's table: the toolkit's own k (16 for AIME/AMC, else 1)
+        return self.k.get(name, get_protocol("custom").k.get(name, 1))
 
     def n_of(self, name: str) -> int:
         return self.samples.get(name, self.k_of(name))
