@@ -40,6 +40,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .format import VARIANTS
 from .io import atomic_write_json
 from .metrics import LABELS
 
@@ -139,7 +140,7 @@ class DemoConfig:
         self.stage_list = names
         from .validate import non_negative, one_of, positive
 
-        one_of(self, "variant", ("unseen", "seen"))
+        one_of(self, "variant", VARIANTS)
         one_of(self, "sft_data", ("synthetic_easy", "synthetic_easy_mixed"))
         positive(
             self,

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import metrics as M
-from .format import analyze
+from .format import VARIANTS, analyze
 from .io import JsonlAppender, atomic_write_json, read_jsonl
 from .prompts import TEMPLATES
 
@@ -251,8 +251,8 @@ class EvalConfig:
             raise ValueError("eval: no benchmark given")
         if self.template not in TEMPLATE_CHOICES:
             raise KeyError(f"unknown template {self.template!r}; known: {', '.join(TEMPLATE_CHOICES)}")
-        if self.variant not in ("unseen", "seen"):
-            raise KeyError(f"unknown variant {self.variant!r}; known: unseen, seen")
+        if self.variant not in VARIANTS:
+            raise KeyError(f"unknown variant {self.variant!r}; known: {', '.join(VARIANTS)}")
         if self.decoding not in DECODINGS:
             raise KeyError(f"unknown decoding {self.decoding!r}; known: {', '.join(DECODINGS)}")
         self._check_backend()

@@ -39,6 +39,10 @@ TAGS: tuple[str, ...] = (PARALLEL_OPEN, PARALLEL_CLOSE, PATH_OPEN, PATH_CLOSE, S
 
 TAG_RE = re.compile(r"</?(?:Parallel|Path|Summary)>")
 
+# How a model reads the format: Unseen isolates a block's paths (mask + shared-start positions,
+# structure.py), Seen reads everything causally. The one list of the names.
+VARIANTS = ("unseen", "seen")
+
 
 @dataclass
 class Block:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..format import VARIANTS
 from ..validate import fraction, non_negative, one_of, positive
 
 
@@ -70,7 +71,7 @@ class DecodingConfig:
         from ..devices import resolve_dtype
 
         self.top_k = self.top_k or 0
-        one_of(self, "variant", ("unseen", "seen"))
+        one_of(self, "variant", VARIANTS)
         positive(self, "max_blocks", "max_new_tokens", "batch_size", "max_cache_bytes")
         non_negative(self, "temperature", "path_temperature", "top_k")
         fraction(self, "top_p")

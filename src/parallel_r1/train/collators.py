@@ -14,9 +14,8 @@ from typing import Any
 
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
+from ..format import VARIANTS
 from ..structure import TagIds, build_unseen_layout
-
-VARIANTS = ("unseen", "seen")
 
 
 @dataclass

@@ -21,7 +21,8 @@ import yaml
 from transformers.trainer_utils import SaveStrategy
 from trl import GRPOConfig
 
-VARIANTS = ("unseen", "seen")
+from ..format import VARIANTS
+
 BACKENDS = ("engine", "trl", "vllm")
 
 

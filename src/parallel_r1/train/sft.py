@@ -30,12 +30,12 @@ import torch
 from transformers import TrainerCallback
 from trl import SFTConfig, SFTTrainer
 
-from ..format import normalize
+from ..format import VARIANTS, normalize
 from ..io import JsonlAppender, atomic_write_json, atomic_write_text, read_jsonl
 from ..prompts import build_prompt
 from ..structure import TagIds
 from .checkpoints import completion_marker
-from .collators import VARIANTS, ParallelSFTCollator
+from .collators import ParallelSFTCollator
 
 SYNTHETIC = ("synthetic_easy", "synthetic_medium", "synthetic_hard")
 # the same problems, every other one with a plain step-by-step trace instead of a parallel one: a
