@@ -361,11 +361,18 @@ def octothinker_last_single(pred: str, gold: str) -> bool:
 
 
 def octothinker_math(pred: str, gold: str) -> bool:
+    """``pred``: the JSON list of answers its extractor writes; any other text is one answer."""
     import json
 
     from .upstream.octothinker_eval import eval_math
 
-    return bool(eval_math({"prediction": json.loads(pred), "answer": gold}))
+    try:
+        answers = json.loads(pred)
+    except ValueError:
+        answers = None
+    if not isinstance(answers, list) or not all(isinstance(a, str) for a in answers):
+        answers = [pred]
+    return bool(eval_math({"prediction": answers, "answer": gold}))
 
 
 def octothinker_olympiad(pred: str, gold: str) -> bool:
