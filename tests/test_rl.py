@@ -347,6 +347,24 @@ def test_shipped_recipes_parse_and_pass_the_checks(recipe):
         assert (cfg.max_completion_length, cfg.temperature, cfg.epsilon) == (3000, 1.0, 0.2)
 
 
+PARALLEL_R1_RECIPES = ["rl_parallel_r1_seen", "rl_parallel_r1_unseen_s1", "rl_parallel_r1_unseen_s2", "rl_scaffold",
+                       "vllm/rl_parallel_r1_unseen_s1", "vllm/rl_parallel_r1_unseen_s2", "vllm/rl_scaffold"]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", PARALLEL_R1_RECIPES)
+def test_parallel_r1_recipes_aggregate_the_loss_as_verl(name):
+    """The conditions under which TRL's bnpo is verl's loss (docs/rl.md, "Loss aggregation"):
+    micro-batch = verl's 2, accumulation 64, one PPO epoch, every micro-batch full (no group drop)."""
+    cfg = yaml.safe_load((Path(__file__).parents[1] / "recipes" / f"{name}.yaml").read_text())
+    assert cfg["loss_type"] == "bnpo"
+    assert (cfg["per_device_train_batch_size"], cfg["gradient_accumulation_steps"], cfg.get("num_iterations", 1)) == (
+        2,
+        64,
+        1,
+    )
+    assert not cfg.get("drop_zero_advantage_groups") and cfg.get("num_informative_groups") is None
+
+
 @pytest.mark.parametrize("loss_type", ["bnpo", "dapo"])
 def test_bnpo_is_verls_token_mean_per_micro_batch(tmp_path, taught_model, additions, loss_type):
     """verl's actor (dp_actor.update_policy: ``agg_loss(token-mean)`` per micro-batch, then

@@ -328,3 +328,14 @@ def test_loss_normalizer_weights_tokens_or_traces(normalizer, tiny_llama, tiny_t
     want, other = (per_trace, per_token) if normalizer == "micro_batch" else (per_token, per_trace)
     assert torch.allclose(got["grad"], want, rtol=1e-4, atol=1e-7)
     assert not torch.allclose(got["grad"], other, rtol=1e-3, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["sft_qwen3_4b_unseen", "sft_qwen3_4b_seen"])
+def test_cold_start_recipes_weigh_each_trace_as_verl(name):
+    """The official cold start: micro-batch 1, each micro-batch's token mean, and its clip at 1.0
+    on a gradient 16x the mean (docs/coldstart.md, "Loss aggregation")."""
+    import yaml
+
+    cfg = yaml.safe_load((REPO / "recipes" / f"{name}.yaml").read_text())
+    assert (cfg["loss_normalizer"], cfg["per_device_train_batch_size"]) == ("micro_batch", 1)
+    assert cfg["max_grad_norm"] == pytest.approx(1.0 / cfg["gradient_accumulation_steps"])
