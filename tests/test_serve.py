@@ -222,3 +222,14 @@ def test_coldstart_teacher_generates_through_serve(served, tmp_path, data_dir):
     assert main(argv) == 0
     rows = list(read_jsonl(out))
     assert len(rows) == 3 and all(isinstance(r.get("response"), str) for r in rows), rows[:1]
+
+
+@pytest.mark.parametrize("flags, message", [(["--max_queued", "0"], "--max_queued must be > 0"),
+                                            (["--port", "70000"], "--port must be between 0 and 65535")])  # fmt: skip
+def test_serve_command_refuses_bad_flags_before_loading(flags, message):
+    from parallel_r1.cli import parse_command
+
+    cfg, dcfg = parse_command("serve", ["--model", "m", "--port", "0", "--num_paths", "3"])  # the valid one parses
+    assert (cfg.served_model_name, cfg.port, dcfg.num_paths) == ("m", 0, 3)
+    with pytest.raises(ValueError, match=message):
+        parse_command("serve", ["--model", "m", *flags])
