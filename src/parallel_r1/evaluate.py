@@ -44,7 +44,6 @@ from .format import VARIANTS, analyze
 from .io import JsonlAppender, atomic_write_json, read_jsonl
 from .prompts import TEMPLATES
 
-# Samples per problem by default (the paper: AIME/AMC mean@16 + pass@16, MATH mean@1).
 # prompts.TEMPLATES plus OctoThinker's few-shot prompts (data/fewshot.py), which are per benchmark
 TEMPLATE_CHOICES = (*TEMPLATES, "fewshot")
 # Settings that change what a sample is: a results folder only continues under the same ones.
