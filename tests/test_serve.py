@@ -30,7 +30,6 @@ class Server:
         self.port = self.sock.getsockname()[1]
         self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
         self.up = threading.Event()
-        self.server.config.callback_notify = None
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self):
