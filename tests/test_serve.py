@@ -106,6 +106,10 @@ def test_completions_equal_the_offline_engine(served):
     again = client.completions.create(model="tiny", prompt=prompt, max_tokens=24, temperature=1.0, n=3, seed=7,
                                       extra_body={"num_paths": 3})  # fmt: skip
     assert [c.text for c in again.choices] == want  # seeded: the same whatever came before
+    text = greedy.choices[0].text
+    assert len(text) > 4  # a stop string inside the greedy text cuts it there, finish reason "stop"
+    cut = client.completions.create(model="tiny", prompt=prompt, max_tokens=24, temperature=0, stop=[text[3:5]])
+    assert cut.choices[0].text == text[: text.find(text[3:5])] and cut.choices[0].finish_reason == "stop"
     d = sampled.model_dump()
     assert (
         d["usage"]["completion_tokens"] > 0

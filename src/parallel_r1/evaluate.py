@@ -433,7 +433,7 @@ def _completions(samples, parallel_open: int | None, ends: Sequence[str]) -> lis
         ids = list(s.completion_ids)
         n = len(ids)
         positions = [i / n for i, t in enumerate(ids) if t == parallel_open] if n else []
-        out.append(Completion(_strip_end(s.text, ends), n, s.finish_reason, positions))
+        out.append(Completion(strip_end(s.text, ends), n, s.finish_reason, positions))
     return out
 
 
@@ -490,7 +490,8 @@ def _cuda_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def _strip_end(text: str, ends: Sequence[str]) -> str:
+def strip_end(text: str, ends: Sequence[str]) -> str:
+    """``text`` without the end-of-text tokens it ends on (EOS, pad), as vLLM returns a completion."""
     changed = True
     while changed:
         changed = False
@@ -549,8 +550,9 @@ def build_prompts(
     )
 
 
-def _cut(text: str, stop: Sequence[str]) -> str:
-    cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
+def cut_at_stop(text: str, stop: Sequence[str]) -> str:
+    """``text`` up to the first of the (non-empty) stop strings, as vLLM's ``stop``."""
+    cut = min((i for i in (text.find(s) for s in stop if s) if i >= 0), default=-1)
     return text if cut < 0 else text[:cut]
 
 
@@ -815,7 +817,7 @@ def evaluate(cfg: EvalConfig, generate_fn: GenerateFn | None = None, tokenizer=N
                 comps = generate_fn([bp.prompts[i] for i, _ in batch], seed)
                 if len(comps) != len(batch):
                     raise RuntimeError(f"generator returned {len(comps)} completions for {len(batch)} prompts")
-                texts = [_cut(c.text, bp.stop) for c in comps]
+                texts = [cut_at_stop(c.text, bp.stop) for c in comps]
                 preds = [extract(t, problems[i].problem) for t, (i, _) in zip(texts, batch)]
                 golds = [gold_answer(str(gold_of(problems[i]))) for i, _ in batch]
                 oks = grade_answers(preds, golds, scoring.grader, cfg.grading_workers)

@@ -195,24 +195,17 @@ class Worker:
                 self.busy = False
 
 
-def _cut(text: str, stop: list[str]) -> tuple[str, bool]:
-    """``text`` up to the first stop string, and whether one was found."""
-    hits = [i for i in (text.find(s) for s in stop if s) if i >= 0]
-    return (text[: min(hits)], True) if hits else (text, False)
-
-
 def choice_fields(sample, tokenizer, tags, stop: list[str]) -> dict:
     """What a choice says about one :class:`~parallel_r1.decoding.engine.Sample`: the text (special
     tokens removed but for the tags, cut at a stop string), OpenAI's finish reason, the parsed
     ``parallel`` structure and its critical-path tokens."""
+    from .evaluate import cut_at_stop, strip_end
     from .format import parse
     from .metrics import critical_path_tokens
 
-    text = sample.text
-    for t in (tokenizer.eos_token, tokenizer.pad_token):  # the EOS it ended on is no text, as in vLLM
-        if t and text.endswith(t):
-            text = text[: -len(t)]
-    text, stopped = _cut(text, stop)
+    whole = strip_end(sample.text, [t for t in (tokenizer.eos_token, tokenizer.pad_token) if t])
+    text = cut_at_stop(whole, stop)
+    stopped = len(text) < len(whole)
     finish = "stop" if stopped or sample.finish_reason in ("eos", "max_blocks") else "length"
     parsed = parse(text)
     return {
