@@ -11,6 +11,11 @@ import pytest
 import torch
 import yaml
 
+from parallel_r1.decoding.scripted import ScriptedLM
+from parallel_r1.format import parse
+from parallel_r1.models import build_tiny_model
+from parallel_r1.structure import TagIds, build_unseen_layout, causal_layout
+
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 REPO = Path(__file__).resolve().parents[1]
@@ -174,3 +179,69 @@ def rl_recipe(tmp_path: Path, model: Path, data: Path, **over) -> Path:
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
+
+
+def with_tag_bias(model, tags, bias=None):
+    """The same model with a bias on its output layer, so a random model writes blocks."""
+    bias = bias or {tags.parallel_open: 4.0, tags.path_close: 3.0, tags.summary_close: 3.0}
+    old = model.lm_head
+    head = torch.nn.Linear(old.in_features, old.out_features, bias=True)
+    head.weight.data = old.weight.data.clone()
+    head.bias.data.zero_()
+    for t, b in bias.items():
+        head.bias.data[t] = b
+    model.lm_head = head
+    return model.eval()
+
+
+def training_logprobs(model, tags, sample, variant, temperature=1.0):
+    """One training-style forward over prompt + completion (the trainer's view)."""
+    ids = torch.tensor([sample.prompt_ids + sample.completion_ids])
+    if variant == "unseen":
+        struct = torch.zeros_like(ids, dtype=torch.bool)
+        struct[:, len(sample.prompt_ids) :] = True
+        layout = build_unseen_layout(ids, tags, structure_mask=struct)
+        assert layout.malformed == [[]] or parse(sample.text).num_blocks == sample.num_blocks
+        mask, pos = layout.attention_mask, layout.position_ids
+    else:
+        mask, pos = causal_layout(ids, torch.ones_like(ids))
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits[0].float()
+    lp = torch.log_softmax(logits / temperature, -1)
+    p = len(sample.prompt_ids)
+    return torch.tensor([lp[p + i - 1, t].item() for i, t in enumerate(sample.completion_ids)])
+
+
+def max_gap(model, tags, samples, variant, temperature=1.0):
+    return max(
+        (training_logprobs(model, tags, s, variant, temperature) - torch.tensor(s.logprobs)).abs().max().item()
+        for s in samples
+    )
+
+
+def scripted_setup(path_len=3):
+    model, tok = build_tiny_model("llama")
+    tags = TagIds.from_tokenizer(tok)
+    a, s = tok.convert_tokens_to_ids("a"), tok.convert_tokens_to_ids("s")
+    state = {}
+
+    def script(last, pos):
+        # trunk: "a" until position 5, then <Parallel>; a path writes "a" for path_len tokens then </Path>;
+        # a summary writes "s s" then </Summary>; after a summary the trunk opens the next block.
+        if last == tags.parallel_open or last == tags.path_close:
+            return a
+        if last == tags.path_open:
+            state["path_start"] = pos
+            return a
+        if last == tags.summary_open:
+            state["summary_start"] = pos
+            return s
+        if last == tags.summary_close:
+            return tags.parallel_open
+        if last == s:
+            return tags.summary_close if pos >= state["summary_start"] + 2 else s
+        if "path_start" in state and pos >= state.get("path_start", 0) and pos < state["path_start"] + path_len:
+            return tags.path_close if pos == state["path_start"] + path_len - 1 else a
+        return tags.parallel_open if pos >= 5 else a
+
+    return ScriptedLM(model, script), tok, tags, a, s

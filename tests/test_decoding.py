@@ -7,50 +7,12 @@ import sys
 import pytest
 import torch
 
+from conftest import max_gap, scripted_setup, training_logprobs, with_tag_bias
 from parallel_r1.decoding import DecodingConfig, ParallelEngine
 from parallel_r1.decoding.sampling import sample_tokens
-from parallel_r1.decoding.scripted import ScriptedLM
 from parallel_r1.format import parse
 from parallel_r1.models import build_tiny_model
-from parallel_r1.structure import TagIds, build_unseen_layout, causal_layout
-
-
-def with_tag_bias(model, tags, bias=None):
-    """The same model with a bias on its output layer, so a random model writes blocks."""
-    bias = bias or {tags.parallel_open: 4.0, tags.path_close: 3.0, tags.summary_close: 3.0}
-    old = model.lm_head
-    head = torch.nn.Linear(old.in_features, old.out_features, bias=True)
-    head.weight.data = old.weight.data.clone()
-    head.bias.data.zero_()
-    for t, b in bias.items():
-        head.bias.data[t] = b
-    model.lm_head = head
-    return model.eval()
-
-
-def training_logprobs(model, tags, sample, variant, temperature=1.0):
-    """One training-style forward over prompt + completion (the trainer's view)."""
-    ids = torch.tensor([sample.prompt_ids + sample.completion_ids])
-    if variant == "unseen":
-        struct = torch.zeros_like(ids, dtype=torch.bool)
-        struct[:, len(sample.prompt_ids) :] = True
-        layout = build_unseen_layout(ids, tags, structure_mask=struct)
-        assert layout.malformed == [[]] or parse(sample.text).num_blocks == sample.num_blocks
-        mask, pos = layout.attention_mask, layout.position_ids
-    else:
-        mask, pos = causal_layout(ids, torch.ones_like(ids))
-    with torch.no_grad():
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits[0].float()
-    lp = torch.log_softmax(logits / temperature, -1)
-    p = len(sample.prompt_ids)
-    return torch.tensor([lp[p + i - 1, t].item() for i, t in enumerate(sample.completion_ids)])
-
-
-def max_gap(model, tags, samples, variant, temperature=1.0):
-    return max(
-        (training_logprobs(model, tags, s, variant, temperature) - torch.tensor(s.logprobs)).abs().max().item()
-        for s in samples
-    )
+from parallel_r1.structure import TagIds
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
@@ -100,34 +62,6 @@ def test_seed_makes_generation_reproducible():
     b = ParallelEngine(model, tok, cfg).generate(["abc"], n=3)
     assert [s.completion_ids for s in a] == [s.completion_ids for s in b]
     assert len({tuple(s.completion_ids) for s in a}) > 1
-
-
-def scripted_setup(path_len=3):
-    model, tok = build_tiny_model("llama")
-    tags = TagIds.from_tokenizer(tok)
-    a, s = tok.convert_tokens_to_ids("a"), tok.convert_tokens_to_ids("s")
-    state = {}
-
-    def script(last, pos):
-        # trunk: "a" until position 5, then <Parallel>; a path writes "a" for path_len tokens then </Path>;
-        # a summary writes "s s" then </Summary>; after a summary the trunk opens the next block.
-        if last == tags.parallel_open or last == tags.path_close:
-            return a
-        if last == tags.path_open:
-            state["path_start"] = pos
-            return a
-        if last == tags.summary_open:
-            state["summary_start"] = pos
-            return s
-        if last == tags.summary_close:
-            return tags.parallel_open
-        if last == s:
-            return tags.summary_close if pos >= state["summary_start"] + 2 else s
-        if "path_start" in state and pos >= state.get("path_start", 0) and pos < state["path_start"] + path_len:
-            return tags.path_close if pos == state["path_start"] + path_len - 1 else a
-        return tags.parallel_open if pos >= 5 else a
-
-    return ScriptedLM(model, script), tok, tags, a, s
 
 
 def test_forced_tokens_give_the_canonical_layout_and_respect_max_blocks():
@@ -319,13 +253,16 @@ def test_bf16_autocast_rollouts_match_a_bf16_trainer():
     model = with_tag_bias(model, tags)
     cfg = dict(max_new_tokens=60, max_path_tokens=12, seed=4)
     bf16 = ParallelEngine(model, tok, DecodingConfig(**cfg, dtype="bfloat16")).generate(["hello there", "x y z"], n=2)
-    fp32 = ParallelEngine(model, tok, DecodingConfig(**cfg)).generate(["hello there", "x y z"], n=2)
     assert sum(s.num_blocks for s in bf16) >= 1
+    # on the same tokens: the bf16 rollout's log-probs, and what a float32 rollout gives (the
+    # float32 trainer's, which it equals to 1e-4), each against the bf16 trainer
+    fp32 = torch.cat([training_logprobs(model, tags, s, "unseen", 1.0) for s in bf16])
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        gap_bf16 = max_gap(model, tags, bf16, "unseen")
-        gap_fp32 = max_gap(model, tags, fp32, "unseen")
-    assert gap_bf16 <= 0.05
-    assert gap_bf16 < gap_fp32
+        trainer = torch.cat([training_logprobs(model, tags, s, "unseen", 1.0) for s in bf16])
+    rollout = torch.cat([torch.tensor(s.logprobs) for s in bf16])
+    gap_bf16, gap_fp32 = (rollout - trainer).abs(), (fp32 - trainer).abs()
+    assert gap_bf16.max() <= 0.05
+    assert gap_bf16.mean() < 0.5 * gap_fp32.mean(), (gap_bf16.mean(), gap_fp32.mean())
     with pytest.raises(ValueError, match="dtype 'fp8'"):
         DecodingConfig(dtype="fp8")
 
@@ -429,3 +366,61 @@ def test_importing_the_package_chooses_mkl_kernels_unless_the_user_did(given, ex
     out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == repr(expected)
+
+
+def test_per_row_settings_and_samplers_equal_each_row_drawn_alone():
+    """draw() with one top-p / top-k / generator per row gives each row what it draws alone."""
+    from parallel_r1.decoding.sampling import draw
+
+    logits = torch.randn(4, 50, generator=torch.Generator().manual_seed(1))
+    temps, top_p, top_k = [1.0, 0.7, 0.0, 1.3], [1.0, 0.5, 1.0, 0.9], [0, 7, 0, 3]
+    for trial in range(20):
+        gens = [torch.Generator().manual_seed(100 * trial + i) for i in range(4)]
+        together = draw(logits, temps, top_p, top_k, [[]] * 4, gens).tolist()
+        alone = [
+            draw(logits[i : i + 1], [temps[i]], top_p[i], top_k[i], None, torch.Generator().manual_seed(100 * trial + i))
+            .item()
+            for i in range(4)
+        ]  # fmt: skip
+        assert together == alone
+        assert together[1] in logits[1].topk(7).indices.tolist() and together[3] in logits[3].topk(3).indices.tolist()
+        assert together[2] == logits[2].argmax().item()
+
+
+def test_a_sample_is_the_same_whatever_shares_its_batch():
+    """Continuous batching: samples that join a running batch, leave it early or are cancelled
+    change nothing for the others; each equals its offline generate() and a training forward."""
+    from dataclasses import replace
+
+    model, tok = build_tiny_model("qwen2")
+    tags = TagIds.from_tokenizer(tok)
+    model = with_tag_bias(model, tags)
+    base = DecodingConfig(num_paths=2, max_new_tokens=50, max_path_tokens=10, seed=3, batch_size=1)
+    other = replace(base, num_paths=3, temperature=0.7, top_k=5, max_blocks=2, seed=9)
+    greedy = replace(base, temperature=0.0, seed=11, max_new_tokens=30)  # paths still sample at 1.0
+    engine = ParallelEngine(model, tok, base)
+    want_a = engine.generate(["hello there"], n=2)  # batch_size 1: each sample alone
+    want_b = ParallelEngine(model, tok, other).generate(["x y z w"], n=1)
+    want_c = ParallelEngine(model, tok, greedy).generate(["one"], n=1)
+    assert sum(s.num_blocks for s in want_a + want_b) >= 2, "the biased model should open blocks"
+    with engine.batch() as batch:
+        a = batch.add("hello there", n=2)
+        doomed = batch.add("a b c", n=2, config=replace(base, seed=5))
+        for _ in range(3):
+            batch.step()
+        b = batch.add("x y z w", config=other)  # joins mid-decode, with other settings
+        batch.step()
+        batch.cancel(doomed)
+        assert all(r.sample.uid not in doomed for r in batch.rows)
+        c = batch.add(tok.encode("one", add_special_tokens=False), config=greedy)
+        finished = []
+        while batch.rows:
+            finished += batch.step()
+        assert sorted(finished) == sorted(a + b + c)  # each reported once, the cancelled never
+        got = batch.take(a + b + c)
+        assert batch.live == {} and batch.done == {} and batch.cache is None
+    for g, w in zip(got, want_a + want_b + want_c):
+        assert g.completion_ids == w.completion_ids and g.text == w.text and g.finish_reason == w.finish_reason
+        assert torch.allclose(torch.tensor(g.logprobs), torch.tensor(w.logprobs), atol=1e-4)
+    assert max_gap(model, tags, got[:2], "unseen") <= 1e-4
+    assert max_gap(model, tags, got[2:3], "unseen", temperature=0.7) <= 1e-4

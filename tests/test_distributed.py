@@ -62,10 +62,10 @@ def worker(out: Path) -> None:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
+    from conftest import max_gap, with_tag_bias
     from parallel_r1.decoding import DecodingConfig, ParallelEngine
     from parallel_r1.models import build_tiny_model
     from parallel_r1.structure import TagIds
-    from test_decoding import max_gap, with_tag_bias
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo")

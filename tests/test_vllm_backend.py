@@ -17,11 +17,11 @@ import types
 import pytest
 import torch
 
+from conftest import scripted_setup
 from parallel_r1.decoding import DecodingConfig, ParallelEngine
 from parallel_r1.decoding.vllm_backend import VLLMEngine
 from parallel_r1.format import parse
 from parallel_r1.models import build_tiny_model
-from test_decoding import scripted_setup
 
 
 class FakeLLM:

@@ -121,3 +121,30 @@ def regather(cache: Cache, streams: torch.Tensor, plan: list[int]) -> tuple[torc
         layer.set(k.view(len(plan), width, h, dk).transpose(1, 2), v.view(len(plan), width, h, dv).transpose(1, 2))
         written += (k.numel() + v.numel()) * k.element_size()
     return new, written
+
+
+def join(cache: Cache, streams: torch.Tensor, other: Cache, other_streams: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Append ``other``'s rows to ``cache`` in place (new samples joining a running batch).
+
+    Args:
+        cache, other: caches with rows ``[B, H, S, D]`` and ``[B', H, S', D]`` per layer.
+        streams, other_streams: their host stream ids ``[B, S]``, ``[B', S']``.
+    Returns:
+        the host streams ``[B + B', max(S, S')]`` (the shorter side padded with invalid slots,
+        whose keys and values are zeros: masked out, and finite), and the bytes written.
+    """
+    b, s = streams.shape
+    b2, s2 = other_streams.shape
+    width = max(s, s2)
+    new = torch.full((b + b2, width), -1, dtype=streams.dtype)
+    new[:b, :s], new[b:, :s2] = streams, other_streams
+    written = 0
+    for mine, theirs in zip(cache.layers, other.layers):
+        parts = []
+        for x, y in ((mine.keys, theirs.keys), (mine.values, theirs.values)):
+            out = x.new_zeros((b + b2, x.shape[1], width, x.shape[-1]))
+            out[:b, :, :s], out[b:, :, :s2] = x, y
+            parts.append(out)
+            written += out.numel() * out.element_size()
+        mine.set(*parts)
+    return new, written

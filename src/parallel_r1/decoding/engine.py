@@ -55,7 +55,7 @@ from ..attention import folded_gqa
 from ..devices import check_unseen_attention, kv_bytes_per_token, params_sharded, resolve_dtype, world_size
 from ..format import parse
 from ..structure import TagIds
-from .cache import GROW, new_cache, regather, visible
+from .cache import GROW, join, new_cache, regather, visible
 from .config import DecodingConfig
 from .sampling import draw
 
@@ -137,9 +137,15 @@ class Pending(NamedTuple):
 
 
 class _Sample(_Seq):
-    def __init__(self, index: int, prompt_index: int, prompt_ids: list[int], budget: int):
+    """A sample being decoded, with its own settings and sampler: what it draws does not depend on
+    what else shares the batch."""
+
+    def __init__(self, index: int, prompt_index: int, prompt_ids: list[int], cfg: DecodingConfig, budget: int, gen):
         super().__init__()
         self.index, self.prompt_index, self.prompt_ids, self.budget = index, prompt_index, prompt_ids, budget
+        self.cfg, self.gen = cfg, gen
+        self.uid = -1  # its id in the Batch
+        self.path_budget = cfg.max_path_tokens or cfg.max_new_tokens
         self.blocks = 0
         self.paths: list[_Path] = []
         self.finish: str | None = None
@@ -181,14 +187,16 @@ class _Scores:
     them (bf16 under bf16 autocast, as in the trainer's forward), for any token: sampled or injected.
     """
 
-    def __init__(self, temperature: float):
-        self.t = temperature if temperature > 0 else 1.0
+    def __init__(self):
         self.parts: list[torch.Tensor] = []
         self.asked: list[tuple[int, int, int]] = []
+        self.temps: list[float] = []
         self.n = 0
+        self.values: list[float] = []  # parts already read
 
-    def ask(self, b: int, col: int, tok: int) -> int:
+    def ask(self, b: int, col: int, tok: int, temperature: float) -> int:
         self.asked.append((b, col, tok))
+        self.temps.append(temperature if temperature > 0 else 1.0)
         return self.n + len(self.asked) - 1
 
     def flush(self, logits: torch.Tensor) -> None:
@@ -196,13 +204,18 @@ class _Scores:
         if not self.asked:
             return
         b, col, tok = (to_device(x, logits.device) for x in torch.tensor(self.asked).T)
-        rows = torch.log_softmax(logits[b, col].float() / self.t, dim=-1)
+        t = to_device(torch.tensor(self.temps), logits.device)
+        rows = torch.log_softmax(logits[b, col].float() / t[:, None], dim=-1)
         self.parts.append(rows.gather(1, tok[:, None]).squeeze(1))
         self.n += len(self.asked)
-        self.asked = []
+        self.asked, self.temps = [], []
 
     def read(self) -> list[float]:
-        return torch.cat(self.parts).tolist() if self.parts else []
+        """Every flushed log-prob (one host read of the parts flushed since the last read)."""
+        if self.parts:
+            self.values += torch.cat(self.parts).tolist()
+            self.parts = []
+        return self.values
 
 
 def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -286,7 +299,6 @@ class ParallelEngine:
         self.newline = tokenizer.encode("\n", add_special_tokens=False)
         self.tail = len(self.newline) + 2  # </Parallel> \n <Summary>
         self.context = getattr(model.config, "max_position_embeddings", None)
-        self.path_budget = self.cfg.max_path_tokens or self.cfg.max_new_tokens
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos)
         # counters of the last generate(): forwards, host reads per step (sampled ids) and per chunk
         # (log-probs), forks, cache bytes copied (prompt expansion and compaction; a fork copies none),
@@ -315,33 +327,45 @@ class ParallelEngine:
 
     def generate(self, prompts: list[str] | list[list[int]], n: int = 1) -> list[Sample]:
         """Sample ``n`` completions per prompt. Prompts are text (already templated; no special
-        tokens are added) or token ids. Returns samples ordered by (prompt, sample)."""
+        tokens are added) or token ids. Returns samples ordered by (prompt, sample).
+
+        Sample k (in that order) draws from its own sampler seeded by (``seed``, k), so what it
+        draws does not depend on ``batch_size`` or on the other samples (:class:`Batch`)."""
         if n < 1:
             raise ValueError(f"decoding: n must be >= 1, got {n}")
         encoded = [encode_prompt(self.tokenizer, p, i, self.context) for i, p in enumerate(prompts)]
-        gen = None
-        if self.cfg.seed is not None:
-            gen = torch.Generator(device=self.device).manual_seed(self.cfg.seed)
         jobs = [(i, ids) for i, ids in enumerate(encoded) for _ in range(n)]
         chunks = self._chunks(jobs)
+        out: list[Sample] = []
+        with self.batch() as batch:
+            self.stats["chunks"] = len(chunks)
+            for start, chunk in chunks:
+                uids = batch.add_jobs(chunk, self.cfg, range(start, start + len(chunk)))
+                while batch.rows:
+                    batch.step()
+                out += batch.take(uids)  # the chunk's one read of its log-probs
+        return out
+
+    @contextlib.contextmanager
+    def batch(self):
+        """A :class:`Batch` on this engine: the model in eval mode, no grad, the engine's autocast,
+        for the calling thread (torch's grad and autocast modes are per thread)."""
         self.stats = dict(
-            forwards=0, step_syncs=0, chunk_syncs=0, forks=0, copy_bytes=0, chunks=len(chunks), dummy_forwards=0,
+            forwards=0, step_syncs=0, chunk_syncs=0, forks=0, copy_bytes=0, chunks=0, dummy_forwards=0,
             streams_uploads=0,
         )  # fmt: skip
-        out: list[Sample] = []
         was_training = self.model.training
         self.model.eval()
         try:
-            # one autocast region for the whole call: leaving the outermost one clears torch's cast
+            # one autocast region for the whole batch: leaving the outermost one clears torch's cast
             # cache, so a region per forward would re-cast every fp32 weight at every decode step
             with torch.no_grad(), cpu_sdpa_gqa(self.device), folded_gqa(self.model, self.device), self._autocast():
-                for start, chunk in chunks:
-                    out += self._run(chunk, start, gen)
+                yield Batch(self)
                 if self.lockstep is not None:
                     self.stats["dummy_forwards"] = self.lockstep.drain(self.device, self._dummy)
         finally:
+            self._streams_dev = None
             self.model.train(was_training)
-        return out
 
     def kv_bytes_per_token(self) -> int:
         """Bytes of keys and values one cache slot takes (every layer)."""
@@ -388,14 +412,11 @@ class ParallelEngine:
 
     # ------------------------------------------------------------------ loop
 
-    def _run(self, jobs, first_index: int, gen) -> list[Sample]:
-        uniq = sorted({i for i, _ in jobs})
-        prompt_of = {i: ids for i, ids in jobs}
-        samples = []
-        for k, (i, ids) in enumerate(jobs):
-            samples.append(
-                _Sample(first_index + k, i, ids, completion_budget(self.cfg.max_new_tokens, self.context, len(ids)))
-            )
+    def _start(self, samples: list[_Sample]):
+        """Prefill new samples' prompts (each distinct prompt once) and pick their first tokens;
+        returns their rows, cache and host streams (batch rows numbered from 0)."""
+        uniq = sorted({s.prompt_index for s in samples})
+        prompt_of = {s.prompt_index: s.prompt_ids for s in samples}
         cache, streams, logits = self._prefill([prompt_of[i] for i in uniq])
         row_of_prompt = {i: r for r, i in enumerate(uniq)}
         plan = [row_of_prompt[s.prompt_index] for s in samples]
@@ -405,39 +426,37 @@ class ParallelEngine:
             logits = logits[to_device(torch.tensor(plan), logits.device)]
         for b, s in enumerate(samples):
             s.b = b
-        self._scores = _Scores(self.cfg.temperature)
         rows = [_Row(s, pos=len(s.prompt_ids)) for s in samples]
         # the first completion token comes from the prompt's last logits
         logits = logits[:, None]
-        for row, tok in zip(rows, self._pick(rows, logits, gen)):
+        for row, tok in zip(rows, self._pick(rows, logits)):
             self._advance(row, tok)
         self._scores.flush(logits)
         rows, streams = self._rebuild(rows, cache, streams)
-        while rows:
-            for r in rows:
-                r.last = len(r.pending) - 1
-            logits, streams = self._step(rows, cache, streams)
-            self._fill_injected(rows)
-            picking = []
-            for r in rows:
-                if not r.pending:
-                    continue
-                if r.kind is Kind.DRAIN:
-                    r.pending, r.kind = [], Kind.DONE
-                elif r.kind is Kind.PATH and r.path.closing:
-                    self._close_path(r)
-                    r.pending = []
-                else:
-                    picking.append(r)
-            for r, tok in zip(picking, self._pick(picking, logits, gen)):
-                self._advance(r, tok)
-            self._scores.flush(logits)
-            self._budget_paths(rows)
-            rows, streams = self._rebuild(rows, cache, streams)
-        self._streams_dev = None  # the chunk's device copy goes with its cache
-        scores = self._scores.read()  # the chunk's one read of its log-probs
-        self.stats["chunk_syncs"] += 1
-        return [self._finish(s, scores) for s in samples]
+        return rows, cache, streams
+
+    def _decode(self, rows: list[_Row], cache, streams: torch.Tensor):
+        """One decoding step of every stream; returns the rows left and the new host streams."""
+        for r in rows:
+            r.last = len(r.pending) - 1
+        logits, streams = self._step(rows, cache, streams)
+        self._fill_injected(rows)
+        picking = []
+        for r in rows:
+            if not r.pending:
+                continue
+            if r.kind is Kind.DRAIN:
+                r.pending, r.kind = [], Kind.DONE
+            elif r.kind is Kind.PATH and r.path.closing:
+                self._close_path(r)
+                r.pending = []
+            else:
+                picking.append(r)
+        for r, tok in zip(picking, self._pick(picking, logits)):
+            self._advance(r, tok)
+        self._scores.flush(logits)
+        self._budget_paths(rows)
+        return self._rebuild(rows, cache, streams)
 
     def _prefill(self, prompts: list[list[int]]):
         """Left-padded prefill of the distinct prompts; returns cache, host streams [P, L], last logits [P, V]."""
@@ -505,26 +524,31 @@ class ParallelEngine:
             for j in range(1, len(r.pending)):
                 tok, owner, at, _ = r.pending[j]
                 if owner is not None:
-                    owner.lps[at] = self._scores.ask(r.sample.b, r.col + j - 1, tok)
+                    owner.lps[at] = self._scores.ask(r.sample.b, r.col + j - 1, tok, r.sample.cfg.temperature)
 
-    def _pick(self, rows: list[_Row], logits, gen) -> list[int]:
-        """Sample the next token of each stream from its logits at ``col + last``: the one host
-        read of a decoding step (the ids drive the state machine)."""
+    def _pick(self, rows: list[_Row], logits) -> list[int]:
+        """Sample the next token of each stream from its logits at ``col + last``, with its
+        sample's settings and sampler: the one host read of a decoding step (the ids drive the
+        state machine)."""
         if not rows:
             return []
         b = to_device(torch.tensor([r.sample.b for r in rows]), logits.device)
         c = to_device(torch.tensor([r.col + r.last for r in rows]), logits.device)
         temps, banned = [], []
         for r in rows:
-            path = r.kind is Kind.PATH and self.cfg.path_temperature is not None
-            temps.append(self.cfg.path_temperature if path else self.cfg.temperature)
+            cfg = r.sample.cfg
+            path = r.kind is Kind.PATH and cfg.path_temperature is not None
+            temps.append(cfg.path_temperature if path else cfg.temperature)
             banned.append(self._banned(r))
-        toks = draw(logits[b, c], temps, self.cfg.top_p, self.cfg.top_k, banned, gen)
+        top_p = [r.sample.cfg.top_p for r in rows]
+        top_k = [r.sample.cfg.top_k for r in rows]
+        gens = [r.sample.gen for r in rows]
+        toks = draw(logits[b, c], temps, top_p, top_k, banned, gens if any(g is not None for g in gens) else None)
         self.stats["step_syncs"] += 1
         return toks.tolist()
 
     def _banned(self, row: _Row) -> list[int]:
-        if self.cfg.variant == "seen" or not self.cfg.constrain_tags:
+        if row.sample.cfg.variant == "seen" or not row.sample.cfg.constrain_tags:
             return []
         allowed = {
             Kind.TRUNK: self.tags.parallel_open,
@@ -537,7 +561,7 @@ class ParallelEngine:
 
     def _score(self, row: _Row, tok: int) -> int:
         """Handle of log p(tok) at the logits that picked the row's next token."""
-        return self._scores.ask(row.sample.b, row.col + row.last, tok)
+        return self._scores.ask(row.sample.b, row.col + row.last, tok, row.sample.cfg.temperature)
 
     def _advance(self, row: _Row, tok: int) -> None:
         """Append a freshly sampled token to its stream and decide what is fed next."""
@@ -552,7 +576,7 @@ class ParallelEngine:
             row.pending = [Pending(tok, None, 0, row.stream)]
             if tok == self.tags.path_close:
                 p.closing = True
-            elif len(p.ids) + 1 >= self.path_budget:
+            elif len(p.ids) + 1 >= s.path_budget:
                 self._append_path_close(row)
             return
         if row.kind is Kind.SUMMARY and tok in self.eos:
@@ -561,18 +585,18 @@ class ParallelEngine:
         else:
             s.add(tok, self._score(row, tok), False)
         row.pending = [Pending(tok, None, 0, 0)]
-        unseen = self.cfg.variant == "unseen"
+        unseen = s.cfg.variant == "unseen"
         if tok in self.eos:
             return self._end(row, "eos")
         if unseen and row.kind is Kind.SUMMARY and tok == self.tags.summary_close:
             s.blocks += 1
             row.kind = Kind.TRUNK
-            if s.blocks >= self.cfg.max_blocks:
+            if s.blocks >= s.cfg.max_blocks:
                 return self._end(row, "max_blocks")
         if s.used() >= s.budget:
             return self._end(row, "length")
         if unseen and row.kind is Kind.TRUNK and tok == self.tags.parallel_open:
-            if s.budget - s.used() < min_block_room(self.cfg.num_paths, self.tail):
+            if s.budget - s.used() < min_block_room(s.cfg.num_paths, self.tail):
                 return self._end(row, "length")
             row.kind = Kind.FORK
 
@@ -645,7 +669,7 @@ class ParallelEngine:
         """k path streams in the sample's row: path 0 feeds the pending ``<Parallel>`` (shared) and
         its ``<Path>``, path j > 0 its ``<Path>`` at the same position."""
         s, tok = r.sample, r.pending[0].token
-        s.paths = [_Path(j) for j in range(self.cfg.num_paths)]
+        s.paths = [_Path(j) for j in range(s.cfg.num_paths)]
         self.stats["forks"] += 1
         out = []
         for p in s.paths:
@@ -678,7 +702,117 @@ class ParallelEngine:
     def _finish(self, s: _Sample, scores: list[float]) -> Sample:
         text = self.tokenizer.decode(s.ids, skip_special_tokens=False)
         blocks = s.blocks
-        if self.cfg.variant == "seen":
+        if s.cfg.variant == "seen":
             blocks = parse(text).num_blocks
         lps = [scores[h] for h in s.lps]
         return Sample(s.prompt_index, list(s.prompt_ids), s.ids, lps, s.inj, text, s.finish or "length", blocks)
+
+
+def sample_generator(seed: int, k: int) -> torch.Generator:
+    """The sampler of sample k of a seeded request: its own stream (numpy's ``SeedSequence`` of
+    (seed, k)), so a sample draws the same whatever else is decoded beside it."""
+    import numpy as np
+
+    state = int(np.random.SeedSequence([seed, k]).generate_state(1, np.uint64)[0])
+    return torch.Generator().manual_seed(state >> 1)
+
+
+class Batch:
+    """Samples decoded together that join and leave between decoding steps (continuous batching).
+
+    :meth:`add` prefills a new request's prompt and joins its samples to the running rows at the
+    next :meth:`step`; a sample leaves the batch the step it finishes (:meth:`take` returns it) or
+    is cancelled (:meth:`cancel`). Every sample keeps its own settings (temperature, top-p/k,
+    paths, blocks, budgets, variant) and its own seeded sampler, so what it writes does not
+    depend on what else shares the batch (up to the floating-point effects of batching: a
+    different batch can round a logit differently). ``dtype``, ``lockstep`` and the cache budget
+    are the engine's. Made by :meth:`ParallelEngine.batch`; one at a time per engine.
+    """
+
+    def __init__(self, engine: ParallelEngine):
+        self.e = engine
+        self.rows: list[_Row] = []
+        self.cache, self.streams = None, None
+        self.live: dict[int, _Sample] = {}
+        self.done: dict[int, _Sample] = {}
+        self.next_uid = 0
+        engine._scores = _Scores()
+
+    def add(self, prompt, n: int = 1, config: DecodingConfig | None = None) -> list[int]:
+        """Join ``n`` samples of one prompt (text or ids) with ``config`` (default: the
+        engine's); sample j draws as sample j of ``generate([prompt], n)``. Returns their ids."""
+        if n < 1:
+            raise ValueError(f"decoding: n must be >= 1, got {n}")
+        ids = encode_prompt(self.e.tokenizer, prompt, 0, self.e.context)
+        return self.add_jobs([(0, ids)] * n, config or self.e.cfg, range(n))
+
+    def add_jobs(self, jobs: list[tuple[int, list[int]]], cfg: DecodingConfig, seed_index) -> list[int]:
+        """Join samples given as (prompt index, prompt ids), the k-th drawing with sampler
+        (``cfg.seed``, ``seed_index[k]``)."""
+        e = self.e
+        if cfg.variant == "unseen":
+            check_unseen_attention(e.model)
+            if e.tags is None:
+                raise ValueError("decoding: the Unseen variant needs the tag tokens in the tokenizer")
+        if not self.rows and not self.done:  # an empty batch: start afresh, the old handles are gone
+            e._scores, self.cache, self.streams, e._streams_dev = _Scores(), None, None, None
+        samples = []
+        for (i, ids), k in zip(jobs, seed_index):
+            gen = None if cfg.seed is None else sample_generator(cfg.seed, k)
+            samples.append(_Sample(k, i, ids, cfg, completion_budget(cfg.max_new_tokens, e.context, len(ids)), gen))
+        uids = list(range(self.next_uid, self.next_uid + len(samples)))
+        self.next_uid += len(samples)
+        for uid, s in zip(uids, samples):
+            s.uid = uid
+            self.live[uid] = s
+        rows, cache, streams = e._start(samples)
+        if rows and self.rows:
+            offset = self.streams.shape[0]
+            self.streams, copied = join(self.cache, self.streams, cache, streams)
+            e.stats["copy_bytes"] += copied
+            for s in {id(r.sample): r.sample for r in rows}.values():
+                s.b += offset
+            self.rows += rows
+        elif rows:
+            self.rows, self.cache, self.streams = rows, cache, streams
+        self._retire()
+        return uids
+
+    def step(self) -> list[int]:
+        """One decoding step of every running sample; returns the ids of those that finished."""
+        before = set(self.done)
+        if self.rows:
+            self.rows, self.streams = self.e._decode(self.rows, self.cache, self.streams)
+        self._retire()
+        return [u for u in self.done if u not in before]
+
+    def cancel(self, uids) -> None:
+        """Drop samples from the batch now (their rows are freed; they are never returned)."""
+        gone = {uid for uid in uids if self.live.pop(uid, None) is not None or self.done.pop(uid, None) is not None}
+        if not gone:
+            return
+        for r in self.rows:
+            if r.sample.uid in gone:
+                r.kind, r.pending = Kind.DONE, []
+        self.rows, self.streams = self.e._rebuild(self.rows, self.cache, self.streams)
+        if not self.rows:
+            self.cache, self.streams = None, None
+
+    def progress(self, uid: int) -> tuple[list[int], list[list[int]]]:
+        """A running sample's tokens so far: the flat completion (trunk, merged paths, summaries)
+        and the paths of its open block (empty when none is open)."""
+        s = self.live[uid]
+        return list(s.ids), [list(p.ids) for p in s.paths]
+
+    def take(self, uids) -> list[Sample]:
+        """The finished samples ``uids``, removed from the batch (one host read of the log-probs)."""
+        scores = self.e._scores.read()
+        self.e.stats["chunk_syncs"] += 1
+        return [self.e._finish(self.done.pop(u), scores) for u in uids]
+
+    def _retire(self) -> None:
+        running = {r.sample.uid for r in self.rows}
+        for uid in [u for u in self.live if u not in running]:
+            self.done[uid] = self.live.pop(uid)
+        if not self.rows:
+            self.cache, self.streams = None, None
