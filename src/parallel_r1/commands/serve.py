@@ -11,6 +11,7 @@ The server's sampling defaults are the decoding flags (``DecodingConfig``); a re
 from __future__ import annotations
 
 import dataclasses
+import signal
 import sys
 
 from ..decoding.config import DecodingConfig
@@ -24,9 +25,10 @@ CONFIG = (ServeConfig, DecodingConfig)
 def run(cfg: ServeConfig, dcfg: DecodingConfig | None = None) -> int:
     import uvicorn
 
+    from ..decoding import ParallelEngine
     from ..devices import resolve_device
     from ..models import load_with_tags
-    from ..serve import build_app, engine_generate
+    from ..serve import build_app
 
     dcfg = dcfg or DecodingConfig()
     device = resolve_device(cfg.device)
@@ -37,7 +39,10 @@ def run(cfg: ServeConfig, dcfg: DecodingConfig | None = None) -> int:
     if added:
         print(f"serve: {cfg.model} has no tag tokens; added them in memory (as prepare-model does)", file=sys.stderr)
     context = getattr(model.config, "max_position_embeddings", None)
-    app = build_app(cfg, tok, engine_generate(model, tok), dcfg, context=context)
+    app = build_app(cfg, tok, ParallelEngine(model, tok, dcfg), context=context)
     print(f"serve: {cfg.served_model_name} on http://{cfg.host}:{cfg.port}/v1", file=sys.stderr)
+    # uvicorn drains on SIGTERM, then raises the signal again under the handler it found; a no-op
+    # one makes the drained server exit 0 (as a finished command) instead of dying by the signal
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="info")
     return 0
