@@ -129,17 +129,28 @@ class Worker:
     """The one thread that owns the engine: admits queued :class:`Job` s into one continuously
     batched :class:`~parallel_r1.decoding.engine.Batch` while it holds fewer than ``capacity``
     samples (a job larger than that runs alone), steps it, and hands each job its samples the
-    step its last one ends. ``changed`` is notified after every step (tests wait on it)."""
+    step its last one ends. ``changed`` is notified after every step (tests wait on it).
 
-    def __init__(self, engine, max_queued: int, capacity: int, on_cancel: Callable[[str], None] = lambda reason: None):
+    With ``thread=False`` nothing starts: the caller runs :meth:`run` on its own thread, as
+    :func:`serve_forever` does on the main thread (why: its docstring)."""
+
+    def __init__(
+        self,
+        engine,
+        max_queued: int,
+        capacity: int,
+        on_cancel: Callable[[str], None] = lambda reason: None,
+        thread: bool = True,
+    ):
         self.engine, self.max_queued, self.capacity, self.on_cancel = engine, max_queued, capacity, on_cancel
         self.queue: collections.deque[Job] = collections.deque()
         self.running: list[Job] = []
         self.changed = threading.Condition()
         self.steps = 0
         self.stopping = False
-        self.thread = threading.Thread(target=self._loop, name="parallel-r1-engine", daemon=True)
-        self.thread.start()
+        self.thread = threading.Thread(target=self.run, name="parallel-r1-engine", daemon=True) if thread else None
+        if self.thread is not None:
+            self.thread.start()
 
     def submit(self, job: Job) -> None:
         with self.changed:
@@ -164,13 +175,15 @@ class Worker:
         return sum(job.n for job in self.running)
 
     def stop(self) -> None:
-        """Finish every queued and running job, then end the thread."""
+        """Finish every queued and running job, then end :meth:`run` (joined when it is the worker's own thread)."""
         with self.changed:
             self.stopping = True
             self.changed.notify_all()
-        self.thread.join()
+        if self.thread is not None:
+            self.thread.join()
 
-    def _loop(self) -> None:
+    def run(self) -> None:
+        """Decode until :meth:`stop` and nothing is left."""
         while True:
             try:
                 with self.engine.batch() as batch:
@@ -331,10 +344,12 @@ def choice_fields(sample, tokenizer, tags, stop: list[str]) -> dict:
     }
 
 
-def build_app(cfg: ServeConfig, tokenizer, engine, context: int | None = None):
+def build_app(cfg: ServeConfig, tokenizer, engine, context: int | None = None, worker_thread: bool = True):
     """The FastAPI app around ``engine`` (a :class:`~parallel_r1.decoding.ParallelEngine`: its
     ``cfg`` are the server's defaults, its ``batch_size`` the samples decoded together);
-    ``context`` is the model's context length (prompt + ``max_tokens`` beyond it is a 400)."""
+    ``context`` is the model's context length (prompt + ``max_tokens`` beyond it is a 400).
+    ``app.state.worker`` is its :class:`Worker`, on a thread of its own unless ``worker_thread``
+    is False (then :func:`serve_forever` runs it)."""
     from contextlib import asynccontextmanager
 
     from fastapi import FastAPI, Request
@@ -360,7 +375,9 @@ def build_app(cfg: ServeConfig, tokenizer, engine, context: int | None = None):
     running = Gauge("parallel_r1_running_samples", "Samples decoding now", registry=registry)
     occupancy = Gauge("parallel_r1_batch_occupancy", "Samples decoding now / batch_size", registry=registry)
     latency = Histogram("parallel_r1_request_seconds", "Time from arrival to answer", ["endpoint"], registry=registry)
-    worker = Worker(engine, cfg.max_queued, defaults.batch_size, on_cancel=lambda r: cancelled.labels(r).inc())
+    worker = Worker(
+        engine, cfg.max_queued, defaults.batch_size, on_cancel=lambda r: cancelled.labels(r).inc(), thread=worker_thread
+    )
     ends = [t for t in (tokenizer.eos_token, tokenizer.pad_token) if t]
     tag_ids = set(tags.as_tuple())
 
@@ -616,3 +633,43 @@ def _token_logprobs(sample, tokenizer) -> list[dict]:
         {"token": tok, "logprob": float(lp), "bytes": list(tok.encode()), "top_logprobs": []}
         for tok, lp in zip(tokenizer.convert_ids_to_tokens(list(sample.completion_ids)), sample.logprobs)
     ]
+
+
+def serve_forever(app, host: str, port: int, log_level: str = "info") -> None:
+    """Serve ``app`` (made with ``worker_thread=False``) until SIGTERM or Ctrl-C, then drain.
+
+    uvicorn runs on a thread and the engine's worker on the calling thread, the main one, which
+    loaded the model: torch's CPU build keeps one OpenMP thread team per thread that runs
+    parallel ops, and with two teams on a small CPU (more OpenMP threads than cores) libgomp
+    shortens every idle thread's spin, which made each decoding step 25-35 % slower on 2 cores
+    (bench/serve.py; docs/serve.md). A signal asks uvicorn to stop accepting and finish the
+    requests in flight; its lifespan shutdown then stops the worker after the queue, and this
+    returns. A second Ctrl-C stops at once."""
+    import signal
+
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level))
+    worker = app.state.worker
+
+    def on_signal(signum, frame):
+        server.force_exit = server.should_exit and signum == signal.SIGINT
+        server.should_exit = True
+
+    def web():
+        try:
+            server.run()
+        finally:  # uvicorn ended (drained, or could not start): the worker ends after its queue
+            worker.stop()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    thread = threading.Thread(target=web, name="uvicorn")
+    try:
+        thread.start()
+        worker.run()
+        thread.join()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if not server.started:
+        raise RuntimeError(f"serve: could not listen on {host}:{port} (uvicorn's log above says why)")

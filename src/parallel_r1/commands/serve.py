@@ -11,7 +11,6 @@ The server's sampling defaults are the decoding flags (``DecodingConfig``); a re
 from __future__ import annotations
 
 import dataclasses
-import signal
 import sys
 
 from ..decoding.config import DecodingConfig
@@ -23,12 +22,10 @@ CONFIG = (ServeConfig, DecodingConfig)
 
 
 def run(cfg: ServeConfig, dcfg: DecodingConfig | None = None) -> int:
-    import uvicorn
-
     from ..decoding import ParallelEngine
     from ..devices import resolve_device
     from ..models import load_with_tags
-    from ..serve import build_app
+    from ..serve import build_app, serve_forever
 
     dcfg = dcfg or DecodingConfig()
     device = resolve_device(cfg.device)
@@ -39,10 +36,7 @@ def run(cfg: ServeConfig, dcfg: DecodingConfig | None = None) -> int:
     if added:
         print(f"serve: {cfg.model} has no tag tokens; added them in memory (as prepare-model does)", file=sys.stderr)
     context = getattr(model.config, "max_position_embeddings", None)
-    app = build_app(cfg, tok, ParallelEngine(model, tok, dcfg), context=context)
+    app = build_app(cfg, tok, ParallelEngine(model, tok, dcfg), context=context, worker_thread=False)
     print(f"serve: {cfg.served_model_name} on http://{cfg.host}:{cfg.port}/v1", file=sys.stderr)
-    # uvicorn drains on SIGTERM, then raises the signal again under the handler it found; a no-op
-    # one makes the drained server exit 0 (as a finished command) instead of dying by the signal
-    signal.signal(signal.SIGTERM, lambda signum, frame: None)
-    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="info")
+    serve_forever(app, cfg.host, cfg.port)
     return 0
