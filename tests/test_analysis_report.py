@@ -217,6 +217,7 @@ def test_summary_rows_and_markdown_table(tmp_path):
         "pass@k": 0.5,
         "parallel_ratio": 0.5,
         "mean_length": 30.0,
+        "mean_critical_path_tokens": None,  # results of before the critical path: no column below
     }
     assert rl["gsm8k"]["pass@k"] is None  # k = 1: pass@1 is mean@1, not repeated
     assert rows[0]["avg_accuracy"] == pytest.approx(0.75)
@@ -233,6 +234,10 @@ def test_summary_rows_and_markdown_table(tmp_path):
     evals["base"]["benchmarks"] = {"aime24": dict(evals["base"]["benchmarks"]["aime24"], k=4)}
     md = tables.format_summary_markdown(tables.summary_rows(evals)).splitlines()
     assert "AIME24 mean@2/4" in md[0] and md[2].count(" - ") == 3
+    # a model whose results have the critical path: the column appears beside the length
+    evals["rl"]["benchmarks"]["gsm8k"]["mean_critical_path_tokens"] = 21.5
+    md = tables.format_summary_markdown(tables.summary_rows(evals)).splitlines()
+    assert "| GSM8K length | GSM8K critical path |" in md[0] and md[-1].split(" | ")[-2] == "22"
 
 
 def test_report_on_evals_only_and_on_rollouts_only(tmp_path):

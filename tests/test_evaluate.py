@@ -147,6 +147,9 @@ def test_cli_eval_writes_results_completions_and_table(tiny_checkpoint, bench, t
     acc = sum(r["correct"] for r in rows) / len(rows)
     assert b["mean@k"] == pytest.approx(acc)
     assert b["mean_length"] == pytest.approx(sum(r["length"] for r in rows) / len(rows))
+    # every row's critical path is at most its length, and the summary is their mean
+    assert all(1 <= r["critical_path_tokens"] <= r["length"] for r in rows)
+    assert b["mean_critical_path_tokens"] == pytest.approx(sum(r["critical_path_tokens"] for r in rows) / len(rows))
     # uses_parallel (writes <Parallel>) is the opens_parallel share; the parallel ratio counts valid closed blocks
     assert b["opens_parallel"] == pytest.approx(sum(r["uses_parallel"] for r in rows) / len(rows))
     assert b["parallel_ratio"] == pytest.approx(sum(M.has_parallel_block(r["completion"]) for r in rows) / len(rows))

@@ -21,6 +21,7 @@ import torch
 import yaml
 
 from conftest import GEN_BATCH, addition_trace, rl_recipe
+from parallel_r1 import metrics as M
 from parallel_r1.cli import main as cli_main
 from parallel_r1.cli import parse_command
 from parallel_r1.rewards import alternating_mode
@@ -124,7 +125,14 @@ def test_rl_steps(tmp_path, taught_model, additions, variant, reward):
         ):
             assert k in m
         step_rows = [r for r in rollouts if r["step"] == m["step"]]
-        assert m["parallel_ratio"] == pytest.approx(sum(r["num_blocks"] > 0 for r in step_rows) / GEN_BATCH)
+        # the one definition (metrics.has_parallel_block: a closed block of >= 2 paths), not num_blocks > 0
+        assert m["parallel_ratio"] == pytest.approx(
+            sum(M.has_parallel_block(r["completion"]) for r in step_rows) / GEN_BATCH
+        )
+        assert all(1 <= r["critical_path_tokens"] <= r["length"] for r in step_rows)
+        assert m["mean_critical_path_tokens"] == pytest.approx(
+            sum(r["critical_path_tokens"] for r in step_rows) / GEN_BATCH
+        )
         assert m["accuracy"] == pytest.approx(sum(r["correct"] for r in step_rows) / GEN_BATCH)
     assert (run / "config.yaml").exists() and (run / "checkpoint-4").is_dir()
     # config.yaml is the config the run used, derived fields included: it loads back as the same

@@ -99,6 +99,7 @@ def steps_from_rollouts(rows: list[dict], budget: int | None = None) -> list[dic
                 "accuracy": M.mean_at_k([[bool(r.get("correct"))] for r in g]),
                 "reward": sum(rewards) / len(rewards) if rewards else None,
                 "mean_length": M.mean_length(lengths),
+                "mean_critical_path_tokens": M.mean_critical_path([r.get("critical_path_tokens") for r in g]),
                 "max_length": max(lengths),
                 "clipped_ratio": M.clipped_ratio(clipped),
             }
@@ -272,6 +273,7 @@ def format_summary(a: dict) -> str:
             ("accuracy", "accuracy", True),
             ("reward", "reward", False),
             ("mean length", "mean_length", False),
+            ("critical path", "mean_critical_path_tokens", False),
             ("clipped", "clipped_ratio", True),
             ("format errors", "format_error_rate", True),
         ):

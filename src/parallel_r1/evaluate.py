@@ -384,6 +384,7 @@ class Completion:
     length: int  # completion tokens generated
     finish_reason: str = "eos"  # eos | length | max_blocks
     positions: list[float] | None = None  # relative <Parallel> positions in tokens; None = from the text
+    critical_path: int | None = None  # metrics.critical_path_tokens of its ids; None = unknown
 
 
 # prompts (one per sample wanted; repeats allowed), batch seed -> one Completion per prompt, in order
@@ -403,7 +404,7 @@ def engine_generate_fn(model, tokenizer, cfg: EvalConfig, make_engine=None, dtyp
     def generate(prompts: list[str], seed: int | None) -> list[Completion]:
         dcfg = _decoding_config(cfg, seed, dtype)
         engine = make_engine(dcfg) if make_engine is not None else ParallelEngine(model, tokenizer, dcfg)
-        return _completions(engine.generate(prompts, n=1), tags.parallel_open, ends)
+        return _completions(engine.generate(prompts, n=1), tags, ends)
 
     return generate
 
@@ -427,13 +428,18 @@ def _decoding_config(cfg: EvalConfig, seed: int | None, dtype: str | None = None
     )
 
 
-def _completions(samples, parallel_open: int | None, ends: Sequence[str]) -> list[Completion]:
+def _completions(samples, tags, ends: Sequence[str]) -> list[Completion]:
+    """Engine samples as completions; ``tags`` (``TagIds`` or None) locate blocks in the ids."""
     out = []
     for s in sorted(samples, key=lambda s: s.prompt_index):
         ids = list(s.completion_ids)
         n = len(ids)
-        positions = [i / n for i, t in enumerate(ids) if t == parallel_open] if n else []
-        out.append(Completion(strip_end(s.text, ends), n, s.finish_reason, positions))
+        if tags is None:
+            out.append(Completion(strip_end(s.text, ends), n, s.finish_reason, [], n))
+            continue
+        positions = [i / n for i, t in enumerate(ids) if t == tags.parallel_open] if n else []
+        critical = M.critical_path_tokens(ids, tags.path_open, tags.path_close)
+        out.append(Completion(strip_end(s.text, ends), n, s.finish_reason, positions, critical))
     return out
 
 
@@ -459,7 +465,7 @@ def vllm_generate_fn(cfg: EvalConfig) -> tuple[GenerateFn, object]:
 
     def generate(prompts: list[str], seed: int | None) -> list[Completion]:
         engine = VLLMEngine(llm, _decoding_config(cfg, seed), tokenizer=tokenizer, sampling_params=params, eos_ids=eos)
-        return _completions(engine.generate(prompts, n=1), tags.parallel_open if tags else None, ends)
+        return _completions(engine.generate(prompts, n=1), tags, ends)
 
     return generate, tokenizer
 
@@ -731,6 +737,7 @@ def summarize(rows: Sequence[dict], k: int, n: int) -> dict:
         **M.behaviour([r["completion"] for r in flat]),
         "mean_blocks": M.mean_blocks([r["num_blocks"] for r in flat]),
         "mean_length": M.mean_length([r["length"] for r in flat]),
+        "mean_critical_path_tokens": M.mean_critical_path([r.get("critical_path_tokens") for r in flat]),
         "format_error_rate": M.format_error_rate([r["format_ok"] for r in flat]),
         "mean_parallel_position": M.mean_parallel_position([r["positions"] for r in flat]),
         "clipped_ratio": M.clipped_ratio([r.get("finish_reason") == "length" for r in flat]),
@@ -839,6 +846,7 @@ def evaluate(cfg: EvalConfig, generate_fn: GenerateFn | None = None, tokenizer=N
                             "num_blocks": rep.num_blocks,
                             "positions": rep.positions if c.positions is None else c.positions,
                             "length": c.length,
+                            "critical_path_tokens": c.critical_path,
                             "finish_reason": c.finish_reason,
                             **(
                                 {"group": problems[i].extra["problem_index"]}

@@ -185,6 +185,13 @@ def mean_length(lengths: Sequence[int]) -> float | None:
     return _mean(lengths)
 
 
+def mean_critical_path(tokens: Sequence[int | None]) -> float | None:
+    """Mean :func:`critical_path_tokens` per response, over the responses whose tokens are known
+    (a scored file of plain texts has none). ``tokens``: [N]. Beside :func:`mean_length` it shows
+    the latency that side-by-side paths save."""
+    return _mean([t for t in tokens if t is not None])
+
+
 def critical_path_tokens(ids: Sequence[int], path_open: int, path_close: int) -> int:
     """Tokens a reader waits for when a block's paths decode side by side: every token outside
     the paths (trunk, tags, summaries) plus, per run of sibling paths, the longest one (its two
@@ -237,6 +244,7 @@ __all__ = [
     "majority_correct",
     "mean_at_k",
     "mean_blocks",
+    "mean_critical_path",
     "mean_length",
     "mean_parallel_position",
     "opens_parallel",

@@ -120,6 +120,8 @@ def make_plots(a: dict) -> list[tuple[str, str]]:
     fig, ax = new("Completion length" + (" (PINNED AT BUDGET)" if lp.get("flagged") else ""), "tokens")
     ax.plot(*_series(steps, "mean_length"), marker="o", ms=3, label="mean")
     ax.plot(*_series(steps, "max_length"), ls="--", label="max")
+    if any(s.get("mean_critical_path_tokens") is not None for s in steps):
+        ax.plot(*_series(steps, "mean_critical_path_tokens"), marker=".", ms=3, label="critical path (mean)")
     if a.get("budget"):
         ax.axhline(a["budget"], color="black", ls=":", lw=1.2, label="budget")
     ax2 = ax.twinx()

@@ -72,7 +72,11 @@ def format_table(results: dict, title: str | None = None) -> str:
         vals = [bench[b].get(key) for b in names]
         have = [v for v in vals if v is not None]
         table.append([label] + [pct(v) for v in vals] + [pct(sum(have) / len(have)) if have else "-"])
-    for label, key, fmt in (("mean blocks", "mean_blocks", "{:.2f}"), ("mean length", "mean_length", "{:.0f}")):
+    for label, key, fmt in (
+        ("mean blocks", "mean_blocks", "{:.2f}"),
+        ("mean length", "mean_length", "{:.0f}"),
+        ("critical path", "mean_critical_path_tokens", "{:.0f}"),
+    ):
         vals = [bench[b].get(key) for b in names]
         table.append([label] + ["-" if v is None else fmt.format(v) for v in vals] + [""])
     table.append(["problems"] + [str(bench[b]["n_problems"]) for b in names] + [""])
@@ -89,7 +93,8 @@ def summary_rows(evals: dict[str, dict]) -> list[dict]:
 
     Returns:
         ``[{"model": tag, "path": results["model"], "benchmarks": {name: {"k", "n_problems",
-        "accuracy" (mean@k), "pass@k" (None when k == 1), "parallel_ratio", "mean_length"}},
+        "accuracy" (mean@k), "pass@k" (None when k == 1), "parallel_ratio", "mean_length",
+        "mean_critical_path_tokens"}},
         "avg_accuracy"}]`` in the order of ``evals``.
     """
     rows = []
@@ -104,6 +109,7 @@ def summary_rows(evals: dict[str, dict]) -> list[dict]:
                 "pass@k": b.get("pass@k") if k > 1 else None,
                 "parallel_ratio": b.get("parallel_ratio"),
                 "mean_length": b.get("mean_length"),
+                "mean_critical_path_tokens": b.get("mean_critical_path_tokens"),
             }
         accs = [c["accuracy"] for c in cells.values() if c["accuracy"] is not None]
         rows.append({"model": tag, "path": res.get("model"), "protocol": protocol_label(res), "benchmarks": cells,
@@ -113,11 +119,15 @@ def summary_rows(evals: dict[str, dict]) -> list[dict]:
 
 def summary_columns(rows: list[dict]) -> list[tuple[str, str, str]]:
     """(benchmark, metric key, header) for every column: benchmarks in first-seen order; pass@k
-    only for benchmarks evaluated with k > 1 by some model."""
+    only for benchmarks evaluated with k > 1 by some model, the critical path only where some
+    model's results have it (results written before it existed do not)."""
     benches: dict[str, set[int]] = {}
+    critical: set[str] = set()
     for r in rows:
         for name, c in r["benchmarks"].items():
             benches.setdefault(name, set()).add(c["k"])
+            if c.get("mean_critical_path_tokens") is not None:
+                critical.add(name)
     cols = []
     for name, ks in benches.items():
         kk = "/".join(str(k) for k in sorted(ks))
@@ -126,8 +136,9 @@ def summary_columns(rows: list[dict]) -> list[tuple[str, str, str]]:
             ("pass@" + kk, "pass@k"),
             (LABELS["parallel_ratio"] + " %", "parallel_ratio"),
             ("length", "mean_length"),
+            ("critical path", "mean_critical_path_tokens"),
         ):
-            if key == "pass@k" and max(ks) <= 1:
+            if (key == "pass@k" and max(ks) <= 1) or (key == "mean_critical_path_tokens" and name not in critical):
                 continue
             cols.append((name, key, label))
     return cols
@@ -137,7 +148,7 @@ def cell(key: str, v) -> str:
     """A summary-table cell: lengths in tokens, everything else in %."""
     if v is None:
         return "-"
-    return f"{v:.0f}" if key == "mean_length" else f"{100 * v:.1f}"
+    return f"{v:.0f}" if key in ("mean_length", "mean_critical_path_tokens") else f"{100 * v:.1f}"
 
 
 def format_summary_markdown(rows: list[dict]) -> str:
@@ -214,7 +225,12 @@ def results_table(tag: str, res: dict) -> str:
         ("format errors %", "format_error_rate"),
     ):
         rows.append(f"<tr><td>{label}</td>" + "".join(f"<td>{pct(bench[b].get(key))}</td>" for b in names) + "</tr>")
-    for label, key in (("mean blocks", "mean_blocks"), ("mean length", "mean_length"), ("problems", "n_problems")):
+    for label, key in (
+        ("mean blocks", "mean_blocks"),
+        ("mean length", "mean_length"),
+        ("critical path", "mean_critical_path_tokens"),
+        ("problems", "n_problems"),
+    ):
         vals = [bench[b].get(key) for b in names]
         rows.append(
             f"<tr><td>{label}</td>" + "".join(f"<td>{'-' if v is None else round(v, 2)}</td>" for v in vals) + "</tr>"
@@ -234,6 +250,7 @@ def steps_table(steps: list[dict]) -> str:
         ("accuracy %", "accuracy"),
         ("reward", "reward"),
         ("mean len", "mean_length"),
+        ("critical path", "mean_critical_path_tokens"),
         ("clipped %", "clipped_ratio"),
         ("format err %", "format_error_rate"),
     ]

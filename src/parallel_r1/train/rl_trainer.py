@@ -526,6 +526,11 @@ class ParallelGRPOTrainer(GRPOTrainer):
                     "paths_per_block": rep.paths_per_block,
                     "positions": rep.positions,
                     "length": r["length"],
+                    "critical_path_tokens": M.critical_path_tokens(
+                        r["ids"], self.tag_ids.path_open, self.tag_ids.path_close
+                    )
+                    if self.tag_ids
+                    else r["length"],
                     "clipped": r["clipped"],
                     "round": round_,
                     "trained": bool(t),
@@ -550,6 +555,7 @@ class ParallelGRPOTrainer(GRPOTrainer):
             "accuracy": sum(o["correct"] for o in out) / n,
             "mean_length": sum(o["length"] for o in out) / n,
             "max_length": max((o["length"] for o in out), default=0),
+            "mean_critical_path_tokens": sum(o["critical_path_tokens"] for o in out) / n,
             "clipped_ratio": sum(o["clipped"] for o in out) / n,
             "reward_mode": out[0]["reward_mode"] if out else "accuracy",  # by name; TRL and metrics.jsonl take strings
             "rl_step": out[0]["step"] if out else self.rl_step(),
