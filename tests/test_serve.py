@@ -339,6 +339,7 @@ def test_streaming_equals_the_whole_completion(served):
     chunks = list(client.completions.create(stream=True, stream_options={"include_usage": True}, **kw))
     text, finish, paths = _gather(chunks, 2)
     assert text == [c.text for c in whole.choices] and finish == [c.finish_reason for c in whole.choices]
+    assert text == _offline(model, tok, defaults, "What is 2 + 2?", 2, temperature=1.0, seed=5, num_paths=2)
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
     last = {c.index: c for ch in chunks for c in ch.choices if c.finish_reason}
     assert [last[i].model_extra["parallel"] for i in range(2)] == [c.parallel for c in whole.choices]
@@ -351,6 +352,8 @@ def test_streaming_equals_the_whole_completion(served):
     chunks = list(client.chat.completions.create(model="tiny", messages=messages, max_tokens=24, seed=3, stream=True))
     assert chunks[0].object == "chat.completion.chunk" and chunks[0].choices[0].delta.role == "assistant"
     assert _gather(chunks, 1)[0] == [one.choices[0].message.content]
+    prompt = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert _gather(chunks, 1)[0] == _offline(model, tok, defaults, prompt, 1, seed=3)
 
 
 def test_requests_sharing_the_batch_equal_each_alone(tiny_checkpoint):
