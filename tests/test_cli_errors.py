@@ -215,6 +215,32 @@ def test_eval_refuses_zero_budgets_before_loading(flag, tiny_checkpoint, tmp_pat
     assert not out.exists()
 
 
+@pytest.mark.parametrize(
+    "flag, value, valid, message",
+    [
+        ("--num_paths", 1, 3, "--num_paths must be >= 2 (a block has at least two paths), got 1"),
+        ("--top_p", 0, 0.5, "--top_p must be > 0, got 0"),
+        ("--max_blocks", 0, 3, "--max_blocks must be > 0, got 0"),
+    ],
+)
+def test_eval_refuses_what_the_engine_would_refuse_before_loading(
+    flag, value, valid, message, tiny_checkpoint, tmp_path, capsys, no_model_loads
+):
+    """The decoding settings are DecodingConfig's checks, run when the eval config is made."""
+    from parallel_r1.cli import parse_command
+
+    ok = parse_command(
+        "eval", ["--model", str(tiny_checkpoint), "--benchmarks", "gsm8k", "--output_dir", "o", flag, str(valid)]
+    )
+    assert getattr(ok[0] if isinstance(ok, tuple) else ok, flag[2:]) == valid  # a valid value is accepted
+    out = tmp_path / "o"
+    rc, err = run_cli(
+        capsys, "eval", "--model", tiny_checkpoint, "--benchmarks", "gsm8k", "--output_dir", out, flag, value
+    )
+    assert (rc, err) == (2, f"parallel-r1 eval: error: {message}")
+    assert not out.exists()
+
+
 def test_failed_eval_does_not_block_its_corrected_rerun(data_dir, tmp_path):
     """A run that died before its first completion left run.json and an empty completions.jsonl."""
     from parallel_r1.evaluate import Completion, EvalConfig, evaluate, open_run_folder

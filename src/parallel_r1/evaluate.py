@@ -266,11 +266,12 @@ class EvalConfig:
             raise KeyError(f"unknown grader {self.grader!r}; known: {', '.join(GRADERS)}")
         if self.extractor not in EXTRACTORS:
             raise KeyError(f"unknown extractor {self.extractor!r}; known: {', '.join(EXTRACTORS)}")
-        from .validate import fraction, non_negative, positive
+        from .validate import positive
 
-        positive(self, "max_new_tokens", "batch_size", "limit", "num_paths", "max_path_tokens", "grading_workers")
-        non_negative(self, "temperature", "path_temperature", "top_k", "max_blocks")
-        fraction(self, "top_p")
+        positive(self, "limit", "grading_workers")
+        # the decoding fields are checked by DecodingConfig itself, the one that uses them, so that a
+        # setting it refuses (--num_paths 1, --top_p 0, --max_blocks 0) fails here, before any model loads
+        _decoding_config(self, self.seed)
         for name in self.benchmarks:
             k, n = self.k_of(name), self.n_of(name)
             if k < 1:
