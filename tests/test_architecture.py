@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = "parallel_r1"
 
 
-# Import edges that are known cycles being broken on another branch. The lead deletes an entry
-# once that branch is merged; the set must end up empty.
 def modules() -> dict[str, Path]:
     """{dotted name: file} of every module of the package (a package is its ``__init__``)."""
     out = {}
@@ -159,3 +158,23 @@ def test_library_modules_never_import_the_cli():
         if _allowed_to_parse_argv(dep)
     }
     assert offenders == set(), f"library modules importing the CLI: {sorted(offenders)}"
+
+
+def test_no_test_imports_another_test():
+    """Shared test code lives in ``conftest.py`` or ``tests/helpers/`` (tests/README.md)."""
+    offenders = []
+    for path in sorted(Path(__file__).parent.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            offenders += [(path.name, n) for n in names if n.split(".")[0].startswith("test_")]
+    assert offenders == [], f"tests importing other tests: {offenders}"
+
+
+def test_the_test_map_lists_every_module():
+    """tests/README.md names the test files of every module; a new module adds its line."""
+    listed = set(re.findall(r"^\| `([\w.]+)` \|", (Path(__file__).parent / "README.md").read_text(), re.M))
+    wanted = {name.removeprefix(PACKAGE + ".") for name in modules() if name != PACKAGE}
+    assert wanted - listed == set(), f"modules missing from tests/README.md: {sorted(wanted - listed)}"
+    assert listed - wanted == set(), f"tests/README.md lists modules that do not exist: {sorted(listed - wanted)}"

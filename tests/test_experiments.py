@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from conftest import REPO, rl_recipe
-from test_analysis_report import make_run
+from helpers.run_folder import make_run
 
 spec = importlib.util.spec_from_file_location("experiment", REPO / "scripts" / "experiment.py")
 experiment = importlib.util.module_from_spec(spec)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-import test_rl
+import conftest
 from parallel_r1.cli import main
 from parallel_r1.io import read_jsonl
 
@@ -72,7 +72,7 @@ def kill_mid_checkpoint(tmp_path: Path, at: int, argv: list[str]) -> Path:
     return Path(ready.read_text()).parent
 
 
-GEN_BATCH = test_rl.GEN_BATCH  # completions per RL step
+GEN_BATCH = conftest.GEN_BATCH  # completions per RL step
 
 
 def rl_recipe(tmp_path: Path, model: Path, **over) -> Path:
@@ -86,7 +86,7 @@ def rl_recipe(tmp_path: Path, model: Path, **over) -> Path:
         )
     )
     short = dict(dataset_limit=4, max_completion_length=16, max_path_tokens=8, max_blocks=1, learning_rate=1e-3)
-    return test_rl._recipe(tmp_path, model, data, **{"epsilon_high": None, **short, **over})
+    return conftest.rl_recipe(tmp_path, model, data, **{"epsilon_high": None, **short, **over})
 
 
 def test_sft_killed_mid_checkpoint_resumes_from_the_last_complete_one(tiny_checkpoint, tmp_path, capsys):

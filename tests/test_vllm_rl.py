@@ -4,7 +4,7 @@ vLLM needs a GPU and is not installed here, so none of this ran on a real vLLM. 
 ``VLLMGeneration`` is used unchanged; what stands in is what it talks to:
 
 * colocate mode: ``vllm.LLM`` (``trl.generation.vllm_generation.LLM``) -> :class:`ColocatedLLM`,
-  a :class:`test_vllm_backend.FakeLLM` that samples from a real tiny model on the flat causal
+  a :class:`helpers.fake_vllm.FakeLLM` that samples from a real tiny model on the flat causal
   sequence and takes TRL's weight sync (``llm_engine...model.load_weights``);
 * server mode: TRL's ``VLLMClient`` -> :class:`FakeClient` (``update_named_params``,
   ``/v1/completions``-shaped ``generate``), behind a real HTTP ``/health``.
@@ -25,9 +25,9 @@ import yaml
 
 from conftest import GEN_BATCH
 from conftest import rl_recipe as _recipe
+from helpers.fake_vllm import FakeLLM, NamedLLM, params
 from parallel_r1.cli import main as cli_main
 from parallel_r1.cli import parse_command
-from test_vllm_backend import FakeLLM
 
 
 def _rows(run: Path, name: str) -> list[dict]:
@@ -464,8 +464,6 @@ def test_gpu_check_runs_the_vllm_rl_and_eval_stages(tmp_path, taught_model, fake
     import importlib.machinery
     import json
     import sys
-
-    from test_vllm_backend import NamedLLM, params
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
     import gpu_check

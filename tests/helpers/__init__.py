@@ -1,0 +1,1 @@
+"""Helpers shared by several test files (no test imports another test; tests/README.md)."""
