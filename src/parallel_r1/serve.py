@@ -201,18 +201,23 @@ class Worker:
                     self.changed.wait()
                 if self.stopping and not self.queue and not self.running:
                     return
-                admit, rows = [], self.decoding()
-                while self.queue and (rows == 0 or rows + self.queue[0].n <= self.capacity):
-                    admit.append(self.queue.popleft())
-                    rows += admit[-1].n
-                queued = list(self.queue)
-            for job in admit:
+            rows = self.decoding()
+            while True:  # admit one job at a time, so that a failing one loses no other
+                with self.changed:
+                    if not self.queue or (rows > 0 and rows + self.queue[0].n > self.capacity):
+                        queued = list(self.queue)
+                        break
+                    job = self.queue.popleft()
                 try:
                     job.uids = batch.add(job.prompt_ids, job.n, job.decoding)
                 except ValueError as e:  # this request's own refusal (no room for a block, ...)
                     job.done(None, e)
                     continue
+                except BaseException as e:  # the engine failed (out of memory, ...): run() starts afresh
+                    job.done(None, e)
+                    raise
                 self.running.append(job)
+                rows += job.n
             self._drop(batch, queued)
             if batch.rows:
                 batch.step()
